@@ -1,0 +1,133 @@
+"""Model checkpoints on disk: PyTorch-layout or Flax-layout safetensors + config.json.
+
+A checkpoint directory holds ``config.json`` and one of
+- ``flax_model.safetensors``: written by this project, tensors named by Flax state path;
+- ``model.safetensors``: a PyTorch state dict in any layout of `sonichu_jax.convert`,
+  converted on the fly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sonichu_jax.config import CONFIG_NAME, ModelConfig
+from sonichu_jax.convert import (
+    ConversionError,
+    ConversionReport,
+    SafetensorsSource,
+    convert_tensors,
+    detect_layout,
+    write_safetensors,
+)
+from sonichu_jax.errors import InputError
+from sonichu_jax.nn.sonichu import SonichuModel
+from sonichu_jax.nn.vit import sincos_2d_table
+
+FLAX_WEIGHTS_NAME = "flax_model.safetensors"
+TORCH_WEIGHTS_NAME = "model.safetensors"
+
+
+def path_str(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Every variable of the model (parameters, BatchNorm statistics, fixed tables) by path."""
+    return {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+def abstract_model(cfg: ModelConfig) -> SonichuModel:
+    """The model's structure with shapes only: no memory, no random initialisation."""
+    return nnx.eval_shape(lambda: SonichuModel(cfg, rngs=nnx.Rngs(0)))
+
+
+def expected_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    return {path_str(p): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+def model_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> SonichuModel:
+    """Build a model whose every variable comes from ``arrays`` (keys = Flax paths)."""
+    graphdef, state = nnx.split(abstract_model(cfg))
+    filled = [(p, v.replace(jnp.asarray(arrays[path_str(p)]))) for p, v in nnx.to_flat_state(state)]
+    model = nnx.merge(graphdef, nnx.from_flat_state(filled))
+    model.eval()
+    return model
+
+
+def state_defaults(cfg: ModelConfig) -> dict:
+    """Variables a checkpoint may omit, with how to fill them."""
+    if cfg.pos_embed == "sincos":
+        return {
+            "backbone/pos_embed": (
+                lambda: sincos_2d_table(cfg.width, cfg.grid)[None],
+                "fixed 2D sin-cos table computed from the config (not stored in the checkpoint)",
+            )
+        }
+    return {}
+
+
+def resolve_weights(path: str | os.PathLike) -> tuple[str, str]:
+    """(config directory, weights file) for a checkpoint directory or a weights file."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return os.path.dirname(os.path.abspath(path)), path
+    if not os.path.isdir(path):
+        raise InputError(f"model path not found: {path}")
+    for name in (FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME):
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            return path, candidate
+    raise InputError(f"{path} holds neither {FLAX_WEIGHTS_NAME} nor {TORCH_WEIGHTS_NAME}")
+
+
+def convert_checkpoint(
+    weights: str | os.PathLike, cfg: ModelConfig, layout: str | None = None
+) -> tuple[dict[str, np.ndarray], ConversionReport]:
+    """Read ``weights`` one tensor at a time into Flax paths for a model of ``cfg``."""
+    source = SafetensorsSource(weights)
+    chosen = detect_layout(source.keys(), layout)
+    expected = expected_shapes(abstract_model(cfg))
+    return convert_tensors(source, chosen, cfg, expected, state_defaults(cfg))
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    *,
+    layout: str | None = None,
+    dtype: str | None = None,
+    report: list | None = None,
+) -> SonichuModel:
+    """See `SonichuModel.from_pretrained`. ``report``, if a list, receives the
+    ConversionReport. Raises ConversionError (a listing of every unmapped, unfilled and
+    mismatched name) when the checkpoint does not fit its config."""
+    config_dir, weights = resolve_weights(path)
+    if not os.path.isfile(os.path.join(config_dir, CONFIG_NAME)):
+        raise InputError(f"no {CONFIG_NAME} beside {weights}")
+    cfg = ModelConfig.load(config_dir)
+    if dtype is not None:
+        cfg = cfg.replace(dtype=dtype)
+    arrays, conv_report = convert_checkpoint(weights, cfg, layout)
+    if report is not None:
+        report.append(conv_report)
+    if not conv_report.ok:
+        raise ConversionError(conv_report, context=weights)
+    return model_from_arrays(cfg, arrays)
+
+
+def save_flax(model: SonichuModel, directory: str | os.PathLike) -> None:
+    """config.json + flax_model.safetensors, each written atomically."""
+    os.makedirs(directory, exist_ok=True)
+    write_safetensors(
+        os.path.join(directory, FLAX_WEIGHTS_NAME), flat_state(model), metadata={"format": "flax", "layout": "flax"}
+    )
+    model.cfg.save(directory)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> SonichuModel:
+    """A randomly initialised model in train mode."""
+    return SonichuModel(cfg, rngs=nnx.Rngs(jax.random.key(seed)))

@@ -1,0 +1,1 @@
+"""One module per `sonichu-jax` subcommand (see `sonichu_jax.cli`)."""

@@ -1,0 +1,535 @@
+"""Random-access data sources: FM_UIA CSV files, JSONL manifests, folders of frames.
+
+Every source is a sequence of `Record` (``len(src)``, ``src[i]``) plus a `LoadReport`
+(``src.report``) that counts what was loaded, skipped and masked, and where. Bad input
+is never dropped silently: malformed rows/lines and wrong keypoint counts skip the record
+and are reported with file and line number; NaN or out-of-image keypoints are masked
+(``valid=False``) and reported; ``strict=True`` raises `InputError` at the first problem.
+
+Keypoints are in the continuous pixel frame of the original image (0 = left/top edge,
+pixel ``i`` centred at ``i + 0.5``); a point on the right or bottom edge (``x == W``) is
+still inside the image.
+
+FM_UIA CSV (one file per task)
+    A header row, one row per image. Keypoint columns ``point_{i}_xy`` (ordered by ``i``)
+    hold a JSON ``[x, y]`` in original pixels; an empty cell is a deliberately absent
+    keypoint (masked, not reported). The image-path column is ``image_column`` or the
+    first of ``image``, ``image_path``, ``img_path``, ``filename``, ``file_name``,
+    ``image_name``, ``path``, ``img``, ``file`` present (case-insensitive). Paths are
+    relative to ``image_root`` (default: the CSV's folder). An optional ``spacing_mm``
+    (or ``pixel_spacing``) column gives the pixel size in mm. The task is ``task=``, or
+    the file stem looked up in ``task_map``, or the stem matched to a task name
+    (case-insensitive).
+
+JSONL manifest (one JSON object per line; blank lines are ignored)
+    ``{"image": "images/HC/000001.png", "task": "HC", "keypoints": [[x, y], ...],
+    "valid": [true, ...], "is_pseudo": false, "spacing_mm": 0.12, "id": "HC-000001",
+    "confidence": 0.93, "width": 256, "height": 256}``
+
+    ``image`` (required) is relative to the manifest's folder unless absolute. ``task``
+    and ``keypoints`` may be null or absent for unlabelled frames. A ``null`` point or a
+    ``false`` in ``valid`` is a deliberate mask. ``is_pseudo`` marks pseudo-labels (they
+    never enter validation). ``width``/``height`` spare reading the image header for the
+    bounds check. ``id`` defaults to ``<manifest name>:<line>``.
+
+Frame folder
+    Every png, jpg, jpeg, bmp, tif, tiff file below a folder (recursively, sorted), 8 or
+    16 bit, as unlabelled records with ``task=None``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from sonichu_jax.config import CARD_TASKS, TaskSpec
+from sonichu_jax.data.imagesize import image_size
+from sonichu_jax.data.records import LoadReport, Record
+from sonichu_jax.errors import InputError
+
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_COLUMN_CANDIDATES = (
+    "image", "image_path", "img_path", "filename", "file_name", "image_name", "path", "img", "file",
+)
+SPACING_COLUMN_CANDIDATES = ("spacing_mm", "pixel_spacing_mm", "pixel_spacing", "spacing")
+MANIFEST_NAME = "manifest.jsonl"
+_POINT_COLUMN = re.compile(r"^point_(\d+)_xy$", re.IGNORECASE)
+
+
+class Source:
+    """A loaded list of records and the report of how they were loaded."""
+
+    def __init__(self, records: list[Record], report: LoadReport):
+        self.records = records
+        self.report = report
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.records[index]
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def tasks(self) -> tuple[str, ...]:
+        """Tasks present, in first-seen order."""
+        return tuple(dict.fromkeys(r.task for r in self.records if r.task is not None))
+
+
+class ConcatSource(Source):
+    """Several sources as one (e.g. original labels plus a pseudo-label manifest)."""
+
+    def __init__(self, sources: Sequence[Source], name: str = "combined"):
+        report = LoadReport(name)
+        records: list[Record] = []
+        for src in sources:
+            records.extend(src.records)
+            report.merge(src.report)
+        super().__init__(records, report)
+
+
+def _task_table(tasks: Iterable[TaskSpec] | None) -> dict[str, TaskSpec]:
+    return {t.name: t for t in (CARD_TASKS if tasks is None else tasks)}
+
+
+def _resolve(path: str, root: str) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
+
+
+def _finish_record(
+    *,
+    image: str,
+    task: str,
+    kps: np.ndarray,
+    valid: np.ndarray,
+    spec: TaskSpec,
+    location: str,
+    report: LoadReport,
+    check_bounds: bool,
+    size: tuple[int, int] | None = None,
+    **fields: Any,
+) -> Record | None:
+    """Apply the checks shared by CSV and manifest rows; None means the row is skipped."""
+    if kps.shape[0] != spec.num_keypoints:
+        report.add(
+            location, "wrong_keypoint_count",
+            f"{kps.shape[0]} keypoints, task {task} has {spec.num_keypoints}",
+        )
+        return None
+    if not os.path.isfile(image):
+        report.add(location, "missing_image", f"image file not found: {image}")
+        return None
+    nan = valid & ~np.isfinite(kps).all(axis=1)
+    if nan.any():
+        report.add(location, "nan_keypoint", f"NaN keypoint(s) {np.flatnonzero(nan).tolist()} masked")
+        report.masked_keypoints += int(nan.sum())
+        valid = valid & ~nan
+    if check_bounds:
+        size = size or image_size(image)
+        if size is None:
+            report.add(location, "missing_image", f"cannot read image: {image}")
+            return None
+        width, height = size
+        with np.errstate(invalid="ignore"):
+            outside = valid & (
+                (kps[:, 0] < 0) | (kps[:, 0] > width) | (kps[:, 1] < 0) | (kps[:, 1] > height)
+            )
+        if outside.any():
+            report.add(
+                location, "out_of_image",
+                f"keypoint(s) {np.flatnonzero(outside).tolist()} outside the {width}x{height} "
+                "image, masked",
+            )
+            report.masked_keypoints += int(outside.sum())
+            valid = valid & ~outside
+    if not valid.any():
+        report.add(location, "no_valid_keypoints", "no valid keypoint left")
+        return None
+    kps = np.where(valid[:, None], kps, 0.0).astype(np.float32)  # no NaN reaches a loss
+    return Record(image=image, task=task, keypoints=kps, valid=valid, **fields)
+
+
+# ---------------------------------------------------------------------------------------
+# FM_UIA CSV
+# ---------------------------------------------------------------------------------------
+
+
+def task_for_stem(stem: str, tasks: Mapping[str, TaskSpec], task_map: Mapping[str, str] | None) -> str | None:
+    """The task a CSV named ``stem`` holds: ``task_map`` first, then a case-insensitive
+    match of the stem to a task name."""
+    if task_map and stem in task_map:
+        return task_map[stem]
+    for name in tasks:
+        if name.lower() == stem.lower():
+            return name
+    return None
+
+
+def _pick_column(header: Sequence[str], wanted: str | None, candidates: Sequence[str]) -> int | None:
+    lowered = [h.strip().lower() for h in header]
+    if wanted is not None:
+        return lowered.index(wanted.lower()) if wanted.lower() in lowered else None
+    for name in candidates:
+        if name in lowered:
+            return lowered.index(name)
+    return None
+
+
+def _parse_point(cell: str) -> tuple[float, float] | None:
+    """A CSV cell ``[x, y]`` -> (x, y); empty -> None; anything else raises ValueError."""
+    cell = cell.strip()
+    if not cell:
+        return None
+    value = json.loads(cell)  # Python's json reads NaN too
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"expected [x, y], got {cell!r}")
+    return float(value[0]), float(value[1])
+
+
+def load_csv(
+    path: str,
+    *,
+    task: str | None = None,
+    tasks: Iterable[TaskSpec] | None = None,
+    task_map: Mapping[str, str] | None = None,
+    image_column: str | None = None,
+    image_root: str | None = None,
+    strict: bool = False,
+    check_bounds: bool = True,
+) -> Source:
+    """One FM_UIA per-task CSV file (format in the module docstring)."""
+    table = _task_table(tasks)
+    name = os.path.basename(path)
+    report = LoadReport(path, strict=strict)
+    stem = os.path.splitext(name)[0]
+    task = task or task_for_stem(stem, table, task_map)
+    if task is None or task not in table:
+        raise InputError(
+            f"{path}: cannot tell the task of this CSV (file stem {stem!r}); known tasks: "
+            f"{', '.join(table)}; pass a task or a task_map"
+        )
+    spec = table[task]
+    root = image_root or os.path.dirname(os.path.abspath(path))
+    try:
+        fh = open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"cannot read CSV {path}: {exc.strerror}") from None
+    records: list[Record] = []
+    with fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"{path}: empty CSV file (no header row)")
+        img_col = _pick_column(header, image_column, IMAGE_COLUMN_CANDIDATES)
+        if img_col is None:
+            raise InputError(
+                f"{path}: no image-path column"
+                + (f" named {image_column!r}" if image_column else "")
+                + f"; columns: {', '.join(header)}; pass image_column="
+            )
+        spacing_col = _pick_column(header, None, SPACING_COLUMN_CANDIDATES)
+        points = sorted(
+            (int(m.group(1)), i) for i, h in enumerate(header) if (m := _POINT_COLUMN.match(h.strip()))
+        )
+        point_cols = [i for _, i in points]
+        wrong_k = len(point_cols) != spec.num_keypoints
+        n_rows = 0
+        for row in reader:
+            line = reader.line_num
+            location = f"{path}:{line}"
+            if not any(cell.strip() for cell in row):
+                continue  # blank line
+            n_rows += 1
+            if wrong_k:
+                continue
+            if len(row) != len(header):
+                report.add(location, "malformed", f"{len(row)} fields, header has {len(header)}")
+                report.skipped += 1
+                continue
+            try:
+                parsed = [_parse_point(row[c]) for c in point_cols]
+                spacing = None
+                if spacing_col is not None and row[spacing_col].strip():
+                    spacing = float(row[spacing_col])
+            except ValueError as exc:
+                report.add(location, "malformed", f"cannot parse row: {exc}")
+                report.skipped += 1
+                continue
+            kps = np.array([p if p is not None else (np.nan, np.nan) for p in parsed], np.float32)
+            valid = np.array([p is not None for p in parsed], bool)
+            image_ref = row[img_col].strip()
+            if not image_ref:
+                report.add(location, "malformed", "empty image path")
+                report.skipped += 1
+                continue
+            record = _finish_record(
+                image=_resolve(image_ref, root), task=task, kps=kps.reshape(-1, 2), valid=valid,
+                spec=spec, location=location, report=report, check_bounds=check_bounds,
+                spacing_mm=spacing, source_id=f"{name}:{image_ref}",
+            )
+            if record is None:
+                report.skipped += 1
+            else:
+                records.append(record)
+        if wrong_k and n_rows:
+            report.add(
+                path, "wrong_keypoint_count",
+                f"{len(point_cols)} point_*_xy columns, task {task} has {spec.num_keypoints} "
+                f"keypoints; all {n_rows} rows skipped",
+            )
+            report.skipped += n_rows
+    report.loaded = len(records)
+    return Source(records, report)
+
+
+def load_csv_dir(
+    directory: str,
+    *,
+    tasks: Iterable[TaskSpec] | None = None,
+    task_map: Mapping[str, str] | None = None,
+    image_column: str | None = None,
+    strict: bool = False,
+    check_bounds: bool = True,
+) -> Source:
+    """Every ``*.csv`` in ``directory`` (not recursive); the file stem names the task.
+
+    A CSV whose stem maps to no task is reported and skipped (an error with ``strict``).
+    """
+    table = _task_table(tasks)
+    names = sorted(n for n in os.listdir(directory) if n.lower().endswith(".csv"))
+    if not names:
+        raise InputError(f"no CSV files in {directory}")
+    report = LoadReport(directory, strict=strict)
+    parts = []
+    for name in names:
+        path = os.path.join(directory, name)
+        stem = os.path.splitext(name)[0]
+        task = task_for_stem(stem, table, task_map)
+        if task is None or task not in table:
+            report.add(path, "unknown_task", f"file stem {stem!r} names no task ({', '.join(table)})")
+            continue
+        parts.append(
+            load_csv(
+                path, task=task, tasks=table.values(), image_column=image_column,
+                strict=strict, check_bounds=check_bounds,
+            )
+        )
+    combined = ConcatSource(parts, name=directory)
+    report.merge(combined.report)
+    return Source(combined.records, report)
+
+
+# ---------------------------------------------------------------------------------------
+# JSONL manifest
+# ---------------------------------------------------------------------------------------
+
+
+def _manifest_keypoints(value: Any) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(value, list):
+        raise ValueError("'keypoints' must be a list of [x, y]")
+    kps = np.full((len(value), 2), np.nan, np.float32)
+    present = np.zeros(len(value), bool)
+    for i, point in enumerate(value):
+        if point is None:
+            continue
+        if not isinstance(point, list) or len(point) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in point
+        ):
+            raise ValueError(f"keypoint {i} must be [x, y], got {point!r}")
+        kps[i] = point
+        present[i] = True
+    return kps, present
+
+
+def load_manifest(
+    path: str,
+    *,
+    tasks: Iterable[TaskSpec] | None = None,
+    strict: bool = False,
+    check_bounds: bool = True,
+) -> Source:
+    """A JSONL manifest (format in the module docstring)."""
+    table = _task_table(tasks)
+    root = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    report = LoadReport(path, strict=strict)
+    records: list[Record] = []
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read manifest {path}: {exc.strerror}") from None
+    with fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            location = f"{path}:{line_no}"
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError("a line must be a JSON object")
+                image_ref = entry.get("image")
+                if not isinstance(image_ref, str) or not image_ref:
+                    raise ValueError("'image' must be a non-empty path string")
+                task = entry.get("task")
+                raw_kps = entry.get("keypoints")
+                kps = present = None
+                if raw_kps is not None:
+                    kps, present = _manifest_keypoints(raw_kps)
+                    if "valid" in entry:
+                        given = entry["valid"]
+                        if not isinstance(given, list) or len(given) != len(kps) or not all(
+                            isinstance(v, bool) for v in given
+                        ):
+                            raise ValueError(f"'valid' must be {len(kps)} booleans")
+                        present = present & np.array(given, bool)
+                spacing = entry.get("spacing_mm")
+                spacing = None if spacing is None else float(spacing)
+                confidence = entry.get("confidence")
+                confidence = None if confidence is None else float(confidence)
+                size = None
+                if entry.get("width") is not None and entry.get("height") is not None:
+                    size = (int(entry["width"]), int(entry["height"]))
+            except (ValueError, TypeError) as exc:
+                report.add(location, "malformed", f"cannot parse line: {exc}")
+                report.skipped += 1
+                continue
+            image = _resolve(image_ref, root)
+            fields = dict(
+                is_pseudo=bool(entry.get("is_pseudo", False)),
+                spacing_mm=spacing,
+                source_id=str(entry.get("id") or f"{name}:{line_no}"),
+                confidence=confidence,
+            )
+            if task is not None and task not in table:
+                report.add(location, "unknown_task", f"task {task!r} is not one of {', '.join(table)}")
+                report.skipped += 1
+                continue
+            if kps is None:
+                if not os.path.isfile(image):
+                    report.add(location, "missing_image", f"image file not found: {image}")
+                    report.skipped += 1
+                    continue
+                records.append(Record(image=image, task=task, **fields))
+                continue
+            if task is None:
+                report.add(location, "malformed", "keypoints given without a task")
+                report.skipped += 1
+                continue
+            record = _finish_record(
+                image=image, task=task, kps=kps, valid=present, spec=table[task],
+                location=location, report=report, check_bounds=check_bounds, size=size, **fields,
+            )
+            if record is None:
+                report.skipped += 1
+            else:
+                records.append(record)
+    report.loaded = len(records)
+    return Source(records, report)
+
+
+def manifest_line(record: Record, root: str | None = None, size: tuple[int, int] | None = None) -> str:
+    """One manifest line for ``record`` (image path made relative to ``root`` if given).
+
+    Pseudo-label writers use this too, so the format has one writer and one reader.
+    """
+    if not isinstance(record.image, str):
+        raise InputError(f"record {record.source_id!r}: only records with an image path can be written")
+    image = os.path.relpath(record.image, root) if root else record.image
+    entry: dict[str, Any] = {"image": image.replace(os.sep, "/"), "task": record.task}
+    if record.keypoints is not None:
+        entry["keypoints"] = [
+            [round(float(x), 3), round(float(y), 3)] if ok else None
+            for (x, y), ok in zip(record.keypoints, record.valid)
+        ]
+    if record.is_pseudo:
+        entry["is_pseudo"] = True
+    if record.spacing_mm is not None:
+        entry["spacing_mm"] = record.spacing_mm
+    if record.confidence is not None:
+        entry["confidence"] = record.confidence
+    if record.source_id:
+        entry["id"] = record.source_id
+    if size is not None:
+        entry["width"], entry["height"] = int(size[0]), int(size[1])
+    return json.dumps(entry)
+
+
+# ---------------------------------------------------------------------------------------
+# Frame folders
+# ---------------------------------------------------------------------------------------
+
+
+def load_frames(root: str, *, extensions: Sequence[str] = FRAME_EXTENSIONS) -> Source:
+    """Every image file below ``root`` as an unlabelled record (sorted, recursive)."""
+    if not os.path.isdir(root):
+        raise InputError(f"frame folder not found: {root}")
+    exts = tuple(e.lower() for e in extensions)
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        paths.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(exts))
+    if not paths:
+        raise InputError(f"no image files ({', '.join(exts)}) under {root}")
+    report = LoadReport(root, loaded=len(paths))
+    records = [Record(image=p, task=None, source_id=os.path.relpath(p, root)) for p in paths]
+    return Source(records, report)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_source(
+    spec: str | os.PathLike,
+    *,
+    tasks: Iterable[TaskSpec] | None = None,
+    task_map: Mapping[str, str] | None = None,
+    image_column: str | None = None,
+    strict: bool = False,
+    check_bounds: bool = True,
+    log: Callable[[str], None] | None = _stderr,
+) -> Source:
+    """A ``.jsonl`` manifest, a ``.csv`` file, or a directory (its ``manifest.jsonl`` if it
+    has one, else its CSV files). The load summary goes to ``log`` (stderr by default;
+    None to stay quiet)."""
+    spec = os.fspath(spec)
+    tasks = tuple(_task_table(tasks).values())
+    if os.path.isdir(spec):
+        manifest = os.path.join(spec, MANIFEST_NAME)
+        if os.path.isfile(manifest):
+            source = load_manifest(manifest, tasks=tasks, strict=strict, check_bounds=check_bounds)
+        else:
+            source = load_csv_dir(
+                spec, tasks=tasks, task_map=task_map, image_column=image_column,
+                strict=strict, check_bounds=check_bounds,
+            )
+    elif not os.path.exists(spec):
+        raise InputError(f"data not found: {spec}")
+    elif spec.lower().endswith(".jsonl"):
+        source = load_manifest(spec, tasks=tasks, strict=strict, check_bounds=check_bounds)
+    elif spec.lower().endswith(".csv"):
+        source = load_csv(
+            spec, tasks=tasks, task_map=task_map, image_column=image_column,
+            strict=strict, check_bounds=check_bounds,
+        )
+    else:
+        raise InputError(f"{spec}: expected a .jsonl manifest, a .csv file or a directory of CSVs")
+    if log is not None:
+        log(source.report.summary())
+    return source

@@ -1,0 +1,120 @@
+"""SonichuModel: ViT encoder + one ViTPose head per task (or a shared deconv trunk)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sonichu_jax.config import ModelConfig
+from sonichu_jax.nn.vit import VisionTransformer
+from sonichu_jax.nn.vitpose import ClassicHead, DeconvTrunk, SimpleHead, final_conv, soft_argmax
+
+
+class TaskOutput(nnx.Module):
+    """The per-task part of a shared-trunk model: only the final 1x1 conv."""
+
+    def __init__(self, cfg: ModelConfig, num_keypoints: int, *, rngs: nnx.Rngs):
+        self.final = final_conv(cfg.deconv_filters, num_keypoints, 1, cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.final(x)
+
+
+class SonichuModel(nnx.Module):
+    """Multi-task keypoint model.
+
+    ``heatmaps(pixel_values, task)`` -> (B, H/4, W/4, K) float32 and
+    ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1]; both
+    take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled, one
+    compilation per (task, batch shape, tta).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.backbone = VisionTransformer(cfg, rngs=rngs)
+        self.trunk = DeconvTrunk(cfg, rngs=rngs) if cfg.head_sharing == "shared_trunk" else None
+        heads = {}
+        for spec in cfg.tasks:
+            if cfg.head_kind == "simple":
+                heads[spec.name] = SimpleHead(cfg, spec.num_keypoints, rngs=rngs)
+            elif self.trunk is not None:
+                heads[spec.name] = TaskOutput(cfg, spec.num_keypoints, rngs=rngs)
+            else:
+                heads[spec.name] = ClassicHead(cfg, spec.num_keypoints, rngs=rngs)
+        self.heads = nnx.Dict(heads)
+
+    # -- forward pieces (traceable; used by the jitted entry points and the trainers) ----
+    def feature_map(self, pixel_values: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, gh, gw, D) encoder features on the token grid."""
+        tokens = self.backbone(pixel_values)
+        gh, gw = self.cfg.grid
+        return tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
+
+    def head_heatmaps(self, features: jax.Array, task: str) -> jax.Array:
+        """Token-grid features -> (B, h, w, K) float32 heatmaps of one task's head."""
+        head = self.heads[self.cfg.task(task).name]
+        x = self.trunk(features) if self.trunk is not None else features
+        return head(x).astype(jnp.float32)
+
+    def forward_heatmaps(self, pixel_values: jax.Array, task: str) -> jax.Array:
+        return self.head_heatmaps(self.feature_map(pixel_values), task)
+
+    def forward_predict(self, pixel_values: jax.Array, task: str, tta: bool) -> jax.Array:
+        beta = self.cfg.softargmax_beta
+        coords = soft_argmax(self.forward_heatmaps(pixel_values, task), beta)
+        if not tta:
+            return coords
+        flipped = soft_argmax(self.forward_heatmaps(pixel_values[:, :, ::-1], task), beta)
+        flipped = flipped.at[..., 0].set(1.0 - flipped[..., 0])
+        perm = self.cfg.task(task).flip_perm
+        if perm is not None:
+            # keypoint i of the original image is keypoint perm[i] of the flipped one
+            flipped = flipped[:, jnp.asarray(perm)]
+        return 0.5 * (coords + flipped)
+
+    # -- jitted public API --------------------------------------------------------------
+    def heatmaps(self, pixel_values, task: str) -> jax.Array:
+        self.cfg.task(task)  # unknown task: a clear error before tracing
+        graphdef, state = nnx.split(self)
+        return _jit_heatmaps(graphdef, state, jnp.asarray(pixel_values), task)
+
+    def predict(self, pixel_values, task: str, tta: bool = True) -> jax.Array:
+        self.cfg.task(task)
+        graphdef, state = nnx.split(self)
+        return _jit_predict(graphdef, state, jnp.asarray(pixel_values), task, bool(tta))
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, layout: str | None = None, dtype: str | None = None,
+                        report=None) -> "SonichuModel":
+        """Load a checkpoint directory (config.json + PyTorch-layout model.safetensors, or
+        a converted Flax checkpoint). The model is returned in eval mode."""
+        from sonichu_jax.checkpoint import load_pretrained
+
+        return load_pretrained(path, layout=layout, dtype=dtype, report=report)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config.json + flax_model.safetensors (Flax layout)."""
+        from sonichu_jax.checkpoint import save_flax
+
+        save_flax(self, directory)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jit_heatmaps(graphdef, state, pixel_values, task):
+    return nnx.merge(graphdef, state).forward_heatmaps(pixel_values, task)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _jit_predict(graphdef, state, pixel_values, task, tta):
+    return nnx.merge(graphdef, state).forward_predict(pixel_values, task, tta)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters (nnx.Param), the figure a model card quotes."""
+    state = nnx.state(model, nnx.Param)
+    return sum(int(x.size) for x in jax.tree.leaves(state))

@@ -1,0 +1,154 @@
+"""Plain ViT encoder (I-JEPA / ViTPose backbone), channels-last, Flax NNX.
+
+Parameter names follow the PyTorch module tree (patch_embed/proj, blocks/i/attn/qkv, ...)
+so that the converter's name rules stay one-to-one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sonichu_jax.config import ModelConfig
+
+
+class FixedEmbedding(nnx.Variable):
+    """A table that is part of the state (saved, converted, sharded) but never trained."""
+
+
+def sincos_2d_table(width: int, grid: tuple[int, int]) -> np.ndarray:
+    """(gh * gw, width) fixed 2D sin-cos table in the MAE / I-JEPA layout.
+
+    The first half of the features encodes the column (x) coordinate and the second half
+    the row (y) coordinate: MAE builds its grid with meshgrid(w, h) and names the halves
+    the other way round, which is what the published weights were trained with.
+    """
+    gh, gw = grid
+    cols, rows = np.meshgrid(np.arange(gw, dtype=np.float64), np.arange(gh, dtype=np.float64))
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
+
+    def encode(pos):
+        angles = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return np.concatenate([encode(cols), encode(rows)], axis=1).astype(np.float32)
+
+
+class PatchEmbed(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pad = cfg.patch_padding
+        self.proj = nnx.Conv(
+            cfg.in_channels,
+            cfg.width,
+            kernel_size=(cfg.patch_size, cfg.patch_size),
+            strides=(cfg.patch_size, cfg.patch_size),
+            padding=((pad, pad), (pad, pad)),
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.proj(x)  # (B, gh, gw, D)
+        return y.reshape(y.shape[0], -1, y.shape[-1])
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        self.num_heads = cfg.num_heads
+        self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, use_bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(cfg.width, cfg.width, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # jax.nn.dot_product_attention dispatches to cuDNN flash attention on GPUs.
+        out = jax.nn.dot_product_attention(q, k, v)
+        return self.proj(out.reshape(b, t, d))
+
+
+class Mlp(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        hidden = int(cfg.width * cfg.mlp_ratio)
+        self.fc1 = nnx.Linear(cfg.width, hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, cfg.width, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+def layer_norm(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(cfg.width, epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+
+
+class Block(nnx.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.norm1 = layer_norm(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.norm2 = layer_norm(cfg, rngs=rngs)
+        self.mlp = Mlp(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nnx.Module):
+    """Patch embedding + position table + pre-LN blocks + final LayerNorm; no class token.
+
+    Position table kinds: ``sincos`` (fixed, not trained), ``learned`` (N, D) and
+    ``learned_cls_folded`` (N + 1, D, the ViTPose layout whose class slot is added to every
+    patch token).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg, rngs=rngs)
+        n = cfg.num_patches
+        if cfg.pos_embed == "sincos":
+            self.pos_embed = FixedEmbedding(jnp.asarray(sincos_2d_table(cfg.width, cfg.grid))[None])
+        else:
+            slots = n + 1 if cfg.pos_embed == "learned_cls_folded" else n
+            init = nnx.initializers.truncated_normal(stddev=0.02)
+            self.pos_embed = nnx.Param(init(rngs.params(), (1, slots, cfg.width), jnp.float32))
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
+        self.norm = layer_norm(cfg, rngs=rngs)
+
+    def position_table(self) -> jax.Array:
+        """(1, N, D) table added to the patch tokens."""
+        table = self.pos_embed[...]
+        if self.cfg.pos_embed == "learned_cls_folded":
+            table = table[:, 1:] + table[:, :1]
+        return table
+
+    def embed(self, pixel_values: jax.Array) -> jax.Array:
+        """(B, H, W, C) images -> (B, N, D) position-encoded patch tokens."""
+        x = pixel_values.astype(jnp.dtype(self.cfg.dtype))
+        tokens = self.patch_embed(x)
+        if tokens.shape[1] != self.cfg.num_patches:
+            raise ValueError(
+                f"input of spatial size {pixel_values.shape[1:3]} gives {tokens.shape[1]} patches; "
+                f"the model expects {self.cfg.image_size} ({self.cfg.num_patches} patches)"
+            )
+        return tokens + self.position_table().astype(tokens.dtype)
+
+    def encode_tokens(self, tokens: jax.Array) -> jax.Array:
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def __call__(self, pixel_values: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        """Encode images; with ``keep`` (B, M) int indices, only those tokens are encoded
+        (I-JEPA context encoder). Returns (B, N or M, D)."""
+        tokens = self.embed(pixel_values)
+        if keep is not None:
+            tokens = jnp.take_along_axis(tokens, keep[..., None].astype(jnp.int32), axis=1)
+        return self.encode_tokens(tokens)
