@@ -8,6 +8,7 @@ A checkpoint directory holds ``config.json`` and one of
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -19,12 +20,18 @@ from sonichu_jax.config import CONFIG_NAME, ModelConfig
 from sonichu_jax.convert import (
     ConversionError,
     ConversionReport,
-    SafetensorsSource,
+    Options,
     convert_tensors,
     detect_layout,
+    export_tensors,
+    infer_config,
+    open_source,
     write_safetensors,
 )
+from sonichu_jax.convert.infer import hf_vitpose_config
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import write_json
+from sonichu_jax.nn.predictor import Predictor
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.nn.vit import sincos_2d_table
 
@@ -89,7 +96,7 @@ def convert_checkpoint(
     weights: str | os.PathLike, cfg: ModelConfig, layout: str | None = None
 ) -> tuple[dict[str, np.ndarray], ConversionReport]:
     """Read ``weights`` one tensor at a time into Flax paths for a model of ``cfg``."""
-    source = SafetensorsSource(weights)
+    source = open_source(weights)
     chosen = detect_layout(source.keys(), layout)
     expected = expected_shapes(abstract_model(cfg))
     return convert_tensors(source, chosen, cfg, expected, state_defaults(cfg))
@@ -114,6 +121,12 @@ def load_pretrained(
     arrays, conv_report = convert_checkpoint(weights, cfg, layout)
     if report is not None:
         report.append(conv_report)
+    if conv_report.ok and conv_report.not_provided:
+        raise InputError(
+            f"{weights} holds only part of the model (layout {conv_report.layout}; missing "
+            f"{len(conv_report.not_provided)} parameters, e.g. {conv_report.not_provided[0]}): "
+            "load it into a model with sonichu_jax.checkpoint.load_backbone"
+        )
     if not conv_report.ok:
         raise ConversionError(conv_report, context=weights)
     return model_from_arrays(cfg, arrays)
@@ -131,3 +144,87 @@ def save_flax(model: SonichuModel, directory: str | os.PathLike) -> None:
 def init_model(cfg: ModelConfig, seed: int = 0) -> SonichuModel:
     """A randomly initialised model in train mode."""
     return SonichuModel(cfg, rngs=nnx.Rngs(jax.random.key(seed)))
+
+
+# -- conversion helpers: backbone-only loading, the I-JEPA predictor, export -------------
+def read_hints(config_dir: str) -> dict:
+    """The checkpoint's own config.json (Sonichu or transformers) as a dict, or {}."""
+    path = os.path.join(config_dir, CONFIG_NAME)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _weights_file(path: str | os.PathLike) -> tuple[str, str]:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return resolve_weights(path)
+    if not os.path.isfile(path):
+        raise InputError(f"checkpoint not found: {path}")
+    return os.path.dirname(os.path.abspath(path)), path
+
+
+def load_backbone(
+    model: SonichuModel, path: str | os.PathLike, *, layout: str | None = None, encoder: str = "target_encoder"
+) -> ConversionReport:
+    """Fill ``model.backbone`` in place from any checkpoint holding a ViT encoder (timm,
+    I-JEPA, ViTPose, Sonichu, ...); the heads keep their values and are listed in the
+    report's ``not_provided``. A position table of another grid is resized. This is how a
+    teacher starts from a pretrained encoder."""
+    config_dir, weights = _weights_file(path)
+    source = open_source(weights)
+    chosen = detect_layout(source.keys(), layout)
+    options = Options(encoder=encoder)
+    hints = read_hints(config_dir)
+    if chosen.infer is not None:
+        options = Options(source_grid=infer_config(source, chosen, hints, options=options).source_grid, encoder=encoder)
+    shapes = expected_shapes(model)
+    expected = {p: s for p, s in shapes.items() if p.startswith("backbone/")}
+    arrays, report = convert_tensors(
+        source, chosen, model.cfg, expected, state_defaults(model.cfg), options=options, only=("backbone/",)
+    )
+    report.not_provided.extend(p for p in shapes if p not in expected)
+    if not report.ok:
+        raise ConversionError(report, context=weights)
+    _, state = nnx.split(model.backbone)
+    filled = [(p, v.replace(jnp.asarray(arrays["backbone/" + path_str(p)]))) for p, v in nnx.to_flat_state(state)]
+    nnx.update(model.backbone, nnx.from_flat_state(filled))
+    return report
+
+
+def predictor_shapes(cfg: ModelConfig, width: int, depth: int) -> dict[str, tuple[int, ...]]:
+    """Flax paths (under ``predictor/``) and shapes of an I-JEPA predictor."""
+    abstract = nnx.eval_shape(lambda: Predictor(cfg, width, depth, rngs=nnx.Rngs(0)))
+    return {f"predictor/{p}": s for p, s in expected_shapes(abstract).items()}
+
+
+def predictor_from_arrays(cfg: ModelConfig, width: int, depth: int, arrays: dict[str, np.ndarray]) -> Predictor:
+    """A predictor whose every variable comes from ``arrays`` (keys ``predictor/...``)."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Predictor(cfg, width, depth, rngs=nnx.Rngs(0))))
+    filled = [(p, v.replace(jnp.asarray(arrays["predictor/" + path_str(p)]))) for p, v in nnx.to_flat_state(state)]
+    return nnx.merge(graphdef, nnx.from_flat_state(filled))
+
+
+def export_pytorch(model: SonichuModel, directory: str | os.PathLike, layout: str = "sonichu") -> None:
+    """Write ``model.safetensors`` + ``config.json`` that PyTorch loads with strict=True:
+    ``sonichu`` for this project's reference (``modeling_sonichu.py``), ``hf-vitpose`` for
+    transformers' VitPoseForPoseEstimation (one-head models)."""
+    write_pytorch(flat_state(model), model.cfg, directory, layout)
+
+
+def write_pytorch(flat: dict[str, np.ndarray], cfg: ModelConfig, directory: str | os.PathLike, layout: str) -> None:
+    """Flax arrays by path -> a PyTorch checkpoint directory in ``layout``."""
+    if layout not in EXPORT_LAYOUTS:
+        raise InputError(f"cannot export to layout {layout!r}; choose one of {', '.join(EXPORT_LAYOUTS)}")
+    config = hf_vitpose_config(cfg) if layout == "hf-vitpose" else cfg.to_dict()
+    tensors = export_tensors(flat, detect_layout([], layout), cfg)
+    os.makedirs(directory, exist_ok=True)
+    write_safetensors(os.path.join(directory, TORCH_WEIGHTS_NAME), tensors, metadata={"format": "pt", "layout": layout})
+    write_json(os.path.join(directory, CONFIG_NAME), config)
+
+
+EXPORT_LAYOUTS = ("sonichu", "hf-vitpose")

@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from sonichu_jax.config import ConfigError, UnknownTaskError
+from sonichu_jax.convert.report import ConversionError
 from sonichu_jax.errors import InputError
 
 # subcommand name -> module under sonichu_jax.commands
@@ -20,6 +21,10 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "convert": "convert",
     "parity": "parity",
+    "make-synthetic": "make_synthetic",
+    "evaluate": "evaluate",
+    "train-teacher": "train_teacher",
+    "pseudo-label": "pseudo_label",
 }
 
 EXIT_BAD_INPUT = 2
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (InputError, ConfigError, UnknownTaskError) as exc:
+    except (InputError, ConfigError, UnknownTaskError, ConversionError) as exc:
         print(f"sonichu-jax {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -1,18 +1,28 @@
 """Layouts (a named table of rules for one family of checkpoints) and the engine that
-applies them one tensor at a time."""
+applies them.
+
+Conversion runs in two passes. `plan_conversion` looks at names only: it matches every
+source tensor to a rule, an ignore or a refusal, groups the sources of multi-source
+rules, and lists what the model will lack. `run_plan` then reads the tensors of one
+target at a time, transforms them and hands each result to a sink (a dict, or a file
+writer), so peak memory is the sink plus one target's source tensors.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.convert.report import ConversionReport
-from sonichu_jax.convert.rules import Ignore, Rule
+from sonichu_jax.convert.rules import Ignore, Refuse, Rule
 
 KNOWN_PREFIXES = ("module.", "model.")
+
+Shapes = Mapping[str, tuple[int, ...]]
+Defaults = Mapping[str, tuple[Callable[[], np.ndarray], str]]
 
 
 class TensorSource(Protocol):
@@ -20,23 +30,44 @@ class TensorSource(Protocol):
 
     def keys(self) -> Iterable[str]: ...
 
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
     def get(self, name: str) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a layout's table may depend on besides the model config."""
+
+    source_grid: tuple[int, int] | None = None  # the checkpoint's token grid, when known
+    encoder: str = "target_encoder"  # I-JEPA: which encoder becomes the backbone
+
+
+def _same(name: str) -> str:
+    return name
 
 
 @dataclass(frozen=True)
 class Layout:
     name: str
     description: str
-    rules: Callable[[ModelConfig], list[Rule]]
-    ignores: tuple[Ignore, ...]
+    table: Callable[[ModelConfig, Options], list[Rule | Ignore | Refuse]]
     detect: Callable[[set[str]], bool]  # True when the prefix-stripped names look like this layout
+    # Flax path prefixes this layout can fill; the model's other parameters are reported
+    # as not provided (a backbone-only checkpoint) instead of as errors. None: all.
+    provides: tuple[str, ...] | None = None
+    # Applied to each prefix-stripped name before matching (e.g. I-JEPA's inner "module.").
+    canonical: Callable[[str], str] = _same
+    # Tensors PyTorch needs that Flax does not hold (BatchNorm counters), added on export.
+    export_extras: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    # (tensors, hints, task name, options) -> `infer.Inferred`: the model config a file holds.
+    infer: Callable | None = None
 
-    def find_rule(self, rules: list[Rule], name: str) -> tuple[Rule, str] | None:
-        for rule in rules:
-            target = rule.to_target(name)
-            if target is not None:
-                return rule, target
-        return None
+    def rules(self, cfg: ModelConfig, options: Options | None = None) -> list[Rule]:
+        return [e for e in self.table(cfg, options or Options()) if isinstance(e, Rule)]
+
+    def provides_path(self, path: str) -> bool:
+        return self.provides is None or path.startswith(self.provides)
 
 
 def strip_prefix(names: Iterable[str]) -> str:
@@ -53,74 +84,166 @@ def strip_prefix(names: Iterable[str]) -> str:
     return prefix
 
 
-def convert_tensors(
-    source: TensorSource,
+@dataclass(frozen=True)
+class Step:
+    """Fill one Flax path from its source tensors (file names, in the rule's order)."""
+
+    target: str
+    rule: Rule
+    sources: tuple[str, ...]
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    defaults: dict[str, tuple[Callable[[], np.ndarray], str]]  # paths filled without a source
+    report: ConversionReport
+    expected: Shapes = field(repr=False)
+
+    @property
+    def targets(self) -> list[str]:
+        """Every path the conversion will produce, in the model's order."""
+        filled = {s.target for s in self.steps} | set(self.defaults)
+        return [p for p in self.expected if p in filled]
+
+
+def _first_match(rules: list[Rule], name: str):
+    for rule in rules:
+        match = rule.match_source(name)
+        if match is not None:
+            return rule, match
+    return None
+
+
+def plan_conversion(
+    names: Iterable[str],
     layout: Layout,
     cfg: ModelConfig,
-    expected: Mapping[str, tuple[int, ...]],
-    defaults: Mapping[str, tuple[Callable[[], np.ndarray], str]] | None = None,
-) -> tuple[dict[str, np.ndarray], ConversionReport]:
-    """Map every source tensor to a Flax path, reading one tensor at a time.
+    expected: Shapes,
+    defaults: Defaults | None = None,
+    *,
+    options: Options | None = None,
+    only: tuple[str, ...] | None = None,
+) -> Plan:
+    """Match names to rules without reading any tensor.
 
-    ``expected`` holds every Flax path the model has and its shape; ``defaults`` gives,
-    for paths a checkpoint may legitimately omit, a factory and a description.
-    Returns the filled arrays and a report; callers decide what to do when not ``report.ok``.
+    ``expected`` holds every Flax path wanted and its shape; ``defaults`` gives, for
+    paths a checkpoint may legitimately omit, a factory and a description; ``only``
+    restricts loading to paths under these prefixes (tensors mapped elsewhere are skipped).
     """
-    names = list(source.keys())
+    names = list(names)
     prefix = strip_prefix(names)
     report = ConversionReport(layout=layout.name, prefix=prefix)
-    rules = layout.rules(cfg)
-    out: dict[str, np.ndarray] = {}
+    entries = layout.table(cfg, options or Options())
+    rules = [e for e in entries if isinstance(e, Rule)]
+    ignores = [e for e in entries if isinstance(e, Ignore)]
+    refusals = [e for e in entries if isinstance(e, Refuse)]
+    groups: dict[str, tuple[Rule, tuple[str, ...], dict[int, str]]] = {}
     for full_name in names:
-        name = full_name[len(prefix) :]
-        found = layout.find_rule(rules, name)
+        name = layout.canonical(full_name[len(prefix) :])
+        refusal = next((r for r in refusals if r.matches(name)), None)
+        if refusal is not None:
+            report.refused.append((full_name, refusal.reason))
+            continue
+        found = _first_match(rules, name)
         if found is None:
-            ignore = next((ig for ig in layout.ignores if ig.matches(name)), None)
+            ignore = next((ig for ig in ignores if ig.matches(name)), None)
             if ignore is not None:
                 report.ignored.append((full_name, ignore.reason))
             else:
                 report.unmapped.append(full_name)
             continue
-        rule, target = found
+        found_rule, (target, slot, wanted) = found
+        if only is not None and not target.startswith(only):
+            report.skipped.append((full_name, target))
+            continue
         if target not in expected:
             report.unmapped.append(full_name)
             continue
-        if target in out:
+        rule, group_wanted, have = groups.setdefault(target, (found_rule, wanted, {}))
+        if group_wanted != wanted or slot in have:
             report.duplicates.append((full_name, target))
             continue
-        array, note = rule.transform.forward(source.get(full_name), expected[target])
-        if tuple(array.shape) != tuple(expected[target]):
-            report.mismatched.append((full_name, target, tuple(array.shape), tuple(expected[target])))
-            continue
-        out[target] = np.ascontiguousarray(array, dtype=np.float32)
-        report.mapped.append((full_name, target, rule.transform.name))
-        if note:
-            report.notes.append((full_name, note))
+        have[slot] = full_name
+    steps = []
+    for target, (rule, wanted, have) in groups.items():
+        if len(have) == len(wanted):
+            steps.append(Step(target, rule, tuple(have[i] for i in range(len(wanted)))))
+        else:
+            report.incomplete.append((target, [n for i, n in enumerate(wanted) if i not in have]))
+    used_defaults = {}
     for path in expected:
-        if path in out:
+        if path in groups:
             continue
         if defaults and path in defaults:
-            factory, how = defaults[path]
-            out[path] = factory()
-            report.defaulted.append((path, how))
+            used_defaults[path] = defaults[path]
+            report.defaulted.append((path, defaults[path][1]))
+        elif not layout.provides_path(path):
+            report.not_provided.append(path)
         else:
             report.unfilled.append(path)
-    return out, report
+    return Plan(steps, used_defaults, report, expected)
 
 
-def export_tensors(flat: Mapping[str, np.ndarray], layout: Layout, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Flax paths -> source names with inverse transforms (for PyTorch users).
+def run_plan(plan: Plan, source: TensorSource, sink: Callable[[str, np.ndarray], None]) -> ConversionReport:
+    """Read, transform and hand over one target at a time; shape mismatches go to the
+    report (and nothing for that target goes to the sink)."""
+    report = plan.report
+    for step in plan.steps:
+        arrays = tuple(source.get(name) for name in step.sources)
+        array, note = step.rule.transform.forward(arrays, plan.expected[step.target])
+        expected = tuple(plan.expected[step.target])
+        if tuple(array.shape) != expected:
+            report.mismatched.append((", ".join(step.sources), step.target, tuple(array.shape), expected))
+            continue
+        sink(step.target, np.ascontiguousarray(array, dtype=np.float32))
+        report.mapped.append((" + ".join(step.sources), step.target, step.rule.transform.name))
+        if note:
+            report.notes.append((" + ".join(step.sources), note))
+    for path, (factory, _) in plan.defaults.items():
+        sink(path, np.asarray(factory(), dtype=np.float32).reshape(plan.expected[path]))
+    return report
+
+
+def convert_tensors(
+    source: TensorSource,
+    layout: Layout,
+    cfg: ModelConfig,
+    expected: Shapes,
+    defaults: Defaults | None = None,
+    *,
+    options: Options | None = None,
+    only: tuple[str, ...] | None = None,
+) -> tuple[dict[str, np.ndarray], ConversionReport]:
+    """Map every source tensor to a Flax path, reading one tensor at a time, into memory.
+
+    Returns the filled arrays and a report; callers decide what to do when not ``report.ok``.
+    """
+    plan = plan_conversion(source.keys(), layout, cfg, expected, defaults, options=options, only=only)
+    out: dict[str, np.ndarray] = {}
+    run_plan(plan, source, out.__setitem__)
+    return out, plan.report
+
+
+def export_tensors(
+    flat: Mapping[str, np.ndarray], layout: Layout, cfg: ModelConfig, options: Options | None = None
+) -> dict[str, np.ndarray]:
+    """Flax paths -> source names with inverse transforms (for PyTorch users). The first
+    rule that can express a path names it (a layout lists its export names first).
 
     Raises KeyError naming a Flax path that no rule of the layout can express.
     """
-    rules = layout.rules(cfg)
+    rules = layout.rules(cfg, options)
     out: dict[str, np.ndarray] = {}
     for path, array in flat.items():
         for rule in rules:
-            name = rule.to_source(path)
-            if name is not None:
-                out[name] = np.ascontiguousarray(rule.transform.inverse(np.asarray(array)))
+            names = rule.to_sources(path)
+            if names is not None:
+                for name, part in zip(names, rule.transform.inverse(np.asarray(array))):
+                    out[name] = np.ascontiguousarray(part)
                 break
         else:
             raise KeyError(f"layout {layout.name} has no name for Flax parameter {path}")
+    if layout.export_extras is not None:
+        out.update(layout.export_extras(out))
     return out

@@ -1,11 +1,34 @@
-"""The checkpoint layouts this project reads and writes, and their detection."""
+"""The checkpoint layouts this project reads and writes, and their detection.
+
+Each layout is a table: rules (source names <-> Flax paths, with a transform), ignores
+(tensors the model does not need, and why) and refusals (variants it cannot represent).
+Tables are built per model config, because head names depend on the task table and the
+position-table transform on the grids.
+"""
 
 from __future__ import annotations
 
+import re
+from typing import Mapping
+
+import numpy as np
+
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.convert.layout import Layout, strip_prefix
-from sonichu_jax.convert.rules import Ignore, Rule
-from sonichu_jax.convert.transforms import CONV, DECONV, IDENTITY, LINEAR, POSITION_TABLE
+from sonichu_jax.convert import infer
+from sonichu_jax.convert.layout import Layout, Options, strip_prefix
+from sonichu_jax.convert.rules import Ignore, Refuse, Rule
+from sonichu_jax.convert.transforms import (
+    CLASS_SLOT_ALWAYS,
+    CLASS_SLOT_DROP,
+    CLASS_SLOT_OPTIONAL,
+    CONV,
+    DECONV,
+    FUSED_QKV_BIAS,
+    FUSED_QKV_LINEAR,
+    IDENTITY,
+    LINEAR,
+    position_table,
+)
 from sonichu_jax.errors import InputError
 
 _NORM_PARAMS = (("weight", "scale", IDENTITY), ("bias", "bias", IDENTITY))
@@ -14,26 +37,44 @@ _DENSE_PARAMS = (("weight", "kernel", LINEAR), ("bias", "bias", IDENTITY))
 _CONV_PARAMS = (("weight", "kernel", CONV), ("bias", "bias", IDENTITY))
 
 BN_COUNTER = Ignore(r"\.num_batches_tracked\Z", "BatchNorm update counter; Flax keeps none")
+MOE_EXPERTS = Refuse(
+    r"\.mlp\.experts\.",
+    "ViTPose+ mixture-of-experts MLP (per-dataset expert layers) is not supported; "
+    "convert a plain ViTPose checkpoint",
+)
 
 
 def expand(source: str, target: str, params) -> list[Rule]:
     return [Rule(f"{source}.{s}", f"{target}/{t}", tf) for s, t, tf in params]
 
 
-def vit_backbone_rules(src: str, dst: str, final_norm_names: tuple[str, ...]) -> list[Rule]:
-    """A timm/I-JEPA-named ViT (fused qkv) under ``src`` -> our encoder under ``dst``."""
-    rules = expand(f"{src}.patch_embed.proj", f"{dst}/patch_embed/proj", _CONV_PARAMS)
-    rules.append(Rule(f"{src}.pos_embed", f"{dst}/pos_embed", POSITION_TABLE))
-    block, fblock = f"{src}.blocks.{{i}}", f"{dst}/blocks/{{i}}"
-    rules += expand(f"{block}.norm1", f"{fblock}/norm1", _NORM_PARAMS)
+def table_rule(src: str, dst: str, cfg: ModelConfig, options: Options, class_slot: str) -> Rule:
+    fixed = cfg.pos_embed == "sincos"
+    return Rule(src, dst, position_table(cfg.grid, options.source_grid, class_slot, fixed_sincos=fixed))
+
+
+def fused_qkv_block_rules(block: str, fblock: str) -> list[Rule]:
+    """Our fused-qkv ViT block under ``fblock`` from timm / I-JEPA / mmpose names under ``block``."""
+    rules = expand(f"{block}.norm1", f"{fblock}/norm1", _NORM_PARAMS)
     rules += expand(f"{block}.attn.qkv", f"{fblock}/attn/qkv", _DENSE_PARAMS)
     rules += expand(f"{block}.attn.proj", f"{fblock}/attn/proj", _DENSE_PARAMS)
     rules += expand(f"{block}.norm2", f"{fblock}/norm2", _NORM_PARAMS)
     rules += expand(f"{block}.mlp.fc1", f"{fblock}/mlp/fc1", _DENSE_PARAMS)
     rules += expand(f"{block}.mlp.fc2", f"{fblock}/mlp/fc2", _DENSE_PARAMS)
-    # The first name is the one export writes; the others are accepted aliases.
+    return rules
+
+
+def vit_backbone_rules(
+    src: str, dst: str, final_norm_names: tuple[str, ...], cfg: ModelConfig, options: Options, class_slot: str
+) -> list[Rule]:
+    """A timm/I-JEPA/mmpose-named ViT (fused qkv) under ``src`` (may be '') -> our encoder
+    under ``dst``. The first final-norm name is the one export writes; others are aliases."""
+    dot = f"{src}." if src else ""
+    rules = expand(f"{dot}patch_embed.proj", f"{dst}/patch_embed/proj", _CONV_PARAMS)
+    rules.append(table_rule(f"{dot}pos_embed", f"{dst}/pos_embed", cfg, options, class_slot))
+    rules += fused_qkv_block_rules(f"{dot}blocks.{{i}}", f"{dst}/blocks/{{i}}")
     for norm in final_norm_names:
-        rules += expand(f"{src}.{norm}", f"{dst}/norm", _NORM_PARAMS)
+        rules += expand(f"{dot}{norm}", f"{dst}/norm", _NORM_PARAMS)
     return rules
 
 
@@ -46,39 +87,178 @@ def deconv_trunk_rules(src: str, dst: str, num_deconv: int) -> list[Rule]:
     return rules
 
 
-def sonichu_rules(cfg: ModelConfig) -> list[Rule]:
-    rules = vit_backbone_rules("backbone", "backbone", ("norm", "last_norm"))
+def single_task(cfg: ModelConfig) -> str:
+    """The task whose head a one-head layout (ViTPose, transformers) holds: the first."""
+    return cfg.tasks[0].name
+
+
+def bn_counters(exported: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """PyTorch BatchNorm's ``num_batches_tracked`` for every exported BatchNorm: strict
+    loading needs it, Flax has none, and eval-mode outputs never read it."""
+    return {
+        name[: -len("running_mean")] + "num_batches_tracked": np.zeros((), np.int64)
+        for name in exported
+        if name.endswith(".running_mean")
+    }
+
+
+# -- sonichu: I-JEPA encoder names under backbone.*, mmpose heads per task ----------------
+def sonichu_table(cfg: ModelConfig, options: Options) -> list:
+    rules = vit_backbone_rules("backbone", "backbone", ("norm", "last_norm"), cfg, options, CLASS_SLOT_OPTIONAL)
     if cfg.head_sharing == "shared_trunk":
         rules += deconv_trunk_rules("head_trunk.deconv_layers", "trunk", cfg.num_deconv)
     elif cfg.head_kind == "classic":
         rules += deconv_trunk_rules("heads.{task}.deconv_layers", "heads/{task}/trunk", cfg.num_deconv)
     rules += expand("heads.{task}.final_layer", "heads/{task}/final", _CONV_PARAMS)
-    return rules
-
-
-def _is_sonichu(names: set[str]) -> bool:
-    return any(n.startswith("backbone.blocks.") for n in names) and any(
-        n.startswith("heads.") and ".final_layer." in n for n in names
-    )
+    return rules + [BN_COUNTER]
 
 
 SONICHU = Layout(
     name="sonichu",
     description="Sonichu PyTorch: I-JEPA encoder names under backbone.*, mmpose heads under heads.{task}.*",
-    rules=sonichu_rules,
-    ignores=(BN_COUNTER,),
-    detect=_is_sonichu,
+    table=sonichu_table,
+    detect=lambda names: any(n.startswith("backbone.blocks.") for n in names)
+    and any(n.startswith("heads.") and ".final_layer." in n for n in names),
+    export_extras=bn_counters,
+    infer=infer.infer_sonichu,
 )
 
+# -- flax: this project's own files ---------------------------------------------------------
 FLAX = Layout(
     name="flax",
     description="this project's own checkpoints: tensors named by their Flax state path",
-    rules=lambda cfg: [Rule("{path}", "{path}", IDENTITY)],
-    ignores=(),
+    table=lambda cfg, options: [Rule("{path}", "{path}", IDENTITY)],
     detect=lambda names: all("/" in n for n in names),
 )
 
-LAYOUTS: dict[str, Layout] = {FLAX.name: FLAX, SONICHU.name: SONICHU}
+
+# -- vitpose: official mmpose ViTPose files -----------------------------------------------
+def vitpose_table(cfg: ModelConfig, options: Options) -> list:
+    task = single_task(cfg)
+    rules = vit_backbone_rules("backbone", "backbone", ("last_norm", "norm"), cfg, options, CLASS_SLOT_ALWAYS)
+    trunk = "trunk" if cfg.head_sharing == "shared_trunk" else f"heads/{task}/trunk"
+    if cfg.head_kind == "classic":
+        rules += deconv_trunk_rules("keypoint_head.deconv_layers", trunk, cfg.num_deconv)
+    rules += expand("keypoint_head.final_layer", f"heads/{task}/final", _CONV_PARAMS)
+    return rules + [
+        BN_COUNTER,
+        Ignore(r"^backbone\.cls_token\Z", "unused class token: ViTPose folds its position slot into the patches instead"),
+        MOE_EXPERTS,
+        Refuse(r"^associate_\w*heads?\.", "ViTPose+ per-dataset extra heads are not supported"),
+    ]
+
+
+VITPOSE = Layout(
+    name="vitpose",
+    description="official ViTPose (mmpose): backbone.* with padding-2 patches and a folded class slot, keypoint_head.*",
+    table=vitpose_table,
+    detect=lambda names: any(n.startswith("backbone.blocks.") for n in names)
+    and any(n.startswith(("keypoint_head.", "associate_")) for n in names),
+    export_extras=bn_counters,
+    infer=infer.infer_vitpose,
+)
+
+
+# -- hf-vitpose: transformers VitPoseForPoseEstimation --------------------------------------
+def hf_vitpose_table(cfg: ModelConfig, options: Options) -> list:
+    task = single_task(cfg)
+    emb = "backbone.embeddings"
+    rules = expand(f"{emb}.patch_embeddings.projection", "backbone/patch_embed/proj", _CONV_PARAMS)
+    rules.append(table_rule(f"{emb}.position_embeddings", "backbone/pos_embed", cfg, options, CLASS_SLOT_ALWAYS))
+    layer, block = "backbone.encoder.layer.{i}", "backbone/blocks/{i}"
+    attn = f"{layer}.attention.attention"
+    rules += expand(f"{layer}.layernorm_before", f"{block}/norm1", _NORM_PARAMS)
+    rules.append(Rule(tuple(f"{attn}.{p}.weight" for p in ("query", "key", "value")), f"{block}/attn/qkv/kernel", FUSED_QKV_LINEAR))
+    rules.append(Rule(tuple(f"{attn}.{p}.bias" for p in ("query", "key", "value")), f"{block}/attn/qkv/bias", FUSED_QKV_BIAS))
+    rules += expand(f"{layer}.attention.output.dense", f"{block}/attn/proj", _DENSE_PARAMS)
+    rules += expand(f"{layer}.layernorm_after", f"{block}/norm2", _NORM_PARAMS)
+    rules += expand(f"{layer}.mlp.fc1", f"{block}/mlp/fc1", _DENSE_PARAMS)
+    rules += expand(f"{layer}.mlp.fc2", f"{block}/mlp/fc2", _DENSE_PARAMS)
+    rules += expand("backbone.layernorm", "backbone/norm", _NORM_PARAMS)
+    if cfg.head_kind == "classic":
+        trunk = "trunk" if cfg.head_sharing == "shared_trunk" else f"heads/{task}/trunk"
+        for j in range(cfg.num_deconv):
+            rules.append(Rule(f"head.deconv{j + 1}.weight", f"{trunk}/deconvs/{j}/kernel", DECONV))
+            rules += expand(f"head.batchnorm{j + 1}", f"{trunk}/norms/{j}", _BN_PARAMS)
+    rules += expand("head.conv", f"heads/{task}/final", _CONV_PARAMS)
+    return rules + [BN_COUNTER, MOE_EXPERTS]
+
+
+HF_VITPOSE = Layout(
+    name="hf-vitpose",
+    description="transformers VitPoseForPoseEstimation: separate q/k/v, layernorm_before/after, head.deconv1/...",
+    table=hf_vitpose_table,
+    detect=lambda names: any(n.startswith(("backbone.encoder.layer.", "backbone.embeddings.")) for n in names),
+    export_extras=bn_counters,
+    infer=infer.infer_hf_vitpose,
+)
+
+
+# -- timm-vit: a timm VisionTransformer, backbone only --------------------------------------
+def timm_table(cfg: ModelConfig, options: Options) -> list:
+    return vit_backbone_rules("", "backbone", ("norm",), cfg, options, CLASS_SLOT_DROP) + [
+        Ignore(r"^cls_token\Z", "class token: this encoder has none (patch features differ from timm's "
+               "wherever the class token took part in attention)"),
+        Ignore(r"^(head|fc_norm)\.", "classifier head: not part of a keypoint model"),
+        Refuse(r"\.ls[12]\.gamma\Z", "layer scale (ls1/ls2) is not supported by this encoder"),
+        Refuse(r"\.attn\.[qk]_norm\.", "q/k normalisation (q_norm/k_norm) is not supported by this encoder"),
+        Refuse(r"^reg_token\Z", "register tokens are not supported by this encoder"),
+        Refuse(r"^norm_pre\.", "a pre-encoder norm (CLIP-style norm_pre) is not supported by this encoder"),
+    ]
+
+
+TIMM_VIT = Layout(
+    name="timm-vit",
+    description="timm VisionTransformer (backbone only): patch_embed, pos_embed, blocks.{i}, norm",
+    table=timm_table,
+    detect=lambda names: "patch_embed.proj.weight" in names and any(n.startswith("blocks.") for n in names),
+    provides=("backbone/",),
+    infer=infer.infer_timm,
+)
+
+
+# -- ijepa: the official I-JEPA training checkpoint -----------------------------------------
+IJEPA_PARTS = ("encoder", "target_encoder", "predictor")
+
+
+def ijepa_table(cfg: ModelConfig, options: Options) -> list:
+    if options.encoder not in IJEPA_PARTS[:2]:
+        raise InputError(f"--encoder must be 'encoder' or 'target_encoder', got {options.encoder!r}")
+    other = "encoder" if options.encoder == "target_encoder" else "target_encoder"
+    rules = vit_backbone_rules(options.encoder, "backbone", ("norm",), cfg, options, CLASS_SLOT_OPTIONAL)
+    pred = "predictor"
+    rules += expand(f"{pred}.predictor_embed", "predictor/embed", _DENSE_PARAMS)
+    rules.append(Rule(f"{pred}.mask_token", "predictor/mask_token", IDENTITY))
+    rules.append(Rule(f"{pred}.predictor_pos_embed", "predictor/pos_embed", IDENTITY))
+    rules += fused_qkv_block_rules(f"{pred}.predictor_blocks.{{i}}", "predictor/blocks/{i}")
+    rules += expand(f"{pred}.predictor_norm", "predictor/norm", _NORM_PARAMS)
+    rules += expand(f"{pred}.predictor_proj", "predictor/proj", _DENSE_PARAMS)
+    return rules + [
+        Ignore(rf"^{other}\.", f"the other encoder ({other}); --encoder chooses which becomes the backbone"),
+        Ignore(r"^(opt|scaler)\.", "optimiser / loss-scaler state"),
+    ]
+
+
+def _ijepa_canonical(name: str) -> str:
+    # The official trainer wraps each network in DistributedDataParallel: "encoder.module.blocks.0..."
+    return re.sub(r"^(encoder|target_encoder|predictor)\.module\.", r"\1.", name)
+
+
+IJEPA = Layout(
+    name="ijepa",
+    description="I-JEPA training checkpoint: encoder / target_encoder / predictor (module. prefixes)",
+    table=ijepa_table,
+    detect=lambda names: any(n.startswith("predictor.") for n in names)
+    and any(n.startswith(("encoder.", "target_encoder.")) for n in names),
+    provides=("backbone/", "predictor/"),
+    canonical=_ijepa_canonical,
+    infer=infer.infer_ijepa,
+)
+
+# Detection order matters only where detectors overlap: none of these do.
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout for layout in (FLAX, SONICHU, VITPOSE, HF_VITPOSE, TIMM_VIT, IJEPA)
+}
 
 
 def detect_layout(names, requested: str | None = None) -> Layout:

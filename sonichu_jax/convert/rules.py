@@ -1,8 +1,11 @@
-"""Declarative name rules: a PyTorch tensor name pattern <-> a Flax state path pattern.
+"""Declarative table entries of a layout: name rules, ignores and refusals.
 
-Patterns use placeholders: ``{i}`` matches a decimal index, ``{task}`` a task name (no
-dots or slashes), ``{path}`` a whole Flax path (for checkpoints already in Flax layout). The same rule maps a source name to a Flax path and, for export, a Flax
-path back to the source name, with the tensor transform and its inverse.
+A `Rule` pairs PyTorch tensor name patterns with one Flax state path pattern. Patterns
+use placeholders: ``{i}`` matches a decimal index, ``{task}`` a task name (no dots or
+slashes), ``{path}`` a whole Flax path (for checkpoints already in Flax layout). The same
+rule maps source names to a Flax path and, for export, a Flax path back to the source
+names, with the tensor transform and its inverse. A rule with several source patterns
+(separate q, k, v) combines their tensors; every pattern must use the same placeholders.
 """
 
 from __future__ import annotations
@@ -28,30 +31,61 @@ def _compile(pattern: str) -> re.Pattern:
 
 @dataclass(frozen=True)
 class Rule:
-    source: str  # PyTorch name pattern, e.g. "backbone.blocks.{i}.attn.qkv.weight"
+    source: str | tuple[str, ...]  # e.g. "backbone.blocks.{i}.attn.qkv.weight", or (q, k, v) patterns
     target: str  # Flax path pattern, e.g. "backbone/blocks/{i}/attn/qkv/kernel"
     transform: Transform
-    _source_re: re.Pattern = field(init=False, repr=False, compare=False)
+    _source_res: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False)
     _target_re: re.Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "_source_re", _compile(self.source))
+        if len(self.sources) != self.transform.arity:
+            raise ValueError(f"rule {self.target}: {len(self.sources)} sources for a {self.transform.arity}-ary transform")
+        object.__setattr__(self, "_source_res", tuple(_compile(s) for s in self.sources))
         object.__setattr__(self, "_target_re", _compile(self.target))
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
+
+    def match_source(self, name: str) -> tuple[str, int, tuple[str, ...]] | None:
+        """(target path, which source slot ``name`` fills, all source names of that target)."""
+        for slot, regex in enumerate(self._source_res):
+            m = regex.match(name)
+            if m:
+                values = m.groupdict()
+                return self.target.format(**values), slot, tuple(s.format(**values) for s in self.sources)
+        return None
+
     def to_target(self, name: str) -> str | None:
-        m = self._source_re.match(name)
-        return self.target.format(**m.groupdict()) if m else None
+        found = self.match_source(name)
+        return found[0] if found else None
+
+    def to_sources(self, path: str) -> tuple[str, ...] | None:
+        m = self._target_re.match(path)
+        return tuple(s.format(**m.groupdict()) for s in self.sources) if m else None
 
     def to_source(self, path: str) -> str | None:
-        m = self._target_re.match(path)
-        return self.source.format(**m.groupdict()) if m else None
+        names = self.to_sources(path)
+        return names[0] if names else None
 
 
 @dataclass(frozen=True)
 class Ignore:
     """Source tensors that carry nothing the Flax model needs, and why."""
 
-    pattern: str  # regular expression over the (prefix-stripped) source name
+    pattern: str  # regular expression searched in the (prefix-stripped) source name
+    reason: str
+
+    def matches(self, name: str) -> bool:
+        return re.search(self.pattern, name) is not None
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Source tensors of a variant this project cannot represent (e.g. ViTPose+ experts):
+    the conversion fails, naming each such tensor and the reason."""
+
+    pattern: str
     reason: str
 
     def matches(self, name: str) -> bool:

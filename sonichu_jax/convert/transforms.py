@@ -1,8 +1,10 @@
 """Tensor transforms between PyTorch and Flax layouts, each with its exact inverse.
 
-A forward transform receives the source array and the shape the Flax model expects, and
-returns the array plus an optional note for the report (e.g. "class slot folded"). The
-inverse is used for export; every inverse is bit-exact (pure permutations and flips).
+A forward transform receives the source arrays of one rule (one for most, three for a
+fused q/k/v) and the shape the Flax model expects, and returns the array plus an optional
+note for the report (e.g. "class slot folded"). The inverse, used for export, returns the
+source arrays; it is bit-exact (permutations, flips, splits) except where the forward
+step discarded information (a folded or resized table), which the report always says.
 """
 
 from __future__ import annotations
@@ -12,44 +14,126 @@ from typing import Callable
 
 import numpy as np
 
+from sonichu_jax.convert.tables import factor_grid, resize_grid_table, sincos_2d
+
 Note = str | None
+Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Transform:
     name: str
-    forward: Callable[[np.ndarray, tuple[int, ...] | None], tuple[np.ndarray, Note]]
-    inverse: Callable[[np.ndarray], np.ndarray]
+    forward: Callable[[tuple[np.ndarray, ...], Shape | None], tuple[np.ndarray, Note]]
+    inverse: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+    arity: int = 1  # number of source tensors combined into one Flax array
 
 
-def _plain(fn: Callable[[np.ndarray], np.ndarray]):
-    return lambda arr, expected: (fn(arr), None)
+def elementwise(name: str, forward: Callable[[np.ndarray], np.ndarray], inverse: Callable[[np.ndarray], np.ndarray]) -> Transform:
+    """A one-source transform with no note."""
+    return Transform(name, lambda arrays, expected: (forward(arrays[0]), None), lambda a: (inverse(a),))
 
 
-IDENTITY = Transform("identity", _plain(lambda a: a), lambda a: a)
+IDENTITY = elementwise("identity", lambda a: a, lambda a: a)
 
 # nn.Linear (out, in) -> Dense kernel (in, out)
-LINEAR = Transform("linear", _plain(lambda a: a.T), lambda a: a.T)
+LINEAR = elementwise("linear", lambda a: a.T, lambda a: a.T)
 
 # Conv2d OIHW -> HWIO
-CONV = Transform("conv", _plain(lambda a: a.transpose(2, 3, 1, 0)), lambda a: a.transpose(3, 2, 0, 1))
+CONV = elementwise("conv", lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))
 
 # ConvTranspose2d (in, out, kH, kW) -> (kH, kW, in, out) of the spatially flipped kernel,
 # so that lax.conv_transpose without transpose_kernel equals PyTorch (REFERENCE.md s7).
-DECONV = Transform(
+DECONV = elementwise(
     "deconv",
-    _plain(lambda a: a[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)),
+    lambda a: a[:, :, ::-1, ::-1].transpose(2, 3, 0, 1),
     lambda a: a.transpose(2, 3, 0, 1)[:, :, ::-1, ::-1],
 )
 
 
-def _position_table(arr: np.ndarray, expected: tuple[int, ...] | None) -> tuple[np.ndarray, Note]:
-    """Accept (N, D), (1, N, D) or (1, N + 1, D); fold a class slot when the model has none."""
-    if arr.ndim == 2:
-        arr = arr[None]
-    if expected is not None and arr.shape[1] == expected[1] + 1 and arr.shape[2] == expected[2]:
-        return arr[:, 1:] + arr[:, :1], "class slot folded into every patch position"
-    return arr, None
+def _split3(a: np.ndarray, axis: int) -> tuple[np.ndarray, ...]:
+    return tuple(np.split(a, 3, axis=axis))
 
 
-POSITION_TABLE = Transform("position_table", _position_table, lambda a: a)
+# Separate q, k, v Linear layers (HF transformers) -> one fused qkv Dense. Our fused
+# layout is rows [q; k; v] of the PyTorch weight (REFERENCE.md s3), i.e. kernel columns.
+FUSED_QKV_LINEAR = Transform(
+    "fused_qkv_linear",
+    lambda arrays, expected: (np.concatenate(arrays, axis=0).T, None),
+    lambda a: _split3(a.T, 0),
+    arity=3,
+)
+FUSED_QKV_BIAS = Transform(
+    "fused_qkv_bias",
+    lambda arrays, expected: (np.concatenate(arrays, axis=0), None),
+    lambda a: _split3(a, 0),
+    arity=3,
+)
+
+
+# How a checkpoint family stores the extra leading slot of its position table.
+CLASS_SLOT_ALWAYS = "always"  # ViTPose: (1, N + 1, D); the class slot is added to every token
+CLASS_SLOT_OPTIONAL = "optional"  # Sonichu: (1, N, D), or (1, N + 1, D) folded like ViTPose
+CLASS_SLOT_DROP = "drop"  # timm: a class token's own position; patches never see it
+
+
+def position_table(
+    target_grid: tuple[int, int],
+    source_grid: tuple[int, int] | None,
+    class_slot: str,
+    fixed_sincos: bool = False,
+) -> Transform:
+    """Transform for a (1, S, D) / (S, D) position table.
+
+    ``source_grid`` is the checkpoint's token grid (None: the target grid when the slot
+    count allows, else the most nearly square one). The target's expected shape says
+    whether the model keeps a class slot (N + 1 rows, folded at run time) or not (N rows):
+    a slot the model lacks is folded (ViTPose) or dropped (timm); a slot it needs but the
+    checkpoint lacks is zero, which folds to nothing. A different grid is resized
+    bicubically with the class slot kept aside; a fixed sin-cos target is recomputed
+    for its grid instead, since interpolating sin-cos values does not give sin-cos values.
+    """
+
+    def forward(arrays: tuple[np.ndarray, ...], expected: Shape | None) -> tuple[np.ndarray, Note]:
+        (table,) = arrays
+        table = table.reshape(-1, table.shape[-1])
+        slots, width = table.shape
+        n_target = target_grid[0] * target_grid[1]
+        grid = source_grid
+        if grid is None:
+            has_slot = class_slot == CLASS_SLOT_ALWAYS or slots == n_target + 1
+            grid = target_grid if slots - has_slot == n_target else factor_grid(slots - has_slot)
+        patches_in = grid[0] * grid[1]
+        if slots not in (patches_in, patches_in + 1):
+            # Not a table of this grid: pass it through for the caller's shape check.
+            return table[None], f"{slots} slots do not fit the source grid {grid}"
+        cls_slot, patches = (table[:1], table[1:]) if slots == patches_in + 1 else (None, table)
+        notes = []
+        if tuple(grid) != tuple(target_grid):
+            if fixed_sincos:
+                patches = sincos_2d(width, target_grid).astype(table.dtype)
+                notes.append(f"fixed sin-cos table recomputed for grid {tuple(target_grid)} (was {tuple(grid)})")
+            else:
+                patches = resize_grid_table(patches, grid, target_grid)
+                notes.append(f"resized {tuple(grid)} -> {tuple(target_grid)} (bicubic, class slot kept aside)")
+        wants_slot = expected is not None and expected[-2] == n_target + 1
+        if wants_slot and cls_slot is None:
+            cls_slot = np.zeros((1, width), table.dtype)
+            notes.append("zero class slot added (adds nothing when folded)")
+        elif not wants_slot and cls_slot is not None:
+            if class_slot == CLASS_SLOT_DROP:
+                notes.append("class-token slot dropped (the model has no class token)")
+            else:
+                patches = patches + cls_slot
+                notes.append("class slot folded into every patch position")
+            cls_slot = None
+        out = patches if cls_slot is None else np.concatenate([cls_slot, patches])
+        return out[None], "; ".join(notes) or None
+
+    def inverse(table: np.ndarray) -> tuple[np.ndarray, ...]:
+        n_target = target_grid[0] * target_grid[1]
+        if class_slot == CLASS_SLOT_ALWAYS and table.shape[-2] == n_target:
+            # ViTPose files always carry the slot; a zero one reproduces an unfolded table.
+            table = np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)
+        return (table,)
+
+    return Transform("position_table", forward, inverse)

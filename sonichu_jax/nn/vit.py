@@ -63,12 +63,16 @@ class Attention(nnx.Module):
         self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, use_bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(cfg.width, cfg.width, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """``valid`` (B, T) bool, optional: tokens that may be attended to. Padding tokens
+        (False) then change no other token's output, so a padded sequence encodes its real
+        tokens exactly as the unpadded one would (I-JEPA's static-shape masks)."""
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        mask = None if valid is None else valid[:, None, None, :]
         # jax.nn.dot_product_attention dispatches to cuDNN flash attention on GPUs.
-        out = jax.nn.dot_product_attention(q, k, v)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         return self.proj(out.reshape(b, t, d))
 
 
@@ -96,8 +100,8 @@ class Block(nnx.Module):
         self.norm2 = layer_norm(cfg, rngs=rngs)
         self.mlp = Mlp(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.attn(self.norm1(x))
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        x = x + self.attn(self.norm1(x), valid)
         return x + self.mlp(self.norm2(x))
 
 
@@ -140,15 +144,17 @@ class VisionTransformer(nnx.Module):
             )
         return tokens + self.position_table().astype(tokens.dtype)
 
-    def encode_tokens(self, tokens: jax.Array) -> jax.Array:
+    def encode_tokens(self, tokens: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         for block in self.blocks:
-            tokens = block(tokens)
+            tokens = block(tokens, valid)
         return self.norm(tokens)
 
-    def __call__(self, pixel_values: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+    def __call__(self, pixel_values: jax.Array, keep: jax.Array | None = None,
+                 valid: jax.Array | None = None) -> jax.Array:
         """Encode images; with ``keep`` (B, M) int indices, only those tokens are encoded
-        (I-JEPA context encoder). Returns (B, N or M, D)."""
+        (I-JEPA context encoder), and ``valid`` (B, M) bool marks which of them are real
+        (the others are padding that no real token attends to). Returns (B, N or M, D)."""
         tokens = self.embed(pixel_values)
         if keep is not None:
             tokens = jnp.take_along_axis(tokens, keep[..., None].astype(jnp.int32), axis=1)
-        return self.encode_tokens(tokens)
+        return self.encode_tokens(tokens, valid)

@@ -1,0 +1,99 @@
+"""Teacher train-step benchmark: median step time after compilation, img/s, and the
+compiled step's memory analysis (and model FLOPs utilisation with ``--peak-tflops``).
+
+    python benchmarks/bench_train.py                       # tiny config on this machine
+    python benchmarks/bench_train.py --model card --batch 128 --dtype bfloat16 --peak-tflops 790
+
+Random data (static shapes): this measures the step, not the input pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from sonichu_jax.config import card_config, tiny_config
+from sonichu_jax.nn.sonichu import SonichuModel
+from sonichu_jax.train import mesh as mesh_lib
+from sonichu_jax.train.configlib import OptimConfig
+from sonichu_jax.train.optim import GroupedAdamW
+from sonichu_jax.train.state import create_state, trainable_groups
+from sonichu_jax.train.step import compile_train_step, make_train_step, max_keypoints
+
+# About 3x the forward FLOPs; ViT-B/16 + one classic head is ~150 GFLOP/image/step
+# (REFERENCE.md s2). Used only for the MFU line.
+CARD_STEP_GFLOP = 150.0
+
+
+def random_batch(cfg, batch: int, task_index: int, rng: np.random.Generator) -> dict:
+    k = max_keypoints(cfg)
+    return {
+        "image": rng.normal(size=(batch, *cfg.image_size, 3)).astype(np.float32),
+        "keypoints": rng.uniform(size=(batch, k, 2)).astype(np.float32),
+        "valid": np.ones((batch, k), np.float32),
+        "task_id": np.full((batch,), task_index, np.int32),
+        "has_label": np.ones((batch,), np.float32),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "card"), default="tiny")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps after compilation")
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (card model only)")
+    parser.add_argument("--fsdp", type=int, default=1)
+    args = parser.parse_args()
+
+    cfg = (tiny_config if args.model == "tiny" else card_config)(dtype=args.dtype)
+    mesh = mesh_lib.make_mesh(fsdp=args.fsdp)
+    optim = OptimConfig(warmup_steps=1)
+    groups = trainable_groups(cfg, False)
+    graphdef, state, opt = create_state(
+        lambda: SonichuModel(cfg, rngs=nnx.Rngs(0)),
+        lambda p: GroupedAdamW(optim, cfg, 10_000, groups, p),
+        mesh,
+    )
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = compile_train_step(
+        make_train_step(graphdef, cfg, opt, False), shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
+    )
+    rng = np.random.default_rng(0)
+    batches = [mesh_lib.global_batch(mesh, random_batch(cfg, args.batch, i % len(cfg.tasks), rng)) for i in range(4)]
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batches[0]).compile()
+    print(f"compile: {time.perf_counter() - t0:.1f} s  ({jax.devices()[0].device_kind}, {len(jax.devices())} devices)")
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        gib = 1 << 30
+        print(
+            "memory analysis: "
+            f"arguments {mem.argument_size_in_bytes / gib:.3f} GiB, outputs {mem.output_size_in_bytes / gib:.3f} GiB, "
+            f"temporaries {mem.temp_size_in_bytes / gib:.3f} GiB, generated code {mem.generated_code_size_in_bytes / gib:.4f} GiB"
+        )
+    for b in batches[:2]:  # warm-up
+        state, metrics = compiled(state, b)
+    jax.block_until_ready(metrics)
+    times = []
+    for i in range(args.steps):
+        t = time.perf_counter()
+        state, metrics = compiled(state, batches[i % len(batches)])
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    print(f"{args.model} batch {args.batch} {args.dtype}: median step {median * 1e3:.1f} ms "
+          f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}), {args.batch / median:.1f} img/s")
+    if args.model == "card" and args.peak_tflops > 0:
+        achieved = CARD_STEP_GFLOP * args.batch / median / 1e3
+        print(f"model FLOPs: {achieved:.0f} TFLOP/s = {100 * achieved / args.peak_tflops:.1f} % of {args.peak_tflops:.0f}")
+
+
+if __name__ == "__main__":
+    main()

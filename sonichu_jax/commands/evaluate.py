@@ -1,0 +1,123 @@
+"""`sonichu-jax evaluate`: MRE of one or more models (and their ensemble) on a data set,
+printed in the card's table layout and written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "MRE per task (weighted and unweighted) of one or more models on a labelled data set"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", required=True, metavar="DIR",
+                        help="checkpoint directory; repeat for several models (adds an ensemble column)")
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help="a .jsonl manifest, an FM_UIA .csv, or a folder of CSVs (or with manifest.jsonl)")
+    parser.add_argument("--tasks", nargs="+", metavar="TASK", help="evaluate only these tasks")
+    parser.add_argument("--no-tta", action="store_true", help="skip the horizontally flipped second pass")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--ensemble", choices=("median", "mean"), default="median",
+                        help="how to combine several models' keypoints, coordinate-wise (default median)")
+    parser.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    parser.add_argument("--strict", action="store_true", help="any bad record is an error (exit 2)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _column_names(paths: list[str]) -> list[str]:
+    names = [os.path.basename(os.path.normpath(p)) or p for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sonichu_jax.config import ModelConfig, UnknownTaskError
+    from sonichu_jax.data.sources import load_source
+    from sonichu_jax.errors import InputError
+    from sonichu_jax.fileio import write_json
+    from sonichu_jax.inference import predict_pixels
+    from sonichu_jax.metrics import compute_mre, ensemble, format_table, table_dict
+    from sonichu_jax.nn.sonichu import SonichuModel
+    from sonichu_jax.preprocess import SonichuPreprocessor
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    # Configs first (cheap, no JAX): bad tasks or bad data fail before any weights load.
+    configs = [ModelConfig.load(path) for path in args.model]
+    task_table = configs[0].tasks
+    for path, cfg in zip(args.model[1:], configs[1:]):
+        for spec in task_table:
+            if spec.name in cfg.task_names and cfg.task(spec.name).num_keypoints != spec.num_keypoints:
+                raise InputError(
+                    f"{path}: task {spec.name} has {cfg.task(spec.name).num_keypoints} keypoints, "
+                    f"{args.model[0]} has {spec.num_keypoints}"
+                )
+    wanted = list(args.tasks) if args.tasks else None
+    for task in wanted or []:
+        for cfg in configs:
+            if task not in cfg.task_names:
+                raise UnknownTaskError(task, cfg.task_names)
+
+    source = load_source(args.data, tasks=task_table, strict=args.strict)
+    records = [r for r in source if r.has_label and (wanted is None or r.task in wanted)]
+    unlabelled = sum(1 for r in source if not r.has_label)
+    if unlabelled:
+        print(f"{unlabelled} unlabelled records not evaluated", file=sys.stderr)
+    if not records:
+        raise InputError(f"no labelled records to evaluate in {args.data}"
+                         + (f" for tasks {', '.join(wanted)}" if wanted else ""))
+    for task in {r.task for r in records}:  # the first model's table filtered the source
+        for cfg in configs[1:]:
+            if task not in cfg.task_names:
+                raise UnknownTaskError(task, cfg.task_names)
+    rank = {spec.name: i for i, spec in enumerate(task_table)}
+    records.sort(key=lambda r: rank[r.task])  # stable: the card's task order, then file order
+    by_task: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_task.setdefault(record.task, []).append(i)
+
+    models = [SonichuModel.from_pretrained(path) for path in args.model]
+    preps = [SonichuPreprocessor.from_pretrained(path) for path in args.model]
+    per_model = []
+    for model, prep in zip(models, preps):
+        preds: list = [None] * len(records)
+        for task, idx in by_task.items():
+            pixels = predict_pixels(
+                model, prep, [records[i].image for i in idx], task,
+                tta=not args.no_tta, batch_size=args.batch_size, progress=not args.quiet,
+            )
+            for i, p in zip(idx, pixels):
+                preds[i] = np.asarray(p, np.float32)
+        per_model.append(preds)
+
+    def score(preds):
+        return compute_mre(
+            [r.task for r in records], [r.keypoints for r in records], [r.valid for r in records], preds,
+            [r.spacing_mm for r in records],
+        )
+
+    names = _column_names(args.model)
+    columns = {name: score(preds) for name, preds in zip(names, per_model)}
+    if len(models) >= 2:
+        combined = [ensemble([preds[i][None] for preds in per_model], args.ensemble)[0] for i in range(len(records))]
+        columns[f"{args.ensemble} ensemble"] = score(combined)
+
+    print(format_table(columns))
+    if any(t.n_mm for t in next(iter(columns.values())).tasks.values()):
+        print()
+        print(format_table(columns, unit="mm"))
+    if args.json:
+        write_json(args.json, {
+            "data": os.path.abspath(args.data),
+            "models": {name: os.path.abspath(path) for name, path in zip(names, args.model)},
+            "tta": not args.no_tta,
+            "ensemble": args.ensemble if len(models) >= 2 else None,
+            "load_report": source.report.to_dict(),
+            "results": table_dict(columns),
+        })
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0

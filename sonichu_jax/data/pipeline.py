@@ -1,0 +1,416 @@
+"""grain input pipelines: task-homogeneous training batches with static shapes, an eval
+pipeline that yields every record once, and an unlabelled-frame pipeline for I-JEPA.
+
+Every batch is a dict of numpy arrays whose shapes do not depend on the task, so a jitted
+step compiles once:
+
+- ``image`` float32 (B, H, W, 3), ImageNet-normalised, resized to the model size
+- ``keypoints`` float32 (B, Kmax, 2), normalised xy (pixel / size, in [0, 1] when visible)
+- ``valid`` float32 (B, Kmax): 0 for masked keypoints and for padding beyond the task's K
+- ``task_id`` int32 (B,): index into the configured task tuple, equal within a batch
+- ``has_label``, ``is_pseudo``, ``mask`` float32 (B,) (``mask`` is 0 only for eval padding)
+- ``orig_size`` float32 (B, 2): the original (width, height)
+- ``index`` int32 (B,): the record's position in the input sequence (-1 for padding)
+
+Kmax is the largest keypoint count of the configured tasks.
+
+How training batches stay task-homogeneous: each task has its own stream
+``source -> [process_index::process_count] -> shuffle -> repeat -> random_map(augment)
+-> batch(B)``, and a seeded *block mixture* picks which task's next batch comes next:
+every block of ``block_batches`` batches holds a fixed number of batches per task
+(the task weights, rounded by largest remainder, at least one per task) in a seeded random
+order. The mixture depends only on the seed and the global task counts, never on the
+host, so all hosts pick the same task for the same step and a global batch assembled with
+``jax.make_array_from_process_local_data`` is still one task. Task weights:
+``proportional`` (records per task), ``balanced`` (equal), ``capped`` (records per task
+capped at ``cap``: large tasks stop dominating, small ones keep their natural rate).
+
+The iterator is a grain ``DatasetIterator``: ``get_state()`` / ``set_state()`` (or
+``grain.checkpoint``) restore the exact next batches, with or without worker processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import cv2
+import grain
+import numpy as np
+
+from sonichu_jax.config import TaskSpec
+from sonichu_jax.data.augment import AugmentConfig, augment_sample, resize_sample
+from sonichu_jax.data.records import Record
+from sonichu_jax.errors import InputError
+from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, read_image
+
+WEIGHTINGS = ("proportional", "balanced", "capped")
+_SCALE = (1.0 / IMAGENET_STD).astype(np.float32)
+_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+
+
+def normalize_planes(x: np.ndarray) -> np.ndarray:
+    """`sonichu_jax.preprocess.normalize` (same constants, equal to float32 rounding) for a
+    gray (H, W) or RGB (H, W, 3) [0, 1] image, producing (H, W, 3).
+
+    Works plane by plane: numpy broadcasting over a trailing axis of 3 is an order of
+    magnitude slower at 256x256 and was the most expensive step of the whole pipeline.
+    """
+    planes = [x] * 3 if x.ndim == 2 else cv2.split(x)
+    return cv2.merge([p * _SCALE[c] + _OFFSET[c] for c, p in enumerate(planes)])
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that shapes a pipeline's output besides the data and the task table."""
+
+    batch_size: int = 32
+    image_size: tuple[int, int] = (256, 256)  # (height, width), the model's input
+    seed: int = 0
+    weighting: str = "proportional"
+    cap: int | None = None  # records per task for `capped`
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: resize only
+    block_batches: int = 1000  # size of a mixing block, in batches
+    num_threads: int = 2  # reader threads per process (OpenCV releases the GIL)
+    prefetch_buffer_size: int = 8  # batches buffered per process
+    num_workers: int = 0  # grain worker processes (mp_prefetch); 0 = in-process
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.weighting not in WEIGHTINGS:
+            raise InputError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.weighting == "capped" and (self.cap is None or self.cap < 1):
+            raise InputError("weighting 'capped' needs a positive cap")
+        if self.block_batches < 1:
+            raise InputError(f"block_batches must be >= 1, got {self.block_batches}")
+
+
+# ---------------------------------------------------------------------------------------
+# One record -> one example
+# ---------------------------------------------------------------------------------------
+
+
+class ExampleLoader:
+    """Decode, augment (or just resize) and normalise one record into the example dict.
+
+    A plain picklable class rather than a closure so that grain worker processes can
+    receive it.
+    """
+
+    def __init__(self, tasks: Sequence[TaskSpec], image_size: tuple[int, int], augment: AugmentConfig | None):
+        self.task_ids = {t.name: i for i, t in enumerate(tasks)}
+        self.flip_perms = {t.name: t.flip_perm for t in tasks}
+        self.kmax = max(t.num_keypoints for t in tasks)
+        self.out_size = (int(image_size[1]), int(image_size[0]))  # (width, height)
+        self.augment = augment
+
+    def __call__(self, item: tuple[int, Record], rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        index, record = item
+        image = record.image if isinstance(record.image, np.ndarray) else read_image(record.image)
+        h, w = image.shape[:2]
+        kps, valid = record.keypoints, record.valid
+        if self.augment is None:
+            x, kps = resize_sample(image, kps, self.out_size)
+        else:
+            x, kps, valid = augment_sample(
+                image, kps, valid, rng, self.augment, self.out_size, self.flip_perms.get(record.task)
+            )
+        out_kps = np.zeros((self.kmax, 2), np.float32)
+        out_valid = np.zeros((self.kmax,), np.float32)
+        if kps is not None:
+            k = kps.shape[0]
+            out_kps[:k] = kps / np.asarray(self.out_size, np.float32)
+            out_valid[:k] = valid
+        return {
+            "image": normalize_planes(x),
+            "keypoints": out_kps,
+            "valid": out_valid,
+            "task_id": np.int32(self.task_ids.get(record.task, 0)),
+            "has_label": np.float32(kps is not None),
+            "is_pseudo": np.float32(record.is_pseudo),
+            "mask": np.float32(1.0),
+            "orig_size": np.array([w, h], np.float32),
+            "index": np.int32(index),
+        }
+
+    def padding(self, task_id: int) -> dict[str, np.ndarray]:
+        """An all-zero example (mask 0) that fills an eval pipeline's last batch."""
+        W, H = self.out_size
+        return {
+            "image": np.zeros((H, W, 3), np.float32),
+            "keypoints": np.zeros((self.kmax, 2), np.float32),
+            "valid": np.zeros((self.kmax,), np.float32),
+            "task_id": np.int32(task_id),
+            "has_label": np.float32(0.0),
+            "is_pseudo": np.float32(0.0),
+            "mask": np.float32(0.0),
+            "orig_size": np.zeros((2,), np.float32),
+            "index": np.int32(-1),
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Task weights and the block mixture
+# ---------------------------------------------------------------------------------------
+
+
+def task_weights(counts: Sequence[int], weighting: str, cap: int | None = None) -> np.ndarray:
+    """Sampling probability of each task's batches (tasks with no records get 0)."""
+    counts = np.asarray(counts, np.float64)
+    if weighting == "proportional":
+        raw = counts
+    elif weighting == "balanced":
+        raw = (counts > 0).astype(np.float64)
+    elif weighting == "capped":
+        if cap is None or cap < 1:
+            raise InputError("weighting 'capped' needs a positive cap")
+        raw = np.minimum(counts, cap)
+    else:
+        raise InputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if raw.sum() <= 0:
+        raise InputError("no labelled records to sample from")
+    return raw / raw.sum()
+
+
+def block_counts(weights: Sequence[float], block: int) -> np.ndarray:
+    """Batches per task in one block: largest-remainder rounding of ``weights * block``,
+    at least one for every task with a positive weight."""
+    weights = np.asarray(weights, np.float64)
+    positive = weights > 0
+    if block < positive.sum():
+        block = int(positive.sum())
+    exact = weights * block
+    counts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: block - counts.sum()]] += 1
+    counts[positive & (counts == 0)] = 1
+    return counts
+
+
+class BlockMixture(grain.transforms.DatasetSelectionMap):
+    """Mixture index -> (task slot, batch index within that task's stream).
+
+    Block ``b`` holds ``counts[t]`` batches of task ``t`` in an order drawn from
+    ``default_rng([seed, b])``; task ``t``'s ``r``-th batch in block ``b`` is its stream's
+    batch ``b * counts[t] + r``, so every task stream is consumed in order, without gaps.
+    """
+
+    def __init__(self, counts: Sequence[int], seed: int):
+        self.counts = np.asarray(counts, np.int64)
+        self.block = int(self.counts.sum())
+        self.seed = int(seed)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def _layout(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        cached = self._cache.get(b)
+        if cached is None:
+            order = np.random.default_rng([self.seed, b]).permutation(np.repeat(np.arange(len(self.counts)), self.counts))
+            rank = np.empty_like(order)
+            for t in range(len(self.counts)):
+                where = np.flatnonzero(order == t)
+                rank[where] = np.arange(len(where))
+            cached = (order, rank)
+            if len(self._cache) > 4:
+                self._cache.clear()
+            self._cache[b] = cached
+        return cached
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        b, j = divmod(int(index), self.block)
+        order, rank = self._layout(b)
+        t = int(order[j])
+        return t, b * int(self.counts[t]) + int(rank[j])
+
+    def __getstate__(self):
+        return {"counts": self.counts, "block": self.block, "seed": self.seed}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cache = {}
+
+
+# ---------------------------------------------------------------------------------------
+# Pipelines
+# ---------------------------------------------------------------------------------------
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise InputError(f"process_index {process_index} is not in [0, {process_count})")
+    return process_index, process_count
+
+
+def _group_by_task(records: Sequence[Record], tasks: Sequence[TaskSpec]) -> list[list[tuple[int, Record]]]:
+    slots = {t.name: i for i, t in enumerate(tasks)}
+    groups: list[list[tuple[int, Record]]] = [[] for _ in tasks]
+    stray: dict[str, int] = {}
+    for i, record in enumerate(records):
+        if record.task not in slots:
+            stray[str(record.task)] = stray.get(str(record.task), 0) + 1
+            continue
+        groups[slots[record.task]].append((i, record))
+    if stray:
+        raise InputError(
+            "records for tasks the pipeline was not configured with: "
+            + ", ".join(f"{k} ({v})" for k, v in stray.items())
+            + f"; configured tasks: {', '.join(slots)}"
+        )
+    return groups
+
+
+def _stream_seed(seed: int, slot: int) -> int:
+    return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
+
+
+def _finish(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_buffer_size)
+    )
+    if config.num_workers > 0:
+        # grain's worker start-up reads absl flags; outside an absl app nobody parsed them
+        # (grain 0.2.18 then raises UnparsedFlagAccessError), so accept the defaults.
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
+    return it
+
+
+def make_train_pipeline(
+    records: Sequence[Record],
+    tasks: Sequence[TaskSpec],
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Infinite, shuffled, augmented, task-homogeneous batches of ``config.batch_size``.
+
+    ``records`` is any random-access sequence of labelled records (a source, a list);
+    ``tasks`` the model's task table (``task_id`` indexes it; flip permutations come from
+    it). Per-host sharding takes ``[process_index::process_count]`` of every task
+    (defaults: ``jax.process_index()`` / ``jax.process_count()``).
+    """
+    tasks = tuple(tasks)
+    pi, pc = _process(process_index, process_count)
+    groups = _group_by_task(records, tasks)
+    for slot, group in enumerate(groups):
+        unlabelled = [r.source_id for _, r in group if not r.has_label]
+        if unlabelled:
+            raise InputError(f"task {tasks[slot].name}: {len(unlabelled)} unlabelled records, e.g. {unlabelled[0]!r}")
+        if 0 < len(group) < pc:
+            raise InputError(
+                f"task {tasks[slot].name} has {len(group)} records, fewer than the {pc} processes sharing it"
+            )
+    # Weights from the global counts so that every host draws the same task sequence.
+    weights = task_weights([len(g) for g in groups], config.weighting, config.cap)
+    counts = block_counts(weights, config.block_batches)
+    loader = ExampleLoader(tasks, config.image_size, config.augment)
+    streams, slots = [], []
+    for slot, group in enumerate(groups):
+        if not group:
+            continue
+        stream = (
+            grain.MapDataset.source(group)[pi::pc]
+            .seed(_stream_seed(config.seed, slot))
+            .shuffle()
+            .repeat()
+            .random_map(loader)
+            .batch(config.batch_size, drop_remainder=True)
+        )
+        streams.append(stream)
+        slots.append(slot)
+    mixture = BlockMixture(counts[slots], config.seed)
+    ds = grain.MapDataset.select_from_datasets(streams, mixture)
+    return _finish(ds, config)
+
+
+def make_eval_pipeline(
+    records: Sequence[Record],
+    tasks: Sequence[TaskSpec],
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Every record exactly once (of this host's shard), resized, not augmented, task by
+    task in the configured task order, in batches of ``config.batch_size``.
+
+    Each task's last batch is padded with ``mask == 0`` examples; every host yields the
+    same number of batches per task, so multi-host eval steps stay in lockstep.
+    """
+    tasks = tuple(tasks)
+    pi, pc = _process(process_index, process_count)
+    groups = _group_by_task(records, tasks)
+    loader = ExampleLoader(tasks, config.image_size, None)
+    B = config.batch_size
+    parts = []
+    for slot, group in enumerate(groups):
+        if not group:
+            continue
+        shard = group[pi::pc]
+        per_host = math.ceil(len(group) / pc)  # the largest shard
+        padded = math.ceil(per_host / B) * B
+        parts.append(grain.MapDataset.range(padded).map(_EvalItem(shard, loader, slot)).batch(B))
+    if not parts:
+        raise InputError("no records for the configured tasks")
+    return _finish(grain.MapDataset.concatenate(parts), config)
+
+
+class _EvalItem:
+    """Position -> example, or padding past the end of the shard."""
+
+    def __init__(self, shard: list[tuple[int, Record]], loader: ExampleLoader, slot: int):
+        self.shard, self.loader, self.slot = shard, loader, slot
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        return self.loader(self.shard[i]) if i < len(self.shard) else self.loader.padding(self.slot)
+
+
+def make_frame_pipeline(
+    records: Sequence[Record],
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Infinite shuffled batches of images (labels ignored) for self-supervised
+    pretraining: the example dict with ``has_label == 0`` and ``task_id == 0``."""
+    pi, pc = _process(process_index, process_count)
+    if len(records) < pc:
+        raise InputError(f"{len(records)} frames, fewer than the {pc} processes sharing them")
+    unlabelled = [(i, dataclasses.replace(r, task=None, keypoints=None)) for i, r in enumerate(records)]
+    loader = ExampleLoader((TaskSpec("frames", 1),), config.image_size, config.augment)
+    ds = (
+        grain.MapDataset.source(unlabelled)[pi::pc]
+        .seed(config.seed)
+        .shuffle()
+        .repeat()
+        .random_map(loader)
+        .batch(config.batch_size, drop_remainder=True)
+    )
+    return _finish(ds, config)
+
+
+def describe_mixture(records: Sequence[Record], tasks: Sequence[TaskSpec], config: PipelineConfig) -> dict[str, Any]:
+    """Per task: records, sampling weight and batches per block (for logs and tests)."""
+    groups = _group_by_task(records, tasks)
+    weights = task_weights([len(g) for g in groups], config.weighting, config.cap)
+    counts = block_counts(weights, config.block_batches)
+    return {
+        t.name: {"records": len(g), "weight": float(w), "batches_per_block": int(c)}
+        for t, g, w, c in zip(tasks, groups, weights, counts)
+    }

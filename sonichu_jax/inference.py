@@ -1,0 +1,138 @@
+"""Batched prediction over many images with one compilation per task.
+
+Every batch is padded to the same size, so `SonichuModel.predict` compiles once per
+(task, tta) however many images there are and whatever the last batch holds.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sonichu_jax.errors import InputError
+from sonichu_jax.nn.sonichu import SonichuModel
+from sonichu_jax.preprocess import SonichuPreprocessor
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """Pad the leading axis to ``size`` with copies of the last row (keeps values realistic
+    for BatchNorm-free inference and never produces NaN)."""
+    if len(batch) == size:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
+
+
+def predict_normalised(
+    model: SonichuModel, pixel_values: np.ndarray, task: str, *, tta: bool = True, batch_size: int = 8
+) -> np.ndarray:
+    """(N, H, W, 3) preprocessed images -> (N, K, 2) normalised xy."""
+    out = []
+    for start in range(0, len(pixel_values), batch_size):
+        chunk = pixel_values[start : start + batch_size]
+        coords = model.predict(pad_batch(chunk, batch_size), task, tta=tta)
+        out.append(np.asarray(coords)[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.task(task).num_keypoints, 2), np.float32)
+
+
+def predict_pixels(
+    model: SonichuModel,
+    prep: SonichuPreprocessor,
+    images: Sequence,
+    task: str,
+    *,
+    tta: bool = True,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> np.ndarray:
+    """Images (paths or arrays) -> (N, K, 2) keypoints in original-image pixels.
+
+    Raises InputError naming the first image that cannot be read; use
+    `iter_predictions` to skip and report unreadable files instead.
+    """
+    results = []
+    for item in iter_predictions(model, prep, images, task, tta=tta, batch_size=batch_size, progress=progress):
+        if item.error:
+            raise InputError(item.error)
+        results.append(item.pixels)
+    if not results:
+        return np.zeros((0, model.cfg.task(task).num_keypoints, 2), np.float32)
+    return np.stack(results)
+
+
+class Prediction:
+    __slots__ = ("index", "name", "pixels", "normalised", "orig_size", "error")
+
+    def __init__(self, index, name, pixels=None, normalised=None, orig_size=None, error=None):
+        self.index = index
+        self.name = name
+        self.pixels = pixels  # (K, 2) float32 in original pixels
+        self.normalised = normalised  # (K, 2) in [0, 1]
+        self.orig_size = orig_size  # (width, height)
+        self.error = error  # message when the image could not be read
+
+
+def _name(image, index: int) -> str:
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"array[{index}]"
+
+
+def iter_predictions(
+    model: SonichuModel,
+    prep: SonichuPreprocessor,
+    images: Sequence,
+    task: str,
+    *,
+    tta: bool = True,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Iterator[Prediction]:
+    """Yield one `Prediction` per input, in order; unreadable images yield an error
+    instead of stopping the run. Preprocessing is done a batch at a time."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    model.cfg.task(task)
+    bar = tqdm(total=len(images), desc=f"predict {task}", unit="img", disable=not progress)
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            loaded, failures = [], []
+            for offset, image in enumerate(chunk):
+                index = start + offset
+                try:
+                    loaded.append((index, *prep.preprocess_one(image)))
+                except InputError as exc:
+                    failures.append(Prediction(index, _name(image, index), error=str(exc)))
+            by_index = {f.index: f for f in failures}
+            if loaded:
+                pixel_values = np.stack([item[1] for item in loaded])
+                coords = np.asarray(model.predict(pad_batch(pixel_values, batch_size), task, tta=tta))
+                for (index, _, orig_h, orig_w), xy in zip(loaded, coords):
+                    scale = np.array([orig_w, orig_h], np.float32)
+                    by_index[index] = Prediction(
+                        index, _name(images[index], index), xy * scale, xy, (orig_w, orig_h)
+                    )
+            for index in sorted(by_index):
+                yield by_index[index]
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Files and directories (searched recursively for images) -> (image paths, missing)."""
+    files, missing = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = []
+            for root, _, names in os.walk(item):
+                found += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+            files += sorted(found)
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            missing.append(item)
+    return files, missing

@@ -1,0 +1,235 @@
+"""Typed experiment configs: dataclasses, ``--set a.b=c`` overrides, ``configs/*.py`` files.
+
+A config file is plain Python defining ``get_config()`` that returns a `TeacherConfig`;
+the command line then overrides single fields (``--set optim.lr=3e-4``). Every value is
+checked against the field's type, and a key that names no field is an error that lists
+the valid keys, so a typo never silently trains the wrong experiment.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from sonichu_jax.config import ConfigError, ModelConfig
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Where the weights start: ``scratch``; ``pretrained`` (a whole SonichuModel
+    checkpoint dir, e.g. converted PyTorch weights); ``backbone`` (only the encoder of a
+    checkpoint dir, e.g. an I-JEPA backbone; heads start random)."""
+
+    kind: str = "scratch"
+    path: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ("scratch", "pretrained", "backbone"):
+            raise ConfigError(f"init.kind must be scratch, pretrained or backbone, got {self.kind!r}")
+        if self.kind != "scratch" and not self.path:
+            raise ConfigError(f"init.kind={self.kind!r} needs init.path")
+
+
+@dataclass(frozen=True)
+class PseudoLabelSet:
+    """One pseudo-label JSONL file (written by `sonichu-jax pseudo-label`) entering training.
+
+    ``max_disagreement_px`` drops records whose flip disagreement (their confidence field)
+    is larger; ``caps`` limits records per task (the most confident are kept), ``tasks``
+    restricts which tasks enter at all (empty = all); ``weight`` is the sampling weight
+    of each kept record relative to a labelled one (1.0 = same).
+    """
+
+    path: str
+    weight: float = 1.0
+    max_disagreement_px: float = float("inf")
+    tasks: tuple[str, ...] = ()
+    caps: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    batch_size: int = 32  # global batch, over all processes and devices
+    val_fraction: float = 0.15  # REFERENCE.md s1: fair split, 15 %, seed 42
+    split_seed: int = 42
+    augment: bool = True
+    weighting: str = "proportional"  # task sampling: proportional, balanced or capped
+    cap: int | None = None  # records per task counted by the `capped` weighting
+    num_workers: int = 0  # grain worker processes per host (0 = in-process)
+    pseudo_labels: tuple[PseudoLabelSet, ...] = ()
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4  # ViTPose-B: AdamW 5e-4, wd 0.1, layer decay 0.75 (REFERENCE.md s4)
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    layer_decay: float = 0.75  # 1.0 disables layer-wise decay
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
+    clip_norm: float = 0.0  # 0 disables global-norm clipping
+    freeze_backbone: bool = False
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1: every device not used by fsdp
+    fsdp: int = 1  # >1 shards parameters and optimiser state over this axis
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 1000
+    keep: int = 3  # most recent checkpoints kept, besides the best
+    keep_best: bool = True  # also keep the checkpoint with the lowest validation MRE
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every_steps: int = 50  # metrics are fetched from the device once per this many steps
+    eval_every_steps: int = 1000  # 0: only at the end
+    eval_at_start: bool = True  # the untrained baseline, first line of the MRE history
+    eval_tta: bool = True  # validate with flip TTA, as the card reports MRE
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    steps: int = 10000
+    seed: int = 0
+
+
+# -- overrides ---------------------------------------------------------------------------
+def _parse_scalar(text: str, kind: type, key: str) -> Any:
+    if kind is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}: expected a boolean, got {text!r}")
+    if kind is str:
+        return text
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        if kind is float and text.strip().lower() in ("inf", "-inf", "nan"):
+            return float(text)
+        raise ConfigError(f"--set {key}: cannot parse {text!r} as {kind.__name__}") from None
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"--set {key}: expected {kind.__name__}, got {text!r}")
+
+
+def _parse_value(text: str, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if text.strip().lower() == "none" and len(kinds) < len(typing.get_args(annotation)):
+            return None
+        annotation = kinds[0]
+        origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if any(dataclasses.is_dataclass(a) for a in typing.get_args(annotation)):
+            raise ConfigError(f"--set {key}: a list of sections is set in the config file, not with --set")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"--set {key}: expected a tuple literal such as (256, 256), got {text!r}") from None
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"--set {key}: expected a tuple, got {text!r}")
+        return tuple(value)
+    if annotation in (bool, int, float, str):
+        return _parse_scalar(text, annotation, key)
+    raise ConfigError(f"--set {key}: fields of type {annotation} cannot be set from the command line")
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def apply_override(config: Any, assignment: str) -> Any:
+    """Return ``config`` with one ``a.b.c=value`` assignment applied."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+    return _set_path(config, key.split("."), text, key)
+
+
+def _set_path(obj: Any, parts: list[str], text: str, full_key: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    name = parts[0]
+    if name not in names:
+        prefix = full_key[: len(full_key) - len(".".join(parts))]
+        valid = ", ".join(prefix + n for n in names)
+        raise ConfigError(f"unknown config key {full_key!r}; valid keys here: {valid}")
+    current = getattr(obj, name)
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"unknown config key {full_key!r}: {name!r} is a value, not a section")
+        value = _set_path(current, parts[1:], text, full_key)
+    else:
+        if dataclasses.is_dataclass(current):
+            raise ConfigError(f"config key {full_key!r} is a section; set one of its fields")
+        value = _parse_value(text, _field_types(obj)[name], full_key)
+    try:
+        return dataclasses.replace(obj, **{name: value})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--set {full_key}: {exc}") from None
+
+
+def apply_overrides(config: Any, assignments: list[str] | tuple[str, ...]) -> Any:
+    for assignment in assignments:
+        config = apply_override(config, assignment)
+    return config
+
+
+# -- config files ------------------------------------------------------------------------
+def load_config_file(path: str | os.PathLike) -> TeacherConfig:
+    """Execute a ``configs/*.py`` file and return its ``get_config()``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    name = "sonichu_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if get_config is None:
+        raise ConfigError(f"{path} defines no get_config()")
+    config = get_config()
+    if not dataclasses.is_dataclass(config):
+        raise ConfigError(f"{path}: get_config() must return a config dataclass, got {type(config).__name__}")
+    return config
+
+
+def to_dict(config: Any) -> Any:
+    """JSON-ready form of a config (the model section in its config.json form)."""
+    if isinstance(config, ModelConfig):
+        return config.to_dict()
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, tuple):
+        return [to_dict(v) for v in config]
+    if isinstance(config, float) and config == float("inf"):
+        return "inf"
+    return config

@@ -1,0 +1,248 @@
+"""The I-JEPA model, train state and jitted step (REFERENCE.md s8).
+
+Per iteration, as the official loop: schedules (lr, weight decay, EMA momentum) from the
+step counter, forward, backward, AdamW step, then the EMA update of the target encoder.
+
+- context encoder: our `VisionTransformer` on the (padded, static-length) context tokens,
+  padding masked out of attention;
+- target encoder: an EMA copy of the context encoder's parameters (no gradient) on the
+  whole image, then LayerNorm without affine (eps 1e-5) over features, gathered at the
+  target indices;
+- predictor: each target block its own sequence (the context repeated per block);
+- loss: smooth L1 (beta 1) or L2, averaged over the valid target elements only.
+
+Parameters are float32; the modules compute in ``model.dtype`` (bfloat16 on accelerators);
+the target normalisation, the loss and the optimiser run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from sonichu_jax.config import ModelConfig
+from sonichu_jax.nn.predictor import Predictor
+from sonichu_jax.nn.vit import VisionTransformer
+from sonichu_jax.train import mesh as mesh_lib
+from sonichu_jax.train.ijepa_config import IJEPAConfig, IJEPAOptimConfig
+from sonichu_jax.train.optim import _keys, decays
+
+BATCH_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid")
+TARGET_LN_EPS = 1e-5  # F.layer_norm's default in the official target path
+INIT_STD = 0.02
+
+
+class IJEPA(nnx.Module):
+    """Context encoder + predictor: the trained part. The target encoder is not a module
+    of its own: it is the encoder's graph merged with the EMA parameters."""
+
+    def __init__(self, cfg: ModelConfig, predictor_width: int, predictor_depth: int, *, rngs: nnx.Rngs):
+        self.encoder = VisionTransformer(cfg, rngs=rngs)
+        self.predictor = Predictor(cfg, predictor_width, predictor_depth, rngs=rngs)
+
+
+def ijepa_init(model: IJEPA, key: jax.Array) -> None:
+    """The official initialisation, in place: every Linear/Conv kernel and the mask token
+    ~ N(0, 0.02) (PyTorch's trunc_normal_ cuts at +-2 absolute, i.e. +-100 std: a plain
+    normal), biases 0, LayerNorms (1, 0); then block i's attn.proj and mlp.fc2 kernels
+    are divided by sqrt(2 (i + 1)) so that deep residual streams start small."""
+    params = nnx.state(model, nnx.Param)
+    flat = nnx.to_flat_state(params)
+    keys = jax.random.split(key, len(flat))
+    out = []
+    for k, (path, var) in zip(keys, flat):
+        value = var.get_value()
+        name = path[-1]
+        if name == "bias":
+            value = jnp.zeros_like(value)
+        elif name == "scale":
+            value = jnp.ones_like(value)
+        elif name in ("kernel", "mask_token"):
+            value = INIT_STD * jax.random.normal(k, value.shape, value.dtype)
+            if "blocks" in path and path[-2] in ("proj", "fc2"):
+                layer = int(path[path.index("blocks") + 1])
+                value = value / math.sqrt(2.0 * (layer + 1))
+        out.append((path, var.replace(value)))
+    nnx.update(model, nnx.from_flat_state(out))
+
+
+def build_model(config: IJEPAConfig, seed: int) -> IJEPA:
+    model = IJEPA(config.model, config.predictor.width, config.predictor.depth, rngs=nnx.Rngs(seed))
+    ijepa_init(model, jax.random.key(seed))
+    return model
+
+
+# -- schedules (official WarmupCosineSchedule / CosineWDSchedule / momentum generator) -----
+def schedules(optim: IJEPAOptimConfig, total_steps: int, step: jax.Array) -> dict[str, jax.Array]:
+    """lr, weight decay and EMA momentum of iteration ``step`` (0-based). The official
+    schedulers are stepped before the forward pass, so lr and wd use ``step + 1``; the
+    momentum generator yields its first value (0.996) at iteration 0."""
+    length = float(int(optim.schedule_scale * total_steps))
+    t = step.astype(jnp.float32) + 1.0
+    warm = float(optim.warmup_steps)
+    warm_lr = optim.start_lr + t / max(1.0, warm) * (optim.lr - optim.start_lr)
+    progress = (t - warm) / max(1.0, length - warm)
+    cos_lr = optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    lr = jnp.where(t < warm, warm_lr, jnp.maximum(optim.final_lr, cos_lr))
+    wd0, wd1 = optim.weight_decay, optim.final_weight_decay
+    wd = wd1 + (wd0 - wd1) * 0.5 * (1.0 + jnp.cos(jnp.pi * t / length))
+    wd = jnp.maximum(wd1, wd) if wd1 <= wd0 else jnp.minimum(wd1, wd)
+    m0, m1 = optim.ema
+    momentum = m0 + step.astype(jnp.float32) * (m1 - m0) / (optim.schedule_scale * total_steps)
+    return {"lr": lr, "wd": wd, "momentum": momentum}
+
+
+# -- state ---------------------------------------------------------------------------------
+@struct.dataclass
+class IJEPAState:
+    step: jax.Array  # int32 scalar: iterations done
+    params: nnx.State  # trained: {"encoder": ..., "predictor": ...}
+    target: nnx.State  # EMA of params["encoder"]
+    rest: nnx.State  # non-trained variables: the fixed sin-cos tables
+    opt_state: optax.OptState
+
+
+def adam(optim: IJEPAOptimConfig) -> optax.GradientTransformation:
+    """The Adam direction; the lr and the (scheduled, masked) decoupled weight decay are
+    applied in the step, as torch.optim.AdamW does."""
+    return optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)
+
+
+def decay_mask(params) -> nnx.State:
+    """Official param groups: no weight decay on biases and 1-D parameters (the mask token
+    (1, 1, P) is decayed, the fixed position tables are not parameters)."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: decays(_keys(p), x.ndim), params)
+
+
+def split(model: IJEPA) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def create_state(config: IJEPAConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, IJEPAState]:
+    """Initialise directly into the mesh's shardings (shapes from `jax.eval_shape`, one
+    jitted initialiser); the target encoder starts as a copy of the context encoder."""
+    holder = {}
+
+    def init() -> IJEPAState:
+        graphdef, params, rest = split(build_model(config, config.seed))
+        holder["graphdef"] = graphdef
+        return IJEPAState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            target=jax.tree.map(jnp.copy, params["encoder"]),
+            rest=rest,
+            opt_state=adam(config.optim).init(params),
+        )
+
+    abstract = jax.eval_shape(init)
+    state = jax.jit(init, out_shardings=mesh_lib.state_shardings(mesh, abstract))()
+    return holder["graphdef"], state
+
+
+# -- the step --------------------------------------------------------------------------------
+def target_features(graphdef, state: IJEPAState, images: jax.Array) -> jax.Array:
+    """Full-image target encoder output, normalised over features in float32: (B, N, D)."""
+    params = nnx.State({"encoder": state.target, "predictor": state.params["predictor"]})
+    h = nnx.merge(graphdef, params, state.rest).encoder(images).astype(jnp.float32)
+    mean = h.mean(-1, keepdims=True)
+    var = jnp.square(h - mean).mean(-1, keepdims=True)
+    return jax.lax.stop_gradient((h - mean) * jax.lax.rsqrt(var + TARGET_LN_EPS))
+
+
+def element_loss(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
+    diff = pred.astype(jnp.float32) - target
+    if kind == "l2":
+        return jnp.square(diff)
+    return optax.huber_loss(diff)  # smooth L1 with beta 1: 0.5 d^2 below 1, |d| - 0.5 above
+
+
+def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """(B, N, D) tokens at (B, ...) indices -> (B, ..., D)."""
+    flat = idx.reshape(idx.shape[0], -1).astype(jnp.int32)
+    out = jnp.take_along_axis(x, flat[..., None], axis=1)
+    return out.reshape(*idx.shape, x.shape[-1])
+
+
+def predict_targets(model: IJEPA, batch) -> jax.Array:
+    """Context encoder + predictor: (B, M, T, D) predictions, one sequence per block."""
+    ctx_idx, ctx_valid = batch["context_idx"], batch["context_valid"]
+    tgt_idx, tgt_valid = batch["target_idx"], batch["target_valid"]
+    b, m, t = tgt_idx.shape
+    z = model.encoder(batch["image"], keep=ctx_idx, valid=ctx_valid)  # (B, C, D)
+
+    def per_block(x):  # (B, ...) -> (B * M, ...), block-major within each image
+        return jnp.repeat(x[:, None], m, axis=1).reshape(b * m, *x.shape[1:])
+
+    pred = model.predictor(
+        per_block(z), per_block(ctx_idx), tgt_idx.reshape(b * m, t),
+        context_valid=per_block(ctx_valid), target_valid=tgt_valid.reshape(b * m, t),
+    )
+    return pred.reshape(b, m, t, -1)
+
+
+def make_train_step(graphdef, config: IJEPAConfig):
+    """``step(state, batch) -> (state, metrics)``; jit it with the state donated."""
+    optim = config.optim
+    tx = adam(optim)
+
+    def loss_fn(params, state: IJEPAState, batch, h):
+        model = nnx.merge(graphdef, params, state.rest)
+        pred = predict_targets(model, batch)
+        target = gather_tokens(h, batch["target_idx"])
+        weight = batch["target_valid"].astype(jnp.float32)[..., None]
+        per_elem = element_loss(pred, target, optim.loss)
+        loss = (per_elem * weight).sum() / jnp.maximum(weight.sum() * pred.shape[-1], 1.0)
+        return loss, pred
+
+    def step(state: IJEPAState, batch) -> tuple[IJEPAState, dict]:
+        sched = schedules(optim, config.steps, state.step)
+        h = target_features(graphdef, state, batch["image"])
+        (loss, pred), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch, h)
+        direction, opt_state = tx.update(grads, state.opt_state, state.params)
+        mask = decay_mask(state.params)
+        new_params = jax.tree.map(
+            lambda p, d, decay: p - sched["lr"] * (d + jnp.where(decay, sched["wd"], 0.0) * p),
+            state.params, direction, mask,
+        )
+        mom = sched["momentum"]
+        new_target = jax.tree.map(lambda t, p: mom * t + (1.0 - mom) * p, state.target, new_params["encoder"])
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        candidate = IJEPAState(step=state.step + 1, params=new_params, target=new_target, rest=state.rest,
+                               opt_state=opt_state)
+        # NaN/inf guard: a bad batch leaves the state as it was (only the step advances);
+        # the loop sees `finite` == 0 at its next metrics fetch and stops without saving.
+        keep = state.replace(step=state.step + 1)
+        new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), candidate, keep)
+        metrics = {
+            "loss": loss,
+            **sched,
+            "grad_norm": grad_norm,
+            # collapse indicator: spread of the normalised target features across tokens
+            # and images (LayerNorm fixes each token's spread, not this one)
+            "target_std": h.std(axis=(0, 1)).mean(),
+            "pred_std": jax.lax.stop_gradient(pred).astype(jnp.float32).std(axis=(0, 1, 2)).mean(),
+            "context_len": batch["context_valid"].sum(-1).astype(jnp.float32).mean(),
+            "target_len": batch["target_valid"].sum(-1).astype(jnp.float32).mean(),
+            "finite": finite.astype(jnp.float32),
+        }
+        return new_state, metrics
+
+    return step
+
+
+def compile_step(step_fn, state: IJEPAState, mesh: jax.sharding.Mesh):
+    """Plain `jax.jit` with the state donated and kept in its shardings, the batch split
+    over every device on its leading axis, metrics replicated."""
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(
+        step_fn,
+        in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+        out_shardings=(shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )

@@ -1,0 +1,94 @@
+"""Typed config of an I-JEPA pretraining run (``configs/ijepa_*.py`` return one).
+
+Defaults are the official ViT-B setting of facebookresearch/ijepa as summarised in
+REFERENCE.md s8 (schedules, masks, augmentation), at the card's 256 px. Files are loaded
+and ``--set`` overrides applied with `sonichu_jax.train.configlib`, which works on any
+config dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sonichu_jax.config import ConfigError, ModelConfig
+from sonichu_jax.data.ijepa_masks import MaskConfig
+from sonichu_jax.train.configlib import CheckpointConfig, MeshConfig
+
+LOSSES = ("smooth_l1", "l2")
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    width: int = 384
+    depth: int = 6  # ViT-B (12 for ViT-L/H); heads = the encoder's
+
+
+@dataclass(frozen=True)
+class PretrainDataConfig:
+    batch_size: int = 2048  # global batch, over all processes and devices
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # random resized crop, fraction of the frame area
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
+    flip: bool = False  # the official recipe does not flip
+    num_workers: int = 0  # grain worker processes per host (0 = in-process)
+
+    def __post_init__(self):
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ConfigError(f"data.crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+
+
+@dataclass(frozen=True)
+class IJEPAOptimConfig:
+    """AdamW; every schedule is per iteration, spanning ``steps * schedule_scale`` (the
+    official ``ipe_scale``: > 1 stops the run before the schedules end)."""
+
+    start_lr: float = 2e-4
+    lr: float = 1e-3
+    final_lr: float = 1e-6
+    warmup_steps: int = 2000
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    ema: tuple[float, float] = (0.996, 1.0)
+    schedule_scale: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    loss: str = "smooth_l1"  # the official code's loss (beta 1); "l2" as in the paper
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ConfigError(f"optim.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.schedule_scale < 1.0:
+            raise ConfigError(f"optim.schedule_scale must be >= 1, got {self.schedule_scale}")
+        if self.warmup_steps < 0:
+            raise ConfigError("optim.warmup_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class PretrainLogConfig:
+    every_steps: int = 50  # metrics leave the device once per this many steps
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class IJEPAConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(dtype="bfloat16"))
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    masks: MaskConfig = field(default_factory=lambda: MaskConfig(context_len=128))
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    optim: IJEPAOptimConfig = field(default_factory=IJEPAOptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(keep_best=False))
+    log: PretrainLogConfig = field(default_factory=PretrainLogConfig)
+    steps: int = 23500  # ~300 epochs of 160,486 frames at batch 2048
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.optim.warmup_steps >= self.steps * self.optim.schedule_scale:
+            raise ConfigError(f"optim.warmup_steps={self.optim.warmup_steps} must be below the schedule length")
+        if self.model.width % self.model.num_heads or self.predictor.width % self.model.num_heads:
+            raise ConfigError("encoder and predictor widths must be divisible by model.num_heads")

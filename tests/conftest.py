@@ -1,0 +1,35 @@
+"""Shared fixtures: the PyTorch reference module and checkpoints written with it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+REFERENCE_PATH = os.path.join(os.path.dirname(__file__), "..", "sonichu_jax", "reference", "modeling_sonichu.py")
+
+
+def load_reference():
+    spec = importlib.util.spec_from_file_location("sonichu_torch_reference", REFERENCE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def torch_ref():
+    pytest.importorskip("torch")
+    return load_reference()
+
+
+def write_reference_checkpoint(ref, cfg, directory, seed=0):
+    """A randomised PyTorch reference model saved as config.json + model.safetensors."""
+    model = ref.randomize_(ref.SonichuModel(cfg.to_dict()), seed=seed).eval()
+    model.save_pretrained(str(directory))
+    return model
+
+
+def random_images(n, cfg, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, *cfg.image_size, 3)).astype(np.float32)

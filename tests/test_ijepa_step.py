@@ -1,0 +1,209 @@
+"""The I-JEPA train step: loss vs the official computation in PyTorch, padding exactness,
+schedules vs the official schedulers, weight-decay groups, one compilation for many
+masks, determinism.
+
+Predictor and encoder module parity against PyTorch modules with the official names is
+tests/test_convert_layouts.py::test_ijepa_encoder_and_predictor_parity; here the whole
+loss (masking, per-block sequences, target normalisation, smooth L1) is compared."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sonichu_jax.config import tiny_config
+from sonichu_jax.data.ijepa_masks import MaskConfig, MultiBlockMaskSampler
+from sonichu_jax.train import ijepa
+from sonichu_jax.train.ijepa_config import IJEPAConfig, IJEPAOptimConfig, PredictorConfig, PretrainDataConfig
+
+
+def tiny(**changes) -> IJEPAConfig:
+    base = dict(
+        model=tiny_config(),
+        predictor=PredictorConfig(width=32, depth=2),
+        masks=MaskConfig(min_keep=4),
+        data=PretrainDataConfig(batch_size=4),
+        optim=IJEPAOptimConfig(warmup_steps=3),
+        steps=20,
+    )
+    base.update(changes)
+    return IJEPAConfig(**base)
+
+
+def state_from_model(model: ijepa.IJEPA, config: IJEPAConfig):
+    graphdef, params, rest = ijepa.split(model)
+    state = ijepa.IJEPAState(step=jnp.zeros((), jnp.int32), params=params,
+                             target=jax.tree.map(jnp.copy, params["encoder"]), rest=rest,
+                             opt_state=ijepa.adam(config.optim).init(params))
+    return graphdef, state
+
+
+# -- the loss vs the official computation -------------------------------------------------------
+def test_loss_matches_official_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    import torch_refs
+    from sonichu_jax import checkpoint
+    from sonichu_jax.convert import LAYOUTS, SafetensorsSource, convert_tensors
+
+    config = tiny()
+    cfg = config.model
+    tcfg = torch_refs.torch_cfg(image_size=list(cfg.image_size), patch_size=cfg.patch_size, width=cfg.width,
+                                depth=cfg.depth, num_heads=cfg.num_heads)
+    encoder = torch_refs.randomize(torch_refs.Backbone(tcfg), seed=1)
+    predictor = torch_refs.randomize(torch_refs.IJepaPredictor(tcfg, width=32, depth=2), seed=2)
+    # step 0: the target encoder is the encoder
+    tensors = {k: v.clone() for k, v in torch_refs.ijepa_state(encoder, encoder, predictor).items()}
+    save_file(tensors, str(tmp_path / "ijepa.safetensors"))
+    arrays, report = convert_tensors(SafetensorsSource(tmp_path / "ijepa.safetensors"), LAYOUTS["ijepa"], cfg,
+                                     checkpoint.predictor_shapes(cfg, 32, 2), only=("predictor/",))
+    assert report.ok, report.summary()
+    backbone = checkpoint.init_model(cfg)
+    checkpoint.load_backbone(backbone, tmp_path / "ijepa.safetensors")
+    model = ijepa.IJEPA(cfg, 32, 2, rngs=nnx.Rngs(0))
+    nnx.update(model.encoder, nnx.state(backbone.backbone))
+    nnx.update(model.predictor, nnx.state(checkpoint.predictor_from_arrays(cfg, 32, 2, arrays)))
+
+    B = 3
+    sampler = MultiBlockMaskSampler(config.masks, cfg.grid, seed=4)  # context padded to 49, targets to 12
+    masks = sampler.sample(2, B)
+    images = np.random.default_rng(0).normal(size=(B, *cfg.image_size, 3)).astype(np.float32)
+    graphdef, state = state_from_model(model, config)
+    _, metrics = jax.jit(ijepa.make_train_step(graphdef, config))(state, {"image": images, **masks})
+
+    # the official code on the unpadded masks (lengths are equal across the batch)
+    c = int(masks["context_valid"][0].sum())
+    t = int(masks["target_valid"][0, 0].sum())
+    ctx = torch.from_numpy(masks["context_idx"][:, :c].astype(np.int64))
+    tgt = [torch.from_numpy(masks["target_idx"][:, j, :t].astype(np.int64)) for j in range(4)]
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+
+    def apply_masks(h, index_sets):
+        return torch.cat([torch.gather(h, 1, m[..., None].expand(-1, -1, h.shape[-1])) for m in index_sets])
+
+    with torch.no_grad():
+        h = F.layer_norm(encoder(x), (cfg.width,))
+        targets = apply_masks(h, tgt)
+        tokens = apply_masks(encoder.patch_embed(x) + encoder.pos_embed, [ctx])
+        for block in encoder.blocks:
+            tokens = block(tokens)
+        z = encoder.norm(tokens)
+        preds = predictor(z.repeat(4, 1, 1), ctx.repeat(4, 1), torch.cat(tgt))
+        expected = float(F.smooth_l1_loss(preds, targets))
+    assert abs(float(metrics["loss"]) - expected) <= 1e-5 * expected, (float(metrics["loss"]), expected)
+
+
+def test_padding_is_exact():
+    """Extra padding on the context and the targets changes no real output."""
+    config = tiny()
+    model = ijepa.build_model(config, 0)
+    sampler = MultiBlockMaskSampler(config.masks, config.model.grid, seed=1)
+    masks = sampler.sample(0, 2)
+    images = np.random.default_rng(1).normal(size=(2, *config.model.image_size, 3)).astype(np.float32)
+    c = int(masks["context_valid"].sum(1).max())
+    t = int(masks["target_valid"].sum(-1).max())
+    short = {"image": images, "context_idx": masks["context_idx"][:, :c], "context_valid": masks["context_valid"][:, :c],
+             "target_idx": masks["target_idx"][..., :t], "target_valid": masks["target_valid"][..., :t]}
+    padded = ijepa.predict_targets(model, {"image": images, **masks})
+    unpadded = ijepa.predict_targets(model, short)
+    np.testing.assert_allclose(np.asarray(padded[:, :, :t]), np.asarray(unpadded), rtol=1e-5, atol=1e-5)
+
+
+# -- schedules and optimiser groups ---------------------------------------------------------------
+def official_schedules(optim: IJEPAOptimConfig, steps: int):
+    """The official schedulers, stepped once per iteration before the forward pass."""
+    T = int(optim.schedule_scale * steps)
+    warm, out = optim.warmup_steps, []
+    momenta = [optim.ema[0] + i * (optim.ema[1] - optim.ema[0]) / (steps * optim.schedule_scale)
+               for i in range(int(steps * optim.schedule_scale) + 1)]
+    for it in range(steps):
+        s = it + 1
+        if s < warm:
+            lr = optim.start_lr + s / max(1, warm) * (optim.lr - optim.start_lr)
+        else:
+            p = (s - warm) / max(1, T - warm)
+            lr = max(optim.final_lr, optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1 + math.cos(math.pi * p)))
+        wd = optim.final_weight_decay + (optim.weight_decay - optim.final_weight_decay) * 0.5 * (1 + math.cos(math.pi * s / T))
+        wd = min(optim.final_weight_decay, wd)
+        out.append((lr, wd, momenta[it]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.25])
+def test_schedules_match_official(scale):
+    optim = IJEPAOptimConfig(warmup_steps=15, schedule_scale=scale)
+    steps = 100
+    ours = jax.vmap(lambda s: ijepa.schedules(optim, steps, s))(jnp.arange(steps))
+    ref = official_schedules(optim, steps)
+    np.testing.assert_allclose(np.asarray(ours["lr"]), ref[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours["wd"]), ref[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours["momentum"]), ref[:, 2], rtol=1e-6)
+    assert float(ours["momentum"][0]) == pytest.approx(0.996)
+
+
+def test_weight_decay_groups():
+    _, params, _ = ijepa.split(ijepa.build_model(tiny(), 0))
+    mask = {"/".join(map(str, p)): bool(v) for p, v in nnx.to_flat_state(ijepa.decay_mask(params))}
+    assert mask["predictor/mask_token"] and mask["encoder/blocks/0/attn/qkv/kernel"]
+    assert mask["encoder/patch_embed/proj/kernel"]
+    assert not mask["encoder/blocks/0/attn/qkv/bias"] and not mask["encoder/norm/scale"]
+    assert not any(k.endswith("pos_embed") for k in mask)  # fixed tables are not parameters
+
+
+def test_official_init_rescales_residual_branches():
+    model = ijepa.build_model(tiny(model=tiny_config(depth=3)), 0)
+    stds = [float(jnp.std(model.encoder.blocks[i].mlp.fc2.kernel[...])) for i in range(3)]
+    for i, s in enumerate(stds):
+        assert s == pytest.approx(0.02 / math.sqrt(2 * (i + 1)), rel=0.1)
+    assert float(jnp.abs(model.encoder.blocks[0].attn.qkv.bias[...]).max()) == 0.0
+
+
+# -- compiled once, deterministic ------------------------------------------------------------------
+def test_one_compilation_for_many_masks():
+    cfg = tiny_config(image_size=(32, 32), patch_size=4, width=32, depth=1, num_heads=2)
+    config = tiny(model=cfg, predictor=PredictorConfig(width=16, depth=1), steps=200)
+    from sonichu_jax.train import mesh as mesh_lib
+
+    mesh = mesh_lib.make_mesh()
+    graphdef, state = ijepa.create_state(config, mesh)
+    traces = []
+    inner = ijepa.make_train_step(graphdef, config)
+
+    def counted(state, batch):
+        traces.append(1)
+        return inner(state, batch)
+
+    step = ijepa.compile_step(counted, state, mesh)
+    sampler = MultiBlockMaskSampler(config.masks, cfg.grid, seed=0)
+    images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    lengths = set()
+    for i in range(200):
+        masks = sampler.sample(i, 4)
+        lengths.add((int(masks["context_valid"].sum()), int(masks["target_valid"].sum())))
+        state, metrics = step(state, {"image": images, **masks})
+    assert len(lengths) > 20  # the masks really varied
+    assert len(traces) == 1 and step._cache_size() == 1
+    assert int(state.step) == 200 and float(metrics["finite"]) == 1.0
+
+
+def test_same_seed_same_result():
+    config = tiny()
+    sampler = MultiBlockMaskSampler(config.masks, config.model.grid, seed=0)
+    images = np.random.default_rng(0).normal(size=(4, *config.model.image_size, 3)).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        graphdef, state = state_from_model(ijepa.build_model(config, 7), config)
+        step = jax.jit(ijepa.make_train_step(graphdef, config))
+        for i in range(2):
+            state, metrics = step(state, {"image": images, **sampler.sample(i, 4)})
+        runs.append((jax.device_get(state.target), float(metrics["loss"])))
+    assert runs[0][1] == runs[1][1]
+    for a, b in zip(jax.tree.leaves(runs[0][0]), jax.tree.leaves(runs[1][0])):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,130 @@
+"""Small PyTorch modules whose state-dict names follow the official checkpoints the
+converter reads: mmpose ViTPose, timm ViT and the I-JEPA encoder + predictor. They reuse
+the blocks of this project's PyTorch reference (whose names are the timm / I-JEPA ones)
+and differ from it exactly where the official modules do."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sonichu_jax.reference.modeling_sonichu import DEFAULTS, Backbone, Block, Head, PatchEmbed, sincos_table
+
+
+def torch_cfg(**changes) -> dict:
+    return {**DEFAULTS, **changes}
+
+
+def randomize(module: nn.Module, seed: int = 0, final_scale: float = 16.0) -> nn.Module:
+    """Non-trivial values everywhere (biases, norm affines, BatchNorm statistics) and a
+    scaled final layer, so heatmaps are peaked and layout errors show."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.named_parameters():
+            if not tensor.requires_grad:
+                continue  # fixed sin-cos tables stay what they are
+            if name.endswith("bias"):
+                tensor.copy_(0.02 * torch.randn(tensor.shape, generator=gen))
+            elif tensor.ndim == 1:
+                tensor.copy_(1.0 + 0.1 * torch.randn(tensor.shape, generator=gen))
+            elif "pos_embed" in name or "position" in name or "mask_token" in name or "cls_token" in name:
+                tensor.copy_(0.5 * torch.randn(tensor.shape, generator=gen))
+            else:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) / math.sqrt(fan_in))
+        for name, sub in module.named_modules():
+            if isinstance(sub, nn.BatchNorm2d):
+                sub.running_mean.copy_(0.3 * torch.randn(sub.running_mean.shape, generator=gen))
+                sub.running_var.copy_(0.5 + torch.rand(sub.running_var.shape, generator=gen))
+                sub.num_batches_tracked.fill_(77)
+            if name.endswith(("final_layer", "head.conv")):
+                sub.weight.mul_(final_scale)
+    return module.eval()
+
+
+class ViTPoseBackbone(nn.Module):
+    """mmpose ViT: padding-2 patches, (1, N + 1, D) table folded into the patches, an
+    unused ``cls_token``, final norm ``last_norm``."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        h, w = cfg["image_size"]
+        p, d = cfg["patch_size"], cfg["width"]
+        self.grid = (h // p, w // p)
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + 1, d))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg["depth"])])
+        self.last_norm = nn.LayerNorm(d, eps=cfg["layer_norm_eps"])
+
+    def forward(self, x):
+        tokens = self.patch_embed(x) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.last_norm(tokens)
+
+
+class ViTPoseModel(nn.Module):
+    """``backbone.*`` + ``keypoint_head.{deconv_layers,final_layer}``; heatmaps NCHW."""
+
+    def __init__(self, cfg: dict, num_keypoints: int):
+        super().__init__()
+        self.backbone = ViTPoseBackbone(cfg)
+        self.keypoint_head = Head(cfg, num_keypoints, with_trunk=True)
+
+    def forward(self, x):
+        tokens = self.backbone(x)
+        gh, gw = self.backbone.grid
+        return self.keypoint_head(tokens.transpose(1, 2).reshape(len(x), -1, gh, gw))
+
+
+def timm_vit(cfg: dict) -> nn.Module:
+    """timm ``VisionTransformer(class_token=False)`` names at the top level: patch_embed,
+    pos_embed (learned), blocks.{i}, norm. Its forward returns the patch features."""
+    return Backbone({**cfg, "pos_embed": "learned"})
+
+
+class IJepaPredictor(nn.Module):
+    """The official ``VisionTransformerPredictor`` (names and computation), one target
+    block per call."""
+
+    def __init__(self, cfg: dict, width: int, depth: int):
+        super().__init__()
+        h, w = cfg["image_size"]
+        grid = (h // cfg["patch_size"], w // cfg["patch_size"])
+        pcfg = {**cfg, "width": width}
+        self.predictor_embed = nn.Linear(cfg["width"], width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.predictor_pos_embed = nn.Parameter(sincos_table(width, *grid)[None], requires_grad=False)
+        self.predictor_blocks = nn.ModuleList([Block(pcfg) for _ in range(depth)])
+        self.predictor_norm = nn.LayerNorm(width, eps=cfg["layer_norm_eps"])
+        self.predictor_proj = nn.Linear(width, cfg["width"])
+
+    def forward(self, x, context_idx, target_idx):
+        pos = self.predictor_pos_embed[0]
+        x = self.predictor_embed(x) + pos[context_idx]
+        queries = self.mask_token + pos[target_idx]
+        x = torch.cat([x, queries], dim=1)
+        for block in self.predictor_blocks:
+            x = block(x)
+        x = self.predictor_norm(x)[:, -target_idx.shape[1] :]
+        return self.predictor_proj(x)
+
+
+def ijepa_state(encoder: nn.Module, target_encoder: nn.Module, predictor: nn.Module) -> dict:
+    """The official training checkpoint's tensors, DDP ``module.`` prefixes included,
+    flattened the way safetensors stores nested dicts."""
+    out = {}
+    for part, module in (("encoder", encoder), ("target_encoder", target_encoder), ("predictor", predictor)):
+        for name, tensor in module.state_dict().items():
+            out[f"{part}.module.{name}"] = tensor.contiguous()
+    return out
+
+
+def peak_softmax(heatmaps_nchw: torch.Tensor) -> float:
+    """Largest per-map softmax probability: > 0.1 means the maps are peaked."""
+    flat = heatmaps_nchw.flatten(2)
+    return float(F.softmax(flat, dim=-1).max())
