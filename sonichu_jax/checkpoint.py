@@ -142,8 +142,14 @@ def save_flax(model: SonichuModel, directory: str | os.PathLike) -> None:
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> SonichuModel:
-    """A randomly initialised model in train mode."""
-    return SonichuModel(cfg, rngs=nnx.Rngs(jax.random.key(seed)))
+    """A randomly initialised model in train mode.
+
+    The initialisers run inside one jit: eagerly, every parameter shape would compile
+    its own small kernel, which costs tens of seconds even for the tiny model.
+    """
+    graphdef, _ = nnx.split(abstract_model(cfg))
+    state = jax.jit(lambda: nnx.split(SonichuModel(cfg, rngs=nnx.Rngs(seed)))[1])()
+    return nnx.merge(graphdef, state)
 
 
 # -- conversion helpers: backbone-only loading, the I-JEPA predictor, export -------------
@@ -209,6 +215,9 @@ def predictor_from_arrays(cfg: ModelConfig, width: int, depth: int, arrays: dict
     return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
+EXPORT_LAYOUTS = ("sonichu", "hf-vitpose")
+
+
 def export_pytorch(model: SonichuModel, directory: str | os.PathLike, layout: str = "sonichu") -> None:
     """Write ``model.safetensors`` + ``config.json`` that PyTorch loads with strict=True:
     ``sonichu`` for this project's reference (``modeling_sonichu.py``), ``hf-vitpose`` for
@@ -226,5 +235,3 @@ def write_pytorch(flat: dict[str, np.ndarray], cfg: ModelConfig, directory: str 
     write_safetensors(os.path.join(directory, TORCH_WEIGHTS_NAME), tensors, metadata={"format": "pt", "layout": layout})
     write_json(os.path.join(directory, CONFIG_NAME), config)
 
-
-EXPORT_LAYOUTS = ("sonichu", "hf-vitpose")

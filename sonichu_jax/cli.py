@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "train-teacher": "train_teacher",
     "pseudo-label": "pseudo_label",
+    "pretrain": "pretrain",
 }
 
 EXIT_BAD_INPUT = 2

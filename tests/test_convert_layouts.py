@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 import torch_refs  # noqa: E402
 from sonichu_jax import checkpoint  # noqa: E402
-from sonichu_jax.config import ModelConfig, TaskSpec, tiny_config  # noqa: E402
+from sonichu_jax.config import TaskSpec, tiny_config  # noqa: E402
 from sonichu_jax.convert import LAYOUTS, Options, SafetensorsSource, convert_tensors, infer_config  # noqa: E402
 from sonichu_jax.nn.sonichu import SonichuModel  # noqa: E402
 

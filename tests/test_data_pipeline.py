@@ -6,7 +6,6 @@ import itertools
 import numpy as np
 import pytest
 
-from sonichu_jax.config import TaskSpec
 from sonichu_jax.data.pipeline import (
     BlockMixture,
     PipelineConfig,
@@ -208,3 +207,14 @@ def test_fair_split_is_deterministic_per_task_and_excludes_pseudo():
     _, val2 = fair_split(shuffled)
     assert {shuffled[i].source_id for i in val2} == {recs[i].source_id for i in val}
     assert fair_split(recs, seed=1)[1] != val
+
+
+def test_masked_keypoints_are_zero_and_finite():
+    kps = np.array([[10.0, 12.0], [np.nan, np.nan]], np.float32)
+    rec = Record(np.zeros((40, 40), np.uint8), "FUGC", kps, source_id="nan")
+    assert rec.valid.tolist() == [True, False]
+    tasks = synthetic_tasks(["FUGC"])
+    (b,) = list(make_eval_pipeline([rec], tasks, _config(batch_size=1), process_index=0, process_count=1))
+    assert np.isfinite(b["keypoints"]).all()
+    np.testing.assert_allclose(b["keypoints"][0], [[10 / 40, 12 / 40], [0, 0]])
+    assert b["valid"][0].tolist() == [1.0, 0.0]

@@ -94,3 +94,23 @@ def test_bfloat16_compute_stays_close(torch_ref, tmp_path):
     assert got.dtype == np.float32  # soft-argmax runs in float32 whatever the compute dtype
     assert np.abs(got - ref).max() < 2e-2
     assert all(v.get_value().dtype == np.float32 for _, v in nnx.to_flat_state(nnx.state(model)))
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16, 8, 5), (1, 7, 3, 4, 6)])
+def test_subpixel_deconv_equals_pytorch_conv_transpose(shape):
+    """The sub-pixel form of the 4x4 stride-2 transposed conv, on non-square odd grids."""
+    from sonichu_jax.convert.transforms import DECONV
+    from sonichu_jax.nn.vitpose import Deconv4x4
+
+    b, h, w, cin, cout = shape
+    rng = np.random.default_rng(h * w)
+    weight = rng.normal(size=(cin, cout, 4, 4)).astype(np.float32)
+    x = rng.normal(size=(b, h, w, cin)).astype(np.float32)
+    layer = Deconv4x4(cin, cout, np.float32, rngs=nnx.Rngs(0))
+    layer.kernel[...] = DECONV.forward((weight,), None)[0]
+    ref = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(weight), stride=2, padding=1
+    ).permute(0, 2, 3, 1).numpy()
+    got = np.asarray(layer(x))
+    assert got.shape == (b, 2 * h, 2 * w, cout)
+    np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-5)

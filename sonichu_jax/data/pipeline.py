@@ -5,7 +5,7 @@ Every batch is a dict of numpy arrays whose shapes do not depend on the task, so
 step compiles once:
 
 - ``image`` float32 (B, H, W, 3), ImageNet-normalised, resized to the model size
-- ``keypoints`` float32 (B, Kmax, 2), normalised xy (pixel / size, in [0, 1] when visible)
+- ``keypoints`` float32 (B, Kmax, 2), normalised xy (pixel / size); 0 where not valid
 - ``valid`` float32 (B, Kmax): 0 for masked keypoints and for padding beyond the task's K
 - ``task_id`` int32 (B,): index into the configured task tuple, equal within a batch
 - ``has_label``, ``is_pseudo``, ``mask`` float32 (B,) (``mask`` is 0 only for eval padding)
@@ -123,7 +123,8 @@ class ExampleLoader:
         out_valid = np.zeros((self.kmax,), np.float32)
         if kps is not None:
             k = kps.shape[0]
-            out_kps[:k] = kps / np.asarray(self.out_size, np.float32)
+            # masked points are zeroed: a NaN there would survive a 0 loss weight (NaN * 0)
+            out_kps[:k] = np.where(valid[:, None], kps / np.asarray(self.out_size, np.float32), 0.0)
             out_valid[:k] = valid
         return {
             "image": normalize_planes(x),

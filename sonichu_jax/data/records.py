@@ -63,9 +63,6 @@ class Record:
     def num_keypoints(self) -> int:
         return 0 if self.keypoints is None else int(self.keypoints.shape[0])
 
-    def replace(self, **changes) -> "Record":
-        return dataclasses.replace(self, **changes)
-
 
 # Kinds of problems a source reports. A record with one of SKIP_KINDS is left out; the
 # others mask the offending keypoints and keep the record.

@@ -8,33 +8,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
+from sonichu_jax.convert.tables import sincos_2d as sincos_2d_table
 
 
 class FixedEmbedding(nnx.Variable):
     """A table that is part of the state (saved, converted, sharded) but never trained."""
-
-
-def sincos_2d_table(width: int, grid: tuple[int, int]) -> np.ndarray:
-    """(gh * gw, width) fixed 2D sin-cos table in the MAE / I-JEPA layout.
-
-    The first half of the features encodes the column (x) coordinate and the second half
-    the row (y) coordinate: MAE builds its grid with meshgrid(w, h) and names the halves
-    the other way round, which is what the published weights were trained with.
-    """
-    gh, gw = grid
-    cols, rows = np.meshgrid(np.arange(gw, dtype=np.float64), np.arange(gh, dtype=np.float64))
-    quarter = width // 4
-    omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
-
-    def encode(pos):
-        angles = np.outer(pos.reshape(-1), omega)
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-    return np.concatenate([encode(cols), encode(rows)], axis=1).astype(np.float32)
 
 
 class PatchEmbed(nnx.Module):

@@ -32,8 +32,6 @@ class InitConfig:
     def __post_init__(self):
         if self.kind not in ("scratch", "pretrained", "backbone"):
             raise ConfigError(f"init.kind must be scratch, pretrained or backbone, got {self.kind!r}")
-        if self.kind != "scratch" and not self.path:
-            raise ConfigError(f"init.kind={self.kind!r} needs init.path")
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,7 @@ class DataConfig:
     cap: int | None = None  # records per task counted by the `capped` weighting
     num_workers: int = 0  # grain worker processes per host (0 = in-process)
     pseudo_labels: tuple[PseudoLabelSet, ...] = ()
+    pseudo_dir: str = ""  # relative pseudo-label paths are resolved against this folder
 
 
 @dataclass(frozen=True)

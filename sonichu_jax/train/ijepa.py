@@ -211,7 +211,7 @@ def make_train_step(graphdef, config: IJEPAConfig):
         )
         mom = sched["momentum"]
         new_target = jax.tree.map(lambda t, p: mom * t + (1.0 - mom) * p, state.target, new_params["encoder"])
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         candidate = IJEPAState(step=state.step + 1, params=new_params, target=new_target, rest=state.rest,
                                opt_state=opt_state)

@@ -85,10 +85,13 @@ class IJEPAConfig:
     steps: int = 23500  # ~300 epochs of 160,486 frames at batch 2048
     seed: int = 0
 
-    def __post_init__(self):
+    def validate(self) -> "IJEPAConfig":
+        """Checks across sections, run once the overrides are applied (a check in
+        ``__post_init__`` would make the order of ``--set`` options matter)."""
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.optim.warmup_steps >= self.steps * self.optim.schedule_scale:
             raise ConfigError(f"optim.warmup_steps={self.optim.warmup_steps} must be below the schedule length")
         if self.model.width % self.model.num_heads or self.predictor.width % self.model.num_heads:
             raise ConfigError("encoder and predictor widths must be divisible by model.num_heads")
+        return self

@@ -40,15 +40,18 @@ def maybe_initialize_distributed() -> bool:
     return True
 
 
-def make_mesh(data: int = -1, fsdp: int = 1) -> jax.sharding.Mesh:
-    n = jax.device_count()
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
+    """A (data, fsdp) mesh over ``devices`` (default: every device of every process)."""
+    n = jax.device_count() if devices is None else len(devices)
     if fsdp < 1 or n % fsdp:
         raise ValueError(f"mesh.fsdp={fsdp} must divide the device count {n}")
     if data == -1:
         data = n // fsdp
     if data * fsdp != n:
         raise ValueError(f"mesh data={data} x fsdp={fsdp} does not use all {n} devices")
-    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    return jax.make_mesh(
+        (data, fsdp), BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
+    )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

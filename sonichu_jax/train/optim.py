@@ -90,8 +90,10 @@ def group_transform(optim: OptimConfig, group: tuple, params, cfg: ModelConfig) 
         optax.add_decayed_weights(optim.weight_decay, mask=mask),
     ]
     if group == ("backbone",) and optim.layer_decay != 1.0:
+        # State paths are absolute ("backbone", "blocks", 3, ...): drop the group prefix.
         scales = with_path(
-            lambda p, x: layer_scale(backbone_layer_id(_keys(p), cfg.depth), cfg.depth, optim.layer_decay), params
+            lambda p, x: layer_scale(backbone_layer_id(_keys(p)[1:], cfg.depth), cfg.depth, optim.layer_decay),
+            params,
         )
         parts.append(scale_by_tree(scales))
     return optax.chain(*parts)
@@ -132,7 +134,7 @@ class GroupedAdamW:
     def update(self, grads, opt_state, params, step: jax.Array, active: dict[tuple, jax.Array]) -> tuple[Any, Any, dict]:
         """One AdamW step. ``active[group]`` (a traced bool) gates a group whose gradient
         is structurally zero on this batch. Returns (params, opt_state, metrics)."""
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         if self.optim.clip_norm > 0:
             factor = jnp.minimum(1.0, self.optim.clip_norm / (grad_norm + 1e-6))
             grads = jax.tree.map(lambda g: g * factor, grads)
@@ -149,5 +151,5 @@ class GroupedAdamW:
             new_params.append(optax.apply_updates(p, u))
             new_states.append(s_new)
             updates.append(u)
-        metrics = {"grad_norm": grad_norm, "update_norm": optax.global_norm(updates), "lr": lr}
+        metrics = {"grad_norm": grad_norm, "update_norm": optax.tree.norm(updates), "lr": lr}
         return with_groups(self.groups, new_params), with_groups(self.groups, new_states), metrics

@@ -98,7 +98,7 @@ def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_
         # the loop sees `finite` == 0 and stops before anything is checkpointed.
         keep = state.replace(step=state.step + 1)
         new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), candidate, keep)
-        metrics.update(loss=loss, param_norm=optax.global_norm(new_state.params), finite=finite.astype(jnp.float32))
+        metrics.update(loss=loss, param_norm=optax.tree.norm(new_state.params), finite=finite.astype(jnp.float32))
         return new_state, metrics
 
     return step

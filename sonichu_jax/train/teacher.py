@@ -96,7 +96,8 @@ def load_data(config: TeacherConfig, data_spec: str):
     train_idx, val_idx = fair_split(source, config.data.val_fraction, config.data.split_seed)
     train = [source[i] for i in train_idx]
     for pset in config.data.pseudo_labels:
-        train += select_pseudo_records(pset, load_source(pset.path, tasks=tasks, log=log), tasks, config.seed)
+        path = os.path.join(config.data.pseudo_dir, pset.path)  # join keeps an absolute path
+        train += select_pseudo_records(pset, load_source(path, tasks=tasks, log=log), tasks, config.seed)
     return train, [source[i] for i in val_idx]
 
 
@@ -130,6 +131,8 @@ def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
     cfg, init = config.model, config.init
     if init.kind == "scratch":
         return (lambda: SonichuModel(cfg, rngs=nnx.Rngs(config.seed))), ()
+    if not init.path:
+        raise ConfigError(f"init.kind={init.kind!r} needs init.path (a checkpoint directory)")
     other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype)
     if init.kind == "pretrained":
         fields = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "dtype")

@@ -1,0 +1,75 @@
+"""Helpers shared by the train tests: a tiny model's sharded state, compiled step, batches."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from flax import nnx
+
+from sonichu_jax.config import tiny_config
+from sonichu_jax.data.synthetic import synthetic_tasks
+from sonichu_jax.nn.sonichu import SonichuModel
+from sonichu_jax.train import mesh as mesh_lib
+from sonichu_jax.train.configlib import OptimConfig
+from sonichu_jax.train.optim import GroupedAdamW
+from sonichu_jax.train.state import create_state, trainable_groups
+from sonichu_jax.train.step import compile_train_step, make_train_step, max_keypoints
+
+TASKS = synthetic_tasks(("HC", "fetal_femur"))
+
+
+def tiny(**changes):
+    """Smaller than tiny_config (32x32 input, 4x4 tokens): the tests check the machinery,
+    and XLA's CPU backward of the transposed convolutions dominates otherwise."""
+    base = dict(tasks=TASKS, image_size=(32, 32), width=32, deconv_filters=16)
+    base.update(changes)
+    return tiny_config(**base)
+
+
+@functools.lru_cache(maxsize=4)
+def initial_weights(cfg, seed=0):
+    """(graphdef, state) of a freshly initialised model, made once per configuration and
+    with the rbg PRNG: threefry initialisers take XLA on CPU three times longer to compile."""
+    return nnx.split(SonichuModel(cfg, rngs=nnx.Rngs(jax.random.key(seed, impl="rbg"))))
+
+
+def setup(cfg, optim=OptimConfig(warmup_steps=1), mesh=None, seed=0, total_steps=100, wrap=None):
+    """(state, compiled step, mesh, optimizer); ``wrap`` wraps the step function (tests
+    count traces with it)."""
+    mesh = mesh or mesh_lib.make_mesh()
+    groups = trainable_groups(cfg, optim.freeze_backbone)
+    model_graph, weights = initial_weights(cfg, seed)
+    graphdef, state, opt = create_state(
+        lambda w: nnx.merge(model_graph, w),
+        lambda p: GroupedAdamW(optim, cfg, total_steps, groups, p),
+        mesh,
+        weights,
+    )
+    fn = make_train_step(graphdef, cfg, opt, optim.freeze_backbone)
+    if wrap is not None:
+        fn = wrap(fn)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = compile_train_step(fn, shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh))
+    return state, step, mesh, opt
+
+
+def batch(cfg, size, task_index, seed=0):
+    rng = np.random.default_rng([seed, task_index])
+    k = max_keypoints(cfg)
+    kt = cfg.tasks[task_index].num_keypoints
+    valid = np.zeros((size, k), np.float32)
+    valid[:, :kt] = 1.0
+    return {
+        "image": rng.normal(size=(size, *cfg.image_size, 3)).astype(np.float32),
+        "keypoints": (rng.uniform(0.2, 0.8, size=(size, k, 2)) * valid[..., None]).astype(np.float32),
+        "valid": valid,
+        "task_id": np.full((size,), task_index, np.int32),
+        "has_label": np.ones((size,), np.float32),
+    }
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
