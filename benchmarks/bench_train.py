@@ -1,8 +1,10 @@
-"""Teacher train-step benchmark: median step time after compilation, img/s, and the
-compiled step's memory analysis (and model FLOPs utilisation with ``--peak-tflops``).
+"""Teacher (or, with ``--teachers N``, distillation) train-step benchmark: median step
+time after compilation, img/s, and the compiled step's memory analysis (and model FLOPs
+utilisation with ``--peak-tflops``).
 
     python benchmarks/bench_train.py                       # tiny config on this machine
     python benchmarks/bench_train.py --model card --batch 128 --dtype bfloat16 --peak-tflops 790
+    python benchmarks/bench_train.py --model card --batch 64 --dtype bfloat16 --teachers 5   # the card's distillation
 
 Random data (static shapes): this measures the step, not the input pipeline.
 """
@@ -17,10 +19,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from sonichu_jax.checkpoint import init_model
 from sonichu_jax.config import card_config, tiny_config
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import OptimConfig
+from sonichu_jax.train.distill import Distillation, DistillSettings, stack_teachers, teacher_shardings
 from sonichu_jax.train.optim import GroupedAdamW
 from sonichu_jax.train.state import create_state, trainable_groups
 from sonichu_jax.train.step import compile_train_step, make_train_step, max_keypoints
@@ -28,6 +32,7 @@ from sonichu_jax.train.step import compile_train_step, make_train_step, max_keyp
 # About 3x the forward FLOPs; ViT-B/16 + one classic head is ~150 GFLOP/image/step
 # (REFERENCE.md s2). Used only for the MFU line.
 CARD_STEP_GFLOP = 150.0
+CARD_FORWARD_GFLOP = 51.0  # one teacher's forward pass (XLA cost analysis, one head)
 
 
 def random_batch(cfg, batch: int, task_index: int, rng: np.random.Generator) -> dict:
@@ -38,6 +43,7 @@ def random_batch(cfg, batch: int, task_index: int, rng: np.random.Generator) -> 
         "valid": np.ones((batch, k), np.float32),
         "task_id": np.full((batch,), task_index, np.int32),
         "has_label": np.ones((batch,), np.float32),
+        "is_pseudo": np.zeros((batch,), np.float32),
     }
 
 
@@ -49,6 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps after compilation")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (card model only)")
     parser.add_argument("--fsdp", type=int, default=1)
+    parser.add_argument("--teachers", type=int, default=0, help="distillation step with this many frozen teachers")
     args = parser.parse_args()
 
     cfg = (tiny_config if args.model == "tiny" else card_config)(dtype=args.dtype)
@@ -61,14 +68,21 @@ def main() -> None:
         mesh,
     )
     shardings = jax.tree.map(lambda x: x.sharding, state)
+    objective, aux, aux_shardings = None, (), None
+    if args.teachers:
+        teacher_graph, params, rest = stack_teachers([init_model(cfg, seed=1 + i) for i in range(args.teachers)])
+        objective = Distillation(teacher_graph, cfg, DistillSettings())
+        aux_shardings = teacher_shardings(mesh, {"params": params, "rest": rest})
+        aux = (jax.device_put({"params": params, "rest": rest}, aux_shardings),)
     step = compile_train_step(
-        make_train_step(graphdef, cfg, opt, False), shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
+        make_train_step(graphdef, cfg, opt, False, objective), shardings, mesh_lib.batch_sharding(mesh),
+        mesh_lib.replicated(mesh), aux_shardings,
     )
     rng = np.random.default_rng(0)
     batches = [mesh_lib.global_batch(mesh, random_batch(cfg, args.batch, i % len(cfg.tasks), rng)) for i in range(4)]
 
     t0 = time.perf_counter()
-    compiled = step.lower(state, batches[0]).compile()
+    compiled = step.lower(state, batches[0], *aux).compile()
     print(f"compile: {time.perf_counter() - t0:.1f} s  ({jax.devices()[0].device_kind}, {len(jax.devices())} devices)")
     mem = compiled.memory_analysis()
     if mem is not None:
@@ -79,19 +93,20 @@ def main() -> None:
             f"temporaries {mem.temp_size_in_bytes / gib:.3f} GiB, generated code {mem.generated_code_size_in_bytes / gib:.4f} GiB"
         )
     for b in batches[:2]:  # warm-up
-        state, metrics = compiled(state, b)
+        state, metrics = compiled(state, b, *aux)
     jax.block_until_ready(metrics)
     times = []
     for i in range(args.steps):
         t = time.perf_counter()
-        state, metrics = compiled(state, batches[i % len(batches)])
+        state, metrics = compiled(state, batches[i % len(batches)], *aux)
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
-    print(f"{args.model} batch {args.batch} {args.dtype}: median step {median * 1e3:.1f} ms "
+    kind = f"distillation from {args.teachers} teachers" if args.teachers else "teacher"
+    print(f"{kind}, {args.model} batch {args.batch} {args.dtype}: median step {median * 1e3:.1f} ms "
           f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}), {args.batch / median:.1f} img/s")
     if args.model == "card" and args.peak_tflops > 0:
-        achieved = CARD_STEP_GFLOP * args.batch / median / 1e3
+        achieved = (CARD_STEP_GFLOP + args.teachers * CARD_FORWARD_GFLOP) * args.batch / median / 1e3
         print(f"model FLOPs: {achieved:.0f} TFLOP/s = {100 * achieved / args.peak_tflops:.1f} % of {args.peak_tflops:.0f}")
 
 

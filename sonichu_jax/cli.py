@@ -25,7 +25,9 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "train-teacher": "train_teacher",
     "pseudo-label": "pseudo_label",
+    "distill": "distill",
     "pretrain": "pretrain",
+    "demo": "demo",
 }
 
 EXIT_BAD_INPUT = 2

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 
 import numpy as np
 import pytest
+
+# Many tests (and their subprocesses, which inherit the environment) compile the same tiny
+# programs; one persistent compilation cache per session compiles each of them once.
+# Set before any test module imports JAX, which reads these at import.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sonichu-jax-test-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 REFERENCE_PATH = os.path.join(os.path.dirname(__file__), "..", "sonichu_jax", "reference", "modeling_sonichu.py")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -70,7 +71,8 @@ def _train_rows(out):
         return [json.loads(line) for line in fh if '"train"' in line]
 
 
-def test_tiny_pretrain_resume_and_export(frames, tmp_path):
+def pretrain_scenario(frames: str, tmp_path) -> None:
+    """Runs in a fresh process (see the test below)."""
     from safetensors.numpy import load_file
 
     from sonichu_jax import cli
@@ -114,4 +116,15 @@ def test_tiny_pretrain_resume_and_export(frames, tmp_path):
     np.testing.assert_array_equal(kernel, a["backbone/blocks/0/attn/qkv/kernel"])
     torch_layout = SonichuModel.from_pretrained(straight / "backbone_pytorch")
     np.testing.assert_allclose(np.asarray(torch_layout.backbone.blocks[0].attn.qkv.kernel[...]), kernel, atol=1e-7)
-    jax.clear_caches()
+
+
+def test_tiny_pretrain_resume_and_export(frames, tmp_path):
+    """Three short runs of the same program: in a subprocess with JAX's persistent
+    compilation cache on, the second and third reuse the first one's executables (in this
+    process the cache may already be fixed to off), which saves most of the test's time."""
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    code = (f"import sys, pathlib; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_ijepa_loop as t; "
+            f"t.pretrain_scenario({frames!r}, pathlib.Path({str(tmp_path)!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

@@ -179,6 +179,7 @@ def test_static_shapes_across_steps():
     m = sampler.sample(0, 4)
     assert m["context_idx"].shape == (4, 96) and m["target_idx"].shape == (4, 4, sampler.target_len)
     assert m["context_valid"].sum(1).max() <= 96
+    assert MultiBlockMaskSampler(MaskConfig(context_len=1000), GRID).context_len == 225  # never beyond the max
 
 
 def test_fixed_mode_covers_the_whole_grid():

@@ -1,6 +1,6 @@
 """8 fake CPU devices: the sharded I-JEPA step (batch over all 8 devices, parameters and
-optimiser state split over a 2-way fsdp axis) computes what the single-device step computes. Runs in a subprocess because the device count is
-fixed when JAX initialises."""
+optimiser state split over a 2-way fsdp axis) computes what the single-device step
+computes. Runs in a subprocess because the device count is fixed when JAX initialises."""
 
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ def test_padding_is_exact():
     images = np.random.default_rng(1).normal(size=(2, *config.model.image_size, 3)).astype(np.float32)
     c = int(masks["context_valid"].sum(1).max())
     t = int(masks["target_valid"].sum(-1).max())
-    short = {"image": images, "context_idx": masks["context_idx"][:, :c], "context_valid": masks["context_valid"][:, :c],
+    short = {"image": images,
+             "context_idx": masks["context_idx"][:, :c], "context_valid": masks["context_valid"][:, :c],
              "target_idx": masks["target_idx"][..., :t], "target_valid": masks["target_valid"][..., :t]}
     graphdef, state = nnx.split(model)
     run = jax.jit(lambda state, batch: ijepa.predict_targets(nnx.merge(graphdef, state), batch))
@@ -145,8 +146,8 @@ def official_schedules(optim: IJEPAOptimConfig, steps: int):
         else:
             p = (s - warm) / max(1, T - warm)
             lr = max(optim.final_lr, optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1 + math.cos(math.pi * p)))
-        wd = optim.final_weight_decay + (optim.weight_decay - optim.final_weight_decay) * 0.5 * (1 + math.cos(math.pi * s / T))
-        wd = min(optim.final_weight_decay, wd)
+        wd0, wd1 = optim.weight_decay, optim.final_weight_decay
+        wd = min(wd1, wd1 + (wd0 - wd1) * 0.5 * (1 + math.cos(math.pi * s / T)))
         out.append((lr, wd, momenta[it]))
     return np.array(out)
 

@@ -7,6 +7,9 @@ max |difference| <= 2e-5, with and without TTA. Weights are drawn so heatmaps ar
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -38,22 +41,44 @@ def _softmax_max(heatmaps):
     return float((flat / flat.sum(axis=1, keepdims=True)).max())
 
 
-def _check_task(jax_model, torch_model, images, task):
+def _reference_outputs(torch_model, images, tasks):
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    out = {}
     with torch.no_grad():
-        hm_ref = torch_model.heatmaps(x, task).permute(0, 2, 3, 1).numpy()
-        coords_ref = {tta: torch_model.predict(x, task, tta=tta).numpy() for tta in (False, True)}
-    hm = np.asarray(jax_model.heatmaps(images, task))
-    assert hm.shape == hm_ref.shape
-    assert hm.dtype == np.float32
-    assert _softmax_max(hm_ref) > 0.1, f"{task}: heatmaps too flat to expose errors"
-    rel = np.linalg.norm(hm - hm_ref) / np.linalg.norm(hm_ref)
-    assert rel <= HEATMAP_TOL, f"{task}: heatmap relative L2 {rel:.2e}"
-    for tta, ref in coords_ref.items():
-        got = np.asarray(jax_model.predict(images, task, tta=tta))
-        assert got.shape == (len(images), jax_model.cfg.task(task).num_keypoints, 2)
-        diff = np.abs(got - ref).max()
-        assert diff <= COORD_TOL, f"{task} tta={tta}: max |d| {diff:.2e}"
+        for task in tasks:
+            out[task] = (
+                torch_model.heatmaps(x, task).permute(0, 2, 3, 1).numpy(),
+                {tta: torch_model.predict(x, task, tta=tta).numpy() for tta in (False, True)},
+            )
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _all_tasks(graphdef, state, images, tasks):
+    """Every task's heatmaps and coordinates (plain and TTA) in one program: the methods
+    behind `heatmaps` and `predict`, compiled once instead of three times per task."""
+    model = nnx.merge(graphdef, state)
+    return {
+        t: (model.forward_heatmaps(images, t), {tta: model.forward_predict(images, t, tta) for tta in (False, True)})
+        for t in tasks
+    }
+
+
+def _check_tasks(jax_model, torch_model, images, tasks):
+    expected = _reference_outputs(torch_model, images, tasks)
+    got = jax.device_get(_all_tasks(*nnx.split(jax_model), images, tuple(tasks)))
+    for task in tasks:
+        hm_ref, coords_ref = expected[task]
+        hm, coords = got[task]
+        assert hm.shape == hm_ref.shape
+        assert hm.dtype == np.float32
+        assert _softmax_max(hm_ref) > 0.1, f"{task}: heatmaps too flat to expose errors"
+        rel = np.linalg.norm(hm - hm_ref) / np.linalg.norm(hm_ref)
+        assert rel <= HEATMAP_TOL, f"{task}: heatmap relative L2 {rel:.2e}"
+        for tta, ref in coords_ref.items():
+            assert coords[tta].shape == (len(images), jax_model.cfg.task(task).num_keypoints, 2)
+            diff = np.abs(coords[tta] - ref).max()
+            assert diff <= COORD_TOL, f"{task} tta={tta}: max |d| {diff:.2e}"
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -64,8 +89,19 @@ def test_parity_with_pytorch_reference(variant, torch_ref, tmp_path):
     images = random_images(3, cfg, seed=1)
     # every task for the card's layout; two tasks (4 and 22 keypoints) for the variants
     tasks = cfg.task_names if variant == "per_task_sincos" else cfg.task_names[:1] + ("PLAX",)
-    for task in dict.fromkeys(tasks):
-        _check_task(jax_model, torch_model, images, task)
+    _check_tasks(jax_model, torch_model, images, list(dict.fromkeys(tasks)))
+
+
+def test_public_methods_match_reference(torch_ref, tmp_path):
+    """`heatmaps` and `predict` themselves, the jitted entry points users call."""
+    cfg = tiny_config()
+    torch_model = write_reference_checkpoint(torch_ref, cfg, tmp_path, seed=3)
+    jax_model = SonichuModel.from_pretrained(tmp_path)
+    images = random_images(2, cfg, seed=2)
+    hm_ref, coords_ref = _reference_outputs(torch_model, images, ["FA"])["FA"]
+    hm = np.asarray(jax_model.heatmaps(images, "FA"))
+    assert np.linalg.norm(hm - hm_ref) / np.linalg.norm(hm_ref) <= HEATMAP_TOL
+    assert np.abs(np.asarray(jax_model.predict(images, "FA", tta=True)) - coords_ref[True]).max() <= COORD_TOL
 
 
 def test_batchnorm_statistics_matter(torch_ref, tmp_path):

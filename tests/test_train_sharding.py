@@ -2,8 +2,8 @@
 batch (data parallel, and data x fsdp), BatchNorm statistics included.
 
 Tolerance: float32 sums reduced in a different order (per-device partial sums, then an
-all-reduce) differ in the last bits; after two AdamW steps parameters agree to 2e-6
-absolute (lr 5e-4: a sign flip of an update would show as 1e-3).
+all-reduce) differ in the last bits; after three AdamW steps parameters agree to 1e-5
+absolute (measured up to ~3e-6; lr 5e-4, so one flipped update would show as >= 1e-4).
 
 Excluded: each head's final-conv *bias*. Soft-argmax is invariant to adding a constant to
 a heatmap, so that bias's true gradient is exactly zero and what it gets is rounding noise
@@ -69,6 +69,6 @@ def test_sharded_step_matches_single_device():
                 if key.endswith("['final']['bias'].value"):
                     continue
                 diff = float(np.abs(np.asarray(run[part][key]) - np.asarray(value)).max())
-                if diff > 2e-6:
+                if diff > 1e-5:
                     bad[f"{part} {key}"] = diff
         assert not bad, f"{name}: {bad}"

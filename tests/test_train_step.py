@@ -131,6 +131,7 @@ def test_layer_decay_scales_backbone_updates():
         new, _, _ = jax.jit(lambda g, s, p: opt.update(g, s, p, jnp.asarray(0), {}))(grads, opt.init(params), params)
         moves[decay] = {k: np.abs(v - 1.0).max() for k, v in flat(new["backbone"]).items()}
     ratio = {k: moves[0.5][k] / moves[1.0][k] for k in moves[1.0]}
-    assert ratio["['backbone']['patch_embed']['proj']['kernel'].value"] == pytest.approx(0.5 ** (cfg.depth + 1), rel=1e-4)
-    assert ratio["['backbone']['blocks'][0]['mlp']['fc1']['kernel'].value"] == pytest.approx(0.5**cfg.depth, rel=1e-4)
-    assert ratio["['backbone']['norm']['scale'].value"] == pytest.approx(1.0, rel=1e-4)
+    # rel 2e-3: the moves are ~1e-4 measured on parameters equal to 1.0 in float32.
+    assert ratio["['backbone']['patch_embed']['proj']['kernel'].value"] == pytest.approx(0.5 ** (cfg.depth + 1), rel=2e-3)
+    assert ratio["['backbone']['blocks'][0]['mlp']['fc1']['kernel'].value"] == pytest.approx(0.5**cfg.depth, rel=2e-3)
+    assert ratio["['backbone']['norm']['scale'].value"] == pytest.approx(1.0, rel=2e-3)

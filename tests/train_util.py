@@ -35,9 +35,10 @@ def initial_weights(cfg, seed=0):
     return nnx.split(SonichuModel(cfg, rngs=nnx.Rngs(jax.random.key(seed, impl="rbg"))))
 
 
-def setup(cfg, optim=OptimConfig(warmup_steps=1), mesh=None, seed=0, total_steps=100, wrap=None):
+def setup(cfg, optim=OptimConfig(warmup_steps=1), mesh=None, seed=0, total_steps=100, wrap=None,
+          objective=None, aux_shardings=None):
     """(state, compiled step, mesh, optimizer); ``wrap`` wraps the step function (tests
-    count traces with it)."""
+    count traces with it); ``objective`` and ``aux_shardings`` make a distillation step."""
     mesh = mesh or mesh_lib.make_mesh()
     groups = trainable_groups(cfg, optim.freeze_backbone)
     model_graph, weights = initial_weights(cfg, seed)
@@ -47,11 +48,11 @@ def setup(cfg, optim=OptimConfig(warmup_steps=1), mesh=None, seed=0, total_steps
         mesh,
         weights,
     )
-    fn = make_train_step(graphdef, cfg, opt, optim.freeze_backbone)
+    fn = make_train_step(graphdef, cfg, opt, optim.freeze_backbone, objective)
     if wrap is not None:
         fn = wrap(fn)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = compile_train_step(fn, shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh))
+    step = compile_train_step(fn, shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh), aux_shardings)
     return state, step, mesh, opt
 
 
@@ -67,6 +68,7 @@ def batch(cfg, size, task_index, seed=0):
         "valid": valid,
         "task_id": np.full((size,), task_index, np.int32),
         "has_label": np.ones((size,), np.float32),
+        "is_pseudo": np.zeros((size,), np.float32),
     }
 
 

@@ -33,14 +33,12 @@ def _column_names(paths: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from sonichu_jax.config import ModelConfig, UnknownTaskError
     from sonichu_jax.data.sources import load_source
     from sonichu_jax.errors import InputError
     from sonichu_jax.fileio import write_json
-    from sonichu_jax.inference import predict_pixels
-    from sonichu_jax.metrics import compute_mre, ensemble, format_table, table_dict
+    from sonichu_jax.evaluation import evaluate_models
+    from sonichu_jax.metrics import format_table, table_dict
     from sonichu_jax.nn.sonichu import SonichuModel
     from sonichu_jax.preprocess import SonichuPreprocessor
 
@@ -76,35 +74,12 @@ def run(args: argparse.Namespace) -> int:
                 raise UnknownTaskError(task, cfg.task_names)
     rank = {spec.name: i for i, spec in enumerate(task_table)}
     records.sort(key=lambda r: rank[r.task])  # stable: the card's task order, then file order
-    by_task: dict[str, list[int]] = {}
-    for i, record in enumerate(records):
-        by_task.setdefault(record.task, []).append(i)
-
-    models = [SonichuModel.from_pretrained(path) for path in args.model]
-    preps = [SonichuPreprocessor.from_pretrained(path) for path in args.model]
-    per_model = []
-    for model, prep in zip(models, preps):
-        preds: list = [None] * len(records)
-        for task, idx in by_task.items():
-            pixels = predict_pixels(
-                model, prep, [records[i].image for i in idx], task,
-                tta=not args.no_tta, batch_size=args.batch_size, progress=not args.quiet,
-            )
-            for i, p in zip(idx, pixels):
-                preds[i] = np.asarray(p, np.float32)
-        per_model.append(preds)
-
-    def score(preds):
-        return compute_mre(
-            [r.task for r in records], [r.keypoints for r in records], [r.valid for r in records], preds,
-            [r.spacing_mm for r in records],
-        )
 
     names = _column_names(args.model)
-    columns = {name: score(preds) for name, preds in zip(names, per_model)}
-    if len(models) >= 2:
-        combined = [ensemble([preds[i][None] for preds in per_model], args.ensemble)[0] for i in range(len(records))]
-        columns[f"{args.ensemble} ensemble"] = score(combined)
+    models = {name: (SonichuModel.from_pretrained(path), SonichuPreprocessor.from_pretrained(path))
+              for name, path in zip(names, args.model)}
+    columns = evaluate_models(models, records, tta=not args.no_tta, batch_size=args.batch_size,
+                              ensemble_method=args.ensemble, progress=not args.quiet)
 
     print(format_table(columns))
     if any(t.n_mm for t in next(iter(columns.values())).tasks.values()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "I-JEPA pretraining of the encoder on unlabelled frames; exports a backbone for train-teacher"
 
@@ -22,12 +23,17 @@ def run(args: argparse.Namespace) -> int:
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
     from sonichu_jax.train.ijepa_config import IJEPAConfig
     from sonichu_jax.train.ijepa_loop import BACKBONE_DIR, pretrain
+    from sonichu_jax.train.metrics_log import TrainingDiverged
 
     config = load_config_file(args.config)
     if not isinstance(config, IJEPAConfig):
         raise ConfigError(f"{args.config} returns a {type(config).__name__}, not an IJEPAConfig")
     config = apply_overrides(config, args.set)
-    result = pretrain(config, args.frames, args.out, resume=args.resume)
+    try:
+        result = pretrain(config, args.frames, args.out, resume=args.resume)
+    except TrainingDiverged as exc:
+        print(f"sonichu-jax pretrain: {exc}", file=sys.stderr)
+        return 1
     if result.interrupted:
         return 1
     metrics = result.last_metrics or {}

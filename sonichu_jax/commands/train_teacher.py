@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
-    from sonichu_jax.train.teacher import TrainingDiverged, train_teacher
+    from sonichu_jax.train.metrics_log import TrainingDiverged
+    from sonichu_jax.train.teacher import train_teacher
 
     config = apply_overrides(load_config_file(args.config), args.overrides)
     try:

@@ -71,7 +71,7 @@ class MaskConfig:
     allow_overlap: bool = False  # True: targets are not cut out of the context
     mode: str = "official"
     equalize: str = "batch_min"
-    context_len: int = 0  # static context length; 0 = the largest possible context block
+    context_len: int = 0  # static context length; 0 (or more) = the largest possible context block
 
     def __post_init__(self):
         object.__setattr__(self, "context_scale", tuple(float(v) for v in self.context_scale))
@@ -84,7 +84,8 @@ class MaskConfig:
         for name in ("context_scale", "target_scale", "aspect"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi or (name != "aspect" and hi > 1):
-                raise ConfigError(f"masks.{name} must be (low, high) with 0 < low <= high{' <= 1' if name != 'aspect' else ''}, got {(lo, hi)}")
+                bound = "" if name == "aspect" else " <= 1"
+                raise ConfigError(f"masks.{name} must be (low, high) with 0 < low <= high{bound}, got {(lo, hi)}")
         if self.num_targets < 1:
             raise ConfigError(f"masks.num_targets must be >= 1, got {self.num_targets}")
         if self.min_keep < 0 or self.context_len < 0:
@@ -147,7 +148,8 @@ class MultiBlockMaskSampler:
         self._check_sizes("context", context)
         self.target_len = max(h * w for h, w in target)
         self.max_context = max(h * w for h, w in context)
-        self.context_len = config.context_len or self.max_context
+        # slots beyond the largest possible context would only ever hold padding
+        self.context_len = min(config.context_len or self.max_context, self.max_context)
 
     def _check_sizes(self, kind: str, sizes: set[tuple[int, int]]) -> None:
         """Reject settings for which some draw gives a block that can never keep more

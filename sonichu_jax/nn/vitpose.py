@@ -8,6 +8,42 @@ from flax import nnx
 
 from sonichu_jax.config import ModelConfig
 
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """Stride-1 convolution (HWIO kernel, ``pad`` zeros on every side) as one matmul over
+    shifted copies of the input (im2col).
+
+    Same result as lax.conv_general_dilated, but its kernel gradient is a plain matmul:
+    XLA's CPU backend computes convolution kernel gradients over large spatial maps two
+    orders of magnitude slower than the forward pass. Meant for small kernels (1x1, 2x2),
+    where the im2col copy is cheap.
+    """
+    kh, kw, cin, cout = kernel.shape
+    if pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    b, h, w, _ = x.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    if kh == kw == 1:
+        cols = x
+    else:
+        cols = jnp.concatenate([x[:, i : i + oh, j : j + ow] for i in range(kh) for j in range(kw)], axis=-1)
+    return jnp.einsum("bhwk,ko->bhwo", cols, kernel.reshape(kh * kw * cin, cout))
+
+
+class PointwiseConv(nnx.Module):
+    """1x1 convolution with a bias, as a matmul (see `conv_as_matmul`); parameters are
+    named and shaped like nnx.Conv's so checkpoints do not care."""
+
+    def __init__(self, in_features: int, out_features: int, dtype, *, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (1, 1, in_features, out_features), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = conv_as_matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), pad=0)
+        return y + self.bias[...].astype(self.dtype)
+
+
 class Deconv4x4(nnx.Module):
     """PyTorch's ConvTranspose2d(k=4, stride=2, padding=1, bias=False), computed as a
     sub-pixel convolution.
@@ -30,13 +66,7 @@ class Deconv4x4(nnx.Module):
         k = self.kernel[...].astype(self.dtype)
         cout = k.shape[-1]
         phases = [k[a::2, c::2] for a in (0, 1) for c in (0, 1)]  # each (2, 2, in, out)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            jnp.concatenate(phases, axis=-1),
-            window_strides=(1, 1),
-            padding=((1, 1), (1, 1)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )  # (B, h + 1, w + 1, 4 * out)
+        y = conv_as_matmul(x.astype(self.dtype), jnp.concatenate(phases, axis=-1), pad=1)  # (B, h+1, w+1, 4*out)
         rows = []
         for a in (0, 1):
             cols = [y[:, a : a + h, c : c + w, (2 * a + c) * cout : (2 * a + c + 1) * cout] for c in (0, 1)]
@@ -67,7 +97,9 @@ class DeconvTrunk(nnx.Module):
         return x
 
 
-def final_conv(in_features: int, num_keypoints: int, kernel: int, cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Conv:
+def final_conv(in_features: int, num_keypoints: int, kernel: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if kernel == 1:
+        return PointwiseConv(in_features, num_keypoints, jnp.dtype(cfg.dtype), rngs=rngs)
     pad = kernel // 2
     return nnx.Conv(
         in_features,

@@ -33,7 +33,7 @@ from sonichu_jax.train.configlib import to_dict
 from sonichu_jax.train.ijepa_config import IJEPAConfig
 from sonichu_jax.train.metrics_log import JsonlLog, MetricsBuffer, summarize
 from sonichu_jax.train.state import abstract_with_shardings
-from sonichu_jax.train.teacher import StopRequest, TrainingDiverged
+from sonichu_jax.train.teacher import StopRequest
 
 CONFIG_FILE = "train_config.json"
 BACKBONE_DIR = "backbone"
@@ -101,7 +101,9 @@ def pretrain(config: IJEPAConfig, frames_dir: str, out_dir: str | os.PathLike, *
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), config.checkpoint)
     latest = ckpt.latest_step()
     if latest is not None and not resume:
-        raise InputError(f"{out_dir} already holds checkpoints (latest step {latest}); pass --resume or use a new --out")
+        raise InputError(
+            f"{out_dir} already holds checkpoints (latest step {latest}); pass --resume or use a new --out"
+        )
     if latest is not None:
         state = ckpt.restore(latest, abstract_with_shardings(state, shardings), data_iter)
     elif primary:
@@ -129,14 +131,7 @@ def pretrain(config: IJEPAConfig, frames_dir: str, out_dir: str | os.PathLike, *
         nonlocal last, window_start
         if not len(buffer):
             return
-        rows = buffer.flush()
-        bad = [s for s, m in rows if m["finite"] < 1.0]
-        if bad:
-            ckpt.wait()
-            raise TrainingDiverged(
-                f"non-finite loss or gradient at step {bad[0]}; stopped without saving. "
-                f"Last good checkpoint: step {ckpt.latest_step()} in {out_dir}/checkpoints"
-            )
+        rows = buffer.flush_finite(ckpt, out_dir)
         window = summarize(rows)
         window.update({k: rows[-1][1][k] for k in ("wd", "momentum")})  # schedules: the window's end
         elapsed = time.perf_counter() - window_start

@@ -16,6 +16,11 @@ import jax
 import numpy as np
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN/inf; nothing after the last good
+    checkpoint was saved."""
+
+
 class MetricsBuffer:
     def __init__(self):
         self._steps: list[int] = []
@@ -33,6 +38,19 @@ class MetricsBuffer:
         fetched = jax.device_get(self._metrics)
         rows = [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for s, m in zip(self._steps, fetched)]
         self._steps, self._metrics = [], []
+        return rows
+
+    def flush_finite(self, ckpt, out_dir: str) -> list[tuple[int, dict[str, float]]]:
+        """`flush`, stopping the run if any step's loss or gradient was NaN/inf: the step
+        kept the state unchanged, and nothing after the last good checkpoint is saved."""
+        rows = self.flush()
+        bad = [s for s, m in rows if m["finite"] < 1.0]
+        if bad:
+            ckpt.wait()
+            raise TrainingDiverged(
+                f"non-finite loss or gradient at step {bad[0]}; stopped without saving. "
+                f"Last good checkpoint: step {ckpt.latest_step()} in {out_dir}/checkpoints"
+            )
         return rows
 
 

@@ -24,7 +24,7 @@ from sonichu_jax.nn.vitpose import soft_argmax
 from sonichu_jax.train.optim import GroupedAdamW, get_group, with_groups
 from sonichu_jax.train.state import TrainState, merge_model
 
-BATCH_KEYS = ("image", "keypoints", "valid", "task_id", "has_label")
+BATCH_KEYS = ("image", "keypoints", "valid", "task_id", "has_label", "is_pseudo")
 
 
 def max_keypoints(cfg: ModelConfig) -> int:
@@ -58,8 +58,28 @@ def l1_loss(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
     return (err * weight).sum() / jnp.maximum(2.0 * weight.sum(), 1.0)
 
 
-def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_backbone: bool):
-    """``step(state, batch) -> (state, metrics)``; jit it with ``donate_argnums=0``."""
+class Supervised:
+    """The teacher objective: L1 on the real (non-pseudo or pseudo) labels of the batch.
+
+    An objective supplies ``targets(batch, aux)`` (computed inside the step, outside the
+    gradient: e.g. frozen teachers' predictions from ``aux``) and ``loss(pred, batch,
+    targets) -> (loss, extra metrics)``.
+    """
+
+    def targets(self, batch, aux):
+        return None
+
+    def loss(self, pred, batch, targets):
+        return l1_loss(pred, batch["keypoints"], batch["valid"] * batch["has_label"][:, None]), {}
+
+
+def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_backbone: bool, objective=None):
+    """``step(state, batch[, aux]) -> (state, metrics)``; jit it with ``donate_argnums=0``.
+
+    ``objective`` defaults to `Supervised`; ``aux`` is whatever else the objective reads
+    (the distillation step passes the frozen teachers).
+    """
+    objective = objective or Supervised()
     trainable = optimizer.groups
     frozen = [g for g in (("backbone",),) if g not in trainable]
     beta = cfg.softargmax_beta
@@ -71,19 +91,22 @@ def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_
 
     branches = head_branches(graphdef, cfg, lambda m, f, task: soft_argmax(m.head_heatmaps(f, task), beta))
 
-    def loss_fn(train_params, frozen_params, state: TrainState, batch):
+    def loss_fn(train_params, frozen_params, state: TrainState, batch, targets):
         params = _join(train_params, frozen_params, trainable, frozen)
         model = merge_model(graphdef, cfg, params, state.rest)
         feats = features(model, batch["image"])
         task_index = batch["task_id"][0]
         pred, rest = jax.lax.switch(task_index, branches, params, state.rest, feats)
-        weight = batch["valid"] * batch["has_label"][:, None]
-        return l1_loss(pred, batch["keypoints"], weight), rest
+        loss, parts = objective.loss(pred, batch, targets)
+        return loss, (rest, parts)
 
-    def step(state: TrainState, batch) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch, aux=None) -> tuple[TrainState, dict]:
+        targets = jax.lax.stop_gradient(objective.targets(batch, aux))
         train_params = with_groups(trainable, [get_group(state.params, g) for g in trainable])
         frozen_params = with_groups(frozen, [get_group(state.params, g) for g in frozen])
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_params, frozen_params, state, batch)
+        (loss, (rest, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            train_params, frozen_params, state, batch, targets
+        )
         task_index = batch["task_id"][0]
         active = {("heads", t): task_index == i for i, t in enumerate(cfg.task_names)}
         new_train, opt_state, metrics = optimizer.update(grads, state.opt_state, train_params, state.step, active)
@@ -98,6 +121,7 @@ def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_
         # the loop sees `finite` == 0 and stops before anything is checkpointed.
         keep = state.replace(step=state.step + 1)
         new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), candidate, keep)
+        metrics.update(parts)
         metrics.update(loss=loss, param_norm=optax.tree.norm(new_state.params), finite=finite.astype(jnp.float32))
         return new_state, metrics
 
@@ -148,11 +172,15 @@ def make_predict_step(graphdef, cfg: ModelConfig, tta: bool):
     return predict
 
 
-def compile_train_step(step_fn, state_shardings, batch_sharding, replicated):
-    """jit with donated state and explicit shardings: the state stays where it is."""
+def compile_train_step(step_fn, state_shardings, batch_sharding, replicated, aux_shardings=None):
+    """jit with donated state and explicit shardings: the state stays where it is.
+    ``aux_shardings`` (e.g. the frozen teachers') adds a third, non-donated argument."""
+    in_shardings = (state_shardings, batch_sharding)
+    if aux_shardings is not None:
+        in_shardings += (aux_shardings,)
     return jax.jit(
         step_fn,
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=in_shardings,
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )

@@ -37,11 +37,6 @@ from sonichu_jax.train.step import BATCH_KEYS, compile_train_step, make_train_st
 CONFIG_FILE = "train_config.json"
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/inf; nothing after the last good
-    checkpoint was saved."""
-
-
 @dataclass
 class TeacherResult:
     step: int
@@ -174,11 +169,37 @@ def train_teacher(
 ) -> TeacherResult:
     """Train (or continue) a teacher; ``stop_after`` ends the call after that many steps
     as if preempted (checkpoint saved), for tests and time-boxed jobs."""
+    return run_training(config, data_spec, out_dir, resume=resume, stop_after=stop_after)
+
+
+def run_training(
+    config: TeacherConfig,
+    data_spec: str,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    objective=None,
+    aux_factory: Callable | None = None,
+    name: str = "train-teacher",
+) -> TeacherResult:
+    """The supervised loop, shared by teachers and the distilled student.
+
+    ``objective`` (see `sonichu_jax.train.step.Supervised`) replaces the loss;
+    ``aux_factory(mesh)`` returns the extra, frozen step input it reads (placed on the
+    mesh), e.g. the teachers of a distillation run.
+    """
     out_dir = os.path.abspath(os.fspath(out_dir))
     mesh_lib.maybe_initialize_distributed()
     primary = jax.process_index() == 0
     cfg = config.model
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+
+    # ---- checkpoints: refuse to mix runs before any expensive work
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), config.checkpoint)
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+        raise InputError(f"{out_dir} already holds checkpoints (latest step {latest}); pass --resume or use a new --out")
 
     # ---- data
     from sonichu_jax.data.pipeline import make_eval_pipeline, make_train_pipeline
@@ -195,11 +216,7 @@ def train_teacher(
     graphdef, state, optimizer = create_state(make_model, optimizer_for, mesh, *model_args)
     shardings = jax.tree.map(lambda x: x.sharding, state)
 
-    # ---- checkpoints and resume
-    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), config.checkpoint)
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-        raise InputError(f"{out_dir} already holds checkpoints (latest step {latest}); pass --resume or use a new --out")
+    # ---- resume
     if latest is not None:
         state = ckpt.restore(latest, abstract_with_shardings(state, shardings), train_iter)
     elif primary:
@@ -207,10 +224,13 @@ def train_teacher(
 
         write_json(os.path.join(out_dir, CONFIG_FILE), to_dict(config))
 
+    aux = aux_factory(mesh) if aux_factory is not None else None
     train_step = compile_train_step(
-        make_train_step(graphdef, cfg, optimizer, config.optim.freeze_backbone),
+        make_train_step(graphdef, cfg, optimizer, config.optim.freeze_backbone, objective),
         shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh),
+        None if aux is None else jax.tree.map(lambda x: x.sharding, aux),
     )
+    step_inputs = () if aux is None else (aux,)
     eval_step = make_eval_step(graphdef, cfg, mesh, config.log.eval_tta, shardings)
     log = JsonlLog(os.path.join(out_dir, "metrics.jsonl"), enabled=primary)
     buffer = MetricsBuffer()
@@ -231,14 +251,7 @@ def train_teacher(
         """Fetch the buffered metrics (one host sync per window), stop on NaN/inf."""
         if not len(buffer):
             return
-        rows = buffer.flush()
-        bad = [s for s, m in rows if m["finite"] < 1.0]
-        if bad:
-            ckpt.wait()
-            raise TrainingDiverged(
-                f"non-finite loss or gradient at step {bad[0]}; stopped without saving. "
-                f"Last good checkpoint: step {ckpt.latest_step()} in {out_dir}/checkpoints"
-            )
+        rows = buffer.flush_finite(ckpt, out_dir)
         window = summarize(rows)
         elapsed = time.perf_counter() - window_start[0]
         window["img_per_s"] = len(rows) * config.data.batch_size / max(elapsed, 1e-9)
@@ -253,14 +266,15 @@ def train_teacher(
     if primary and config.log.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.steps, initial=step, desc="train-teacher", unit="step")
+        bar = tqdm(total=config.steps, initial=step, desc=name, unit="step")
     window_start = [time.perf_counter()]
     interrupted = False
     limit = config.steps if stop_after is None else min(config.steps, step + stop_after)
     with StopRequest() as stop:
         while step < limit:
             local = next(train_iter)
-            state, metrics = train_step(state, mesh_lib.global_batch(mesh, {k: local[k] for k in BATCH_KEYS}))
+            batch = mesh_lib.global_batch(mesh, {k: local[k] for k in BATCH_KEYS})
+            state, metrics = train_step(state, batch, *step_inputs)
             step += 1
             buffer.add(step, metrics)
             if bar is not None:

@@ -1,0 +1,160 @@
+"""Distillation of a teacher ensemble into one student (stage 3 of the card's recipe).
+
+Every batch runs all teachers inside the student's jitted step: their parameters are a
+frozen step input (stacked on a leading teacher axis, sharded like the student, no
+gradient, no optimiser state), the batch's task head only, and their coordinate-wise
+median is the teacher target. The student minimises
+
+    real_weight * L1(student, real labels)  +  teacher_weight * L1(student, median target)
+
+where the real term covers samples with real labels (optionally pseudo-labels too) and
+the teacher term every sample, labelled or not, over the task's keypoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sonichu_jax.config import ConfigError, ModelConfig
+from sonichu_jax.errors import InputError
+from sonichu_jax.nn.sonichu import SonichuModel
+from sonichu_jax.train import mesh as mesh_lib
+from sonichu_jax.train.configlib import TeacherConfig
+from sonichu_jax.train.state import split_model
+from sonichu_jax.train.step import l1_loss, make_predict_step
+from sonichu_jax.train.teacher import TeacherResult, run_training
+
+REDUCTIONS = ("median", "mean")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    teacher_weight: float = 0.5  # the card: loss = loss_real + 0.5 * loss_teacher
+    real_weight: float = 1.0
+    pseudo_as_real: bool = False  # count pseudo-labels as real labels in loss_real
+    reduce: str = "median"  # coordinate-wise median (the card) or mean of the teachers
+    teacher_tta: bool = False  # teachers predict with flip TTA (2x their cost)
+
+    def __post_init__(self):
+        if self.reduce not in REDUCTIONS:
+            raise ConfigError(f"distill.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
+
+
+@dataclass(frozen=True)
+class DistillConfig(TeacherConfig):
+    distill: DistillSettings = field(default_factory=DistillSettings)
+
+
+def resolve_teacher_dir(path: str) -> str:
+    """A teacher run directory (its exported ``model/``) or a checkpoint directory."""
+    exported = os.path.join(path, "model")
+    if os.path.isfile(os.path.join(exported, "config.json")):
+        return exported
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    raise InputError(f"teacher {path} holds no config.json (nor model/config.json of a finished run)")
+
+
+def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
+    """Load the teachers; they must share one architecture and the student's task table
+    (the batch's task index selects the same head in every model)."""
+    if not paths:
+        raise InputError("distillation needs at least one teacher (--teachers DIR ...)")
+    models = [SonichuModel.from_pretrained(resolve_teacher_dir(p), dtype=student.dtype) for p in paths]
+    first = models[0].cfg
+    for path, model in zip(paths, models):
+        if model.cfg.task_names != student.task_names:
+            raise ConfigError(
+                f"teacher {path} has tasks {model.cfg.task_names}, the student {student.task_names}"
+            )
+        if model.cfg != first:
+            diff = [f.name for f in dataclasses.fields(ModelConfig) if getattr(model.cfg, f.name) != getattr(first, f.name)]
+            raise ConfigError(f"teacher {path} differs from teacher {paths[0]} in: {', '.join(diff)}")
+    return models
+
+
+def stack_teachers(models: list[SonichuModel]):
+    """(graphdef, params, rest): host arrays with every leaf stacked on a leading teacher
+    axis, ready to be placed on any mesh."""
+    parts = []
+    for model in models:
+        model.eval()
+        parts.append(split_model(model))
+    graphdef = parts[0][0]
+    params = jax.tree.map(lambda *xs: np.stack(xs), *[p[1] for p in parts])
+    rest = jax.tree.map(lambda *xs: np.stack(xs), *[p[2] for p in parts])
+    return graphdef, params, rest
+
+
+def teacher_shardings(mesh, tree):
+    """Each teacher's arrays sharded like the student's (fsdp rule on the trailing
+    dimensions), the teacher axis unsplit."""
+
+    def one(x):
+        inner = mesh_lib.param_sharding(mesh, tuple(x.shape[1:])).spec
+        return NamedSharding(mesh, P(None, *inner))
+
+    return jax.tree.map(one, tree)
+
+
+def reduce_teachers(coords: jax.Array, how: str) -> jax.Array:
+    """(N, B, K, 2) teacher predictions -> (B, K, 2) coordinate-wise median or mean."""
+    return jnp.median(coords, axis=0) if how == "median" else coords.mean(axis=0)
+
+
+class Distillation:
+    """The distillation objective for `sonichu_jax.train.step.make_train_step`."""
+
+    def __init__(self, teacher_graphdef, teacher_cfg: ModelConfig, settings: DistillSettings):
+        self.settings = settings
+        self.kpts = jnp.asarray([t.num_keypoints for t in teacher_cfg.tasks])
+        predict = make_predict_step(teacher_graphdef, teacher_cfg, settings.teacher_tta)
+        self._predict_all = jax.vmap(
+            lambda params, rest, images, task: predict(params, rest, images, task).mean(0),
+            in_axes=(0, 0, None, None),
+        )
+
+    def targets(self, batch, aux):
+        task = batch["task_id"][0]
+        coords = self._predict_all(aux["params"], aux["rest"], batch["image"], task)
+        return reduce_teachers(coords, self.settings.reduce)
+
+    def loss(self, pred, batch, target):
+        s = self.settings
+        real = batch["has_label"] if s.pseudo_as_real else batch["has_label"] * (1.0 - batch["is_pseudo"])
+        loss_real = l1_loss(pred, batch["keypoints"], batch["valid"] * real[:, None])
+        # The teacher term covers every sample, over the task's keypoints (not the padding).
+        task_k = self.kpts[batch["task_id"][0]]
+        in_task = (jnp.arange(pred.shape[1]) < task_k).astype(pred.dtype)
+        loss_teacher = l1_loss(pred, target, jnp.broadcast_to(in_task, pred.shape[:2]))
+        total = s.real_weight * loss_real + s.teacher_weight * loss_teacher
+        return total, {"loss_real": loss_real, "loss_teacher": loss_teacher}
+
+
+def distill(
+    config: DistillConfig,
+    teachers: list[str],
+    data_spec: str,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> TeacherResult:
+    """Train the student of ``config`` against the teachers in ``teachers``; checkpoints
+    and exports hold the student only."""
+    models = load_teachers(teachers, config.model)
+    graphdef, params, rest = stack_teachers(models)
+    aux = {"params": params, "rest": rest}
+    objective = Distillation(graphdef, models[0].cfg, config.distill)
+    return run_training(
+        config, data_spec, out_dir, resume=resume, stop_after=stop_after, objective=objective,
+        aux_factory=lambda mesh: jax.device_put(aux, teacher_shardings(mesh, aux)), name="distill",
+    )
