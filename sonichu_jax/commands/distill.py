@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sonichu_jax.commands.train_teacher import add_run_arguments
+
 HELP = "distil several teachers (their coordinate-wise median) into one student"
 
 
@@ -12,12 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE", help="configs/distill*.py defining get_config()")
     parser.add_argument("--teachers", required=True, nargs="+", metavar="DIR",
                         help="teacher run directories (their model/) or checkpoint directories")
-    parser.add_argument("--data", required=True, metavar="SPEC",
-                        help="labelled data: a .jsonl manifest, a .csv file or a directory")
-    parser.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, metrics, model)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set distill.teacher_weight=0.5 (repeatable)")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

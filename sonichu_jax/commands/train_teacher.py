@@ -10,6 +10,11 @@ HELP = "train a ViTPose teacher (per-task heads, L1 on soft-argmax coordinates) 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE", help="configs/*.py defining get_config()")
+    add_run_arguments(parser)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every supervised run shares (train-teacher, distill)."""
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help="labelled data: a .jsonl manifest, a .csv file or a directory")
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, metrics, model)")
