@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     models.update({name: os.path.join(d, "model") for (name, *_), d in zip(TEACHERS, teacher_dirs)})
     loaded = {name: (SonichuModel.from_pretrained(p), SonichuPreprocessor(size=untrained.cfg.image_size))
               for name, p in models.items()}
-    teachers_only = {k: v for k, v in loaded.items() if k.startswith("t")}
+    teachers_only = {name: loaded[name] for name, *_ in TEACHERS}
     columns = {"untrained": evaluate_models({"untrained": loaded["untrained"]}, test_records, progress=False)["untrained"]}
     columns.update(evaluate_models(teachers_only, test_records, ensemble_method="median", progress=False))
     student = SonichuModel.from_pretrained(os.path.join(student_dir, "model"))
