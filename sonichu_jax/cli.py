@@ -12,9 +12,8 @@ import argparse
 import importlib
 import sys
 
-from sonichu_jax.config import ConfigError, UnknownTaskError
-from sonichu_jax.convert.report import ConversionError
-from sonichu_jax.errors import InputError
+from sonichu_jax import __version__
+from sonichu_jax.errors import SonichuError
 
 # subcommand name -> module under sonichu_jax.commands
 COMMANDS: dict[str, str] = {
@@ -30,8 +29,9 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
 }
 
-EXIT_BAD_INPUT = 2
-
+# Exit codes: 0 done; 1 a run that failed (diverged) or a parity check that failed;
+# 2 bad input (any SonichuError); 128 + signal number for a training run stopped by
+# SIGINT / SIGTERM after saving its checkpoint (the shell's convention: 130, 143).
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SONICHU-124M in JAX: ultrasound keypoint models, their conversion, "
         "training and evaluation.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module_name in COMMANDS.items():
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (InputError, ConfigError, UnknownTaskError, ConversionError) as exc:
+    except SonichuError as exc:
         print(f"sonichu-jax {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"sonichu-jax {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from sonichu_jax.errors import ConfigError, UnknownTaskError
+
 POS_EMBED_KINDS = ("sincos", "learned", "learned_cls_folded")
 HEAD_KINDS = ("classic", "simple")
 HEAD_SHARING = ("per_task", "shared_trunk")
@@ -19,22 +21,6 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "sonichu"
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot describe a valid model."""
-
-
-class UnknownTaskError(KeyError):
-    """A task name that the model has no head for."""
-
-    def __init__(self, task: str, valid: tuple[str, ...]):
-        self.task = task
-        self.valid = valid
-        super().__init__(f"unknown task {task!r}; valid tasks: {', '.join(valid)}")
-
-    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
-        return self.args[0]
 
 
 @dataclass(frozen=True)

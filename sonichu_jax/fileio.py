@@ -1,4 +1,10 @@
-"""Writing files so that a failure never leaves a half-written result behind."""
+"""Writing files so that a failure never leaves a half-written result behind.
+
+Temporary files and folders are created beside their destination (so the final rename
+stays on one file system) and renamed into place only when complete. They get the mode a
+plain ``open``/``os.makedirs`` would give (the process umask), not ``tempfile``'s private
+0600/0700.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,17 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Iterator, Sequence
+
+from sonichu_jax.errors import InputError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -18,12 +33,53 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
+    """Yield an empty temporary folder beside ``path``; on success it becomes ``path``.
+
+    ``path`` must not exist, or be an empty folder (it is then replaced); deciding what
+    may be removed from an existing folder is the caller's business. On failure the
+    temporary folder is deleted and ``path`` is left as it was.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+        os.rename(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+
+
+def check_output_file(path: str | os.PathLike, suffixes: Sequence[str] = (), what: str = "output file") -> str:
+    """Check, before any work, that ``path`` can become a file: not an existing folder,
+    not below an existing file, and (if given) ending in one of ``suffixes``. Returns the
+    absolute path."""
+    path = os.fspath(path)
+    if suffixes and not path.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise InputError(f"{what} {path} must end in {' or '.join(suffixes)}")
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path} is an existing folder, not a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise InputError(f"{what} {path} is below {parent}, which is a file")
+    return os.path.abspath(path)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

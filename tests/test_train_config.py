@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from sonichu_jax.config import ConfigError
+from sonichu_jax.errors import ConfigError
 from sonichu_jax.train.configlib import TeacherConfig, apply_overrides, load_config_file, to_dict
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")

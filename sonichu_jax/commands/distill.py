@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sonichu_jax.config import ConfigError
+    from sonichu_jax.errors import ConfigError
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
     from sonichu_jax.train.distill import DistillConfig, distill
-    from sonichu_jax.train.metrics_log import TrainingDiverged
+    from sonichu_jax.errors import TrainingDiverged
 
     config = apply_overrides(load_config_file(args.config), args.overrides)
     if not isinstance(config, DistillConfig):

@@ -33,9 +33,9 @@ def _column_names(paths: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sonichu_jax.config import ModelConfig, UnknownTaskError
+    from sonichu_jax.config import ModelConfig
     from sonichu_jax.data.sources import load_source
-    from sonichu_jax.errors import InputError
+    from sonichu_jax.errors import InputError, UnknownTaskError
     from sonichu_jax.fileio import write_json
     from sonichu_jax.evaluation import evaluate_models
     from sonichu_jax.metrics import format_table, table_dict

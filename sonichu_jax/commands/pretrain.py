@@ -19,11 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sonichu_jax.config import ConfigError
+    from sonichu_jax.errors import ConfigError
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
     from sonichu_jax.train.ijepa_config import IJEPAConfig
     from sonichu_jax.train.ijepa_loop import BACKBONE_DIR, pretrain
-    from sonichu_jax.train.metrics_log import TrainingDiverged
+    from sonichu_jax.errors import TrainingDiverged
 
     config = load_config_file(args.config)
     if not isinstance(config, IJEPAConfig):

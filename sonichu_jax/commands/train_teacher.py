@@ -25,7 +25,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
-    from sonichu_jax.train.metrics_log import TrainingDiverged
+    from sonichu_jax.errors import TrainingDiverged
     from sonichu_jax.train.teacher import train_teacher
 
     config = apply_overrides(load_config_file(args.config), args.overrides)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sonichu_jax.config import ConfigError
+from sonichu_jax.errors import ConfigError
 
 MODES = ("official", "fixed")
 EQUALIZE = ("batch_min", "none")

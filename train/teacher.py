@@ -22,8 +22,9 @@ from typing import Callable
 import jax
 from flax import nnx
 
-from sonichu_jax.config import ConfigError, ModelConfig
-from sonichu_jax.errors import InputError
+from sonichu_jax.config import ModelConfig
+
+from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.checkpointing import Checkpointer

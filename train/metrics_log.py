@@ -15,10 +15,7 @@ import time
 import jax
 import numpy as np
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/inf; nothing after the last good
-    checkpoint was saved."""
+from sonichu_jax.errors import TrainingDiverged
 
 
 class MetricsBuffer:

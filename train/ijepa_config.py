@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sonichu_jax.config import ConfigError, ModelConfig
+from sonichu_jax.config import ModelConfig
+
+from sonichu_jax.errors import ConfigError
 from sonichu_jax.data.ijepa_masks import MaskConfig
 from sonichu_jax.train.configlib import CheckpointConfig, MeshConfig
 

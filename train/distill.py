@@ -23,8 +23,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sonichu_jax.config import ConfigError, ModelConfig
-from sonichu_jax.errors import InputError
+from sonichu_jax.config import ModelConfig
+
+from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig

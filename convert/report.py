@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sonichu_jax.errors import SonichuError
+
 
 @dataclass
 class ConversionReport:
@@ -96,7 +98,7 @@ def _collapse(paths: list[str]) -> list[str]:
     return [f"{key}/* ({n})" for key, n in groups.items()]
 
 
-class ConversionError(Exception):
+class ConversionError(SonichuError):
     """A checkpoint that does not fit the model; carries the full report."""
 
     def __init__(self, report: ConversionReport, context: str = ""):

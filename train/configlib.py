@@ -17,7 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from sonichu_jax.config import ConfigError, ModelConfig
+from sonichu_jax.config import ModelConfig
+
+from sonichu_jax.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -203,11 +205,33 @@ def apply_overrides(config: Any, assignments: list[str] | tuple[str, ...]) -> An
 
 
 # -- config files ------------------------------------------------------------------------
-def load_config_file(path: str | os.PathLike) -> TeacherConfig:
-    """Execute a ``configs/*.py`` file and return its ``get_config()``."""
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped in ``sonichu_jax.configs`` (``teacher_vitb``, ...)."""
+    import sonichu_jax.configs
+
+    folder = os.path.dirname(sonichu_jax.configs.__file__)
+    return sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_"))
+
+
+def resolve_config_path(path: str | os.PathLike) -> str:
+    """A config file path as given, or the bundled config of that name (``teacher_vitb``
+    or ``teacher_vitb.py``), so that configs are found after a wheel install too."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+    if os.path.isfile(path):
+        return path
+    name = os.path.basename(path)
+    name = name[:-3] if name.endswith(".py") else name
+    if os.path.dirname(path) in ("", "configs") and name in bundled_configs():
+        import sonichu_jax.configs
+
+        return os.path.join(os.path.dirname(sonichu_jax.configs.__file__), name + ".py")
+    raise ConfigError(f"config file not found: {path}; bundled configs: {', '.join(bundled_configs())}")
+
+
+def load_config_file(path: str | os.PathLike) -> TeacherConfig:
+    """Execute a config file (a path, or the name of a bundled config) and return its
+    ``get_config()``."""
+    path = resolve_config_path(path)
     name = "sonichu_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
