@@ -188,14 +188,16 @@ class SonichuPreprocessor:
         write_json(os.path.join(directory, PREPROCESSOR_CONFIG_NAME), self.to_dict())
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "SonichuPreprocessor":
+    def from_pretrained(
+        cls, directory: str | os.PathLike, model_config: ModelConfig | None = None
+    ) -> "SonichuPreprocessor":
         """Read ``preprocessor_config.json`` (HF-style keys accepted, others ignored);
-        defaults when it is absent. When the directory also holds the model's
-        ``config.json``, the size is taken from it if not given, and must match it if
-        given."""
+        defaults when it is absent. The model's config (``model_config``, else the
+        Sonichu ``config.json`` in the same directory, if there is one) gives the size when
+        none is set, and a size that differs from the model's is refused."""
         path = os.path.join(directory, PREPROCESSOR_CONFIG_NAME)
         kwargs = _read_config(path) if os.path.lexists(path) else {}
-        cfg = ModelConfig.load(directory) if os.path.isfile(os.path.join(directory, CONFIG_NAME)) else None
+        cfg = model_config or _model_config_beside(directory)
         if cfg is not None and "size" not in kwargs:
             kwargs["size"] = cfg.image_size
         try:
@@ -205,6 +207,17 @@ class SonichuPreprocessor:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         return prep
+
+
+def _model_config_beside(directory: str | os.PathLike) -> ModelConfig | None:
+    """The Sonichu ``config.json`` in ``directory``; None when there is none or it is
+    another project's (a transformers config, say), which the model loader interprets."""
+    if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+        return None
+    try:
+        return ModelConfig.load(directory)
+    except ConfigError:
+        return None
 
 
 def _read_config(path: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sonichu_jax.config import tiny_config
-from sonichu_jax.errors import ConfigError, InputError, SonichuError
+from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, SonichuPreprocessor
 
 
@@ -142,6 +142,17 @@ def test_size_comes_from_the_model_config(tmp_path):
     assert SonichuPreprocessor.from_pretrained(tmp_path).size == (64, 64)
     _config_file(tmp_path, {"size": {"height": 64, "width": 64}, "image_mean": [0.5, 0.5, 0.5]})
     assert SonichuPreprocessor.from_pretrained(tmp_path).mean == (0.5, 0.5, 0.5)
+
+
+def test_model_config_given_or_foreign(tmp_path):
+    """A config passed by the caller wins; another project's config.json is not ours to
+    check (the model loader reads it)."""
+    _config_file(tmp_path, {"size": {"height": 256, "width": 192}})
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vitpose", "backbone_config": {}}))
+    assert SonichuPreprocessor.from_pretrained(tmp_path).size == (256, 192)
+    with pytest.raises(ConfigError, match="size 256x192 does not fit the model, which takes 64x64"):
+        SonichuPreprocessor.from_pretrained(tmp_path, model_config=tiny_config())
+    assert SonichuPreprocessor.from_pretrained(tmp_path / "nothing", model_config=tiny_config()).size == (64, 64)
 
 
 def test_bad_config_is_one_line_from_the_cli(tmp_path, capsys):
