@@ -290,3 +290,13 @@ def test_csv_spacing_must_be_positive(images):
     assert len(src) == 1 and src[0].spacing_mm == pytest.approx(0.1)
     assert [i.location.rsplit(":", 1)[1] for i in src.report.issues] == ["2", "3"]
     assert all("spacing_mm" in i.message for i in src.report.issues)
+
+
+def test_csv_row_the_csv_module_cannot_parse_is_reported(images):
+    """A field over the csv module's size limit raised _csv.Error out of the loader."""
+    path = _write(images / "FUGC.csv", 'image,point_1_xy,point_2_xy\nimg/a.png,"[1, 2]","[3, 4]"\n'
+                  'img/b.png,"' + "x" * 200_000 + '","[3, 4]"\nimg/c.png,"[1, 2]","[3, 4]"\n')
+    src = load_csv(str(path))
+    assert len(src) == 2 and src.report.skipped == 1
+    (issue,) = src.report.issues
+    assert issue.kind == "malformed" and issue.location == f"{path}:3" and "field limit" in issue.message
