@@ -1,5 +1,5 @@
 """I-JEPA pretraining of the card's backbone: ViT-B/16 at 256 px (16x16 patch grid),
-predictor depth 6 width 384, the official masks, schedules and batch (REFERENCE.md s8).
+predictor depth 6 width 384, the official masks, schedules and batch (docs/ijepa.md).
 
 The card pretrained on 160,486 unlabelled frames; at batch 2048 that is 78 steps per
 epoch, so 23,500 steps are ~300 epochs and the 3,133-step warm-up is the official 40

@@ -1,5 +1,5 @@
 """ViTPose teacher on the card's model: ViT-B/16 at 256x256, one classic head per task,
-fine-tuned from an I-JEPA backbone with the ViTPose-B optimiser (REFERENCE.md s4).
+fine-tuned from an I-JEPA backbone with the ViTPose-B optimiser (docs/recipe.md, "Stage 2").
 
     sonichu-jax train-teacher --config configs/teacher_vitb.py --data DATA --out runs/t1 \
         --set init.path=runs/ijepa/backbone

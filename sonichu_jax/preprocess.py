@@ -14,11 +14,26 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from sonichu_jax.errors import InputError
+from sonichu_jax.config import CONFIG_NAME, ModelConfig
+from sonichu_jax.errors import ConfigError, InputError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+# The file types searched for in folders of frames (prediction inputs, I-JEPA frames).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def find_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """Every file below ``root`` ending in one of ``extensions`` (case-insensitive),
+    recursively, in a fixed order: each folder's files sorted by name, then its
+    subfolders sorted by name."""
+    exts = tuple(e.lower() for e in extensions)
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(os.fspath(root)):
+        dirnames.sort()
+        paths.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(exts))
+    return paths
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -48,6 +63,8 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         image = np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise InputError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"image has no pixels (shape {image.shape})")
     image = image[..., :3]
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
@@ -64,6 +81,43 @@ def normalize(image: np.ndarray, mean: np.ndarray = IMAGENET_MEAN, std: np.ndarr
     return ((image - mean) / std).astype(np.float32)
 
 
+def _positive_int(value: Any, key: str) -> int:
+    if (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_))
+        and float(value).is_integer()
+        and value > 0
+    ):
+        return int(value)
+    raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _size(value: Any, key: str) -> tuple[int, int]:
+    """``{"height": h, "width": w}``, ``[h, w]`` or one integer for a square -> (h, w)."""
+    if isinstance(value, dict):
+        if set(value) != {"height", "width"}:
+            raise ConfigError(f"{key} must have the keys height and width, got {value!r}")
+        return _positive_int(value["height"], f"{key}.height"), _positive_int(value["width"], f"{key}.width")
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ConfigError(f"{key} must be [height, width], got {value!r}")
+        return _positive_int(value[0], f"{key}[0]"), _positive_int(value[1], f"{key}[1]")
+    side = _positive_int(value, key)
+    return side, side
+
+
+def _channel_values(value: Any, key: str, positive: bool = False) -> tuple[float, float, float]:
+    if (
+        isinstance(value, (list, tuple, np.ndarray))
+        and len(value) == 3
+        and all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) for v in value)
+        and all(np.isfinite(v) and (v > 0 or not positive) for v in value)
+    ):
+        return tuple(float(v) for v in value)
+    kind = "positive finite numbers" if positive else "finite numbers"
+    raise ConfigError(f"{key} must be three {kind} (R, G, B), got {value!r}")
+
+
 @dataclass(frozen=True)
 class SonichuPreprocessor:
     """Resize to the model size and apply ImageNet normalisation, channels-last."""
@@ -76,10 +130,22 @@ class SonichuPreprocessor:
     _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
 
     def __post_init__(self):
-        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
-        if self.interpolation not in self._INTERPOLATIONS:
-            raise InputError(
+        object.__setattr__(self, "size", _size(self.size, "size"))
+        object.__setattr__(self, "mean", _channel_values(self.mean, "mean"))
+        object.__setattr__(self, "std", _channel_values(self.std, "std", positive=True))
+        if not isinstance(self.interpolation, str) or self.interpolation not in self._INTERPOLATIONS:
+            raise ConfigError(
                 f"unknown interpolation {self.interpolation!r}; use one of {sorted(self._INTERPOLATIONS)}"
+            )
+
+    def check_fits(self, cfg: ModelConfig) -> None:
+        """Raise `ConfigError` unless this size is the one the model's patch grid and
+        position table were built for."""
+        if self.size != tuple(cfg.image_size):
+            (height, width), (gh, gw) = cfg.image_size, cfg.grid
+            raise ConfigError(
+                f"size {self.size[0]}x{self.size[1]} does not fit the model, which takes "
+                f"{height}x{width} images ({gh}x{gw} patches of {cfg.patch_size} px)"
             )
 
     def preprocess_one(self, image: np.ndarray | str | os.PathLike) -> tuple[np.ndarray, int, int]:
@@ -122,32 +188,58 @@ class SonichuPreprocessor:
         write_json(os.path.join(directory, PREPROCESSOR_CONFIG_NAME), self.to_dict())
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "SonichuPreprocessor":
-        """Read ``preprocessor_config.json`` (HF-style keys accepted); defaults when absent,
-        with the size taken from the model's ``config.json`` if there is one."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, model_config: ModelConfig | None = None
+    ) -> "SonichuPreprocessor":
+        """Read ``preprocessor_config.json`` (HF-style keys accepted, others ignored);
+        defaults when it is absent. The model's config (``model_config``, else the
+        Sonichu ``config.json`` in the same directory, if there is one) gives the size when
+        none is set, and a size that differs from the model's is refused."""
         path = os.path.join(directory, PREPROCESSOR_CONFIG_NAME)
-        kwargs: dict[str, Any] = {}
-        if os.path.isfile(path):
-            try:
-                with open(path) as fh:
-                    data = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} is not valid JSON: {exc}") from None
-            size = data.get("size")
-            if isinstance(size, dict):
-                kwargs["size"] = (int(size["height"]), int(size["width"]))
-            elif isinstance(size, (list, tuple)):
-                kwargs["size"] = tuple(size)
-            elif isinstance(size, int):
-                kwargs["size"] = (size, size)
-            if "image_mean" in data:
-                kwargs["mean"] = tuple(float(v) for v in data["image_mean"])
-            if "image_std" in data:
-                kwargs["std"] = tuple(float(v) for v in data["image_std"])
-            if "interpolation" in data:
-                kwargs["interpolation"] = data["interpolation"]
-        elif os.path.isfile(os.path.join(directory, "config.json")):
-            from sonichu_jax.config import ModelConfig
+        kwargs = _read_config(path) if os.path.lexists(path) else {}
+        cfg = model_config or _model_config_beside(directory)
+        if cfg is not None and "size" not in kwargs:
+            kwargs["size"] = cfg.image_size
+        try:
+            prep = cls(**kwargs)
+            if cfg is not None:
+                prep.check_fits(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return prep
 
-            kwargs["size"] = ModelConfig.load(directory).image_size
-        return cls(**kwargs)
+
+def _model_config_beside(directory: str | os.PathLike) -> ModelConfig | None:
+    """The Sonichu ``config.json`` in ``directory``; None when there is none or it is
+    another project's (a transformers config, say), which the model loader interprets."""
+    if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+        return None
+    try:
+        return ModelConfig.load(directory)
+    except ConfigError:
+        return None
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """``preprocessor_config.json`` -> constructor arguments, each value checked."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    keys = {"size": "size", "image_mean": "mean", "image_std": "std", "interpolation": "interpolation"}
+    kwargs = {arg: data[key] for key, arg in keys.items() if key in data}
+    try:
+        if "size" in kwargs:
+            kwargs["size"] = _size(kwargs["size"], "size")
+        if "mean" in kwargs:
+            kwargs["mean"] = _channel_values(kwargs["mean"], "image_mean")
+        if "std" in kwargs:
+            kwargs["std"] = _channel_values(kwargs["std"], "image_std", positive=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return kwargs

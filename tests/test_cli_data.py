@@ -1,7 +1,12 @@
 """`sonichu-jax make-synthetic` and `sonichu-jax evaluate` through `cli.main`."""
 
+import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +27,9 @@ def test_make_synthetic_writes_a_loadable_dataset(dataset):
     assert sorted(os.listdir(dataset)) == ["HC.csv", "IVC.csv", "images", "manifest.jsonl"]
     src = load_source(dataset, log=None)
     assert len(src) == 4 and src.tasks() == ("HC", "IVC")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(dataset).st_mode & 0o777 == 0o777 & ~umask  # not tempfile's private 0700
 
 
 def test_make_synthetic_bad_input(tmp_path, dataset, capsys):
@@ -30,6 +38,39 @@ def test_make_synthetic_bad_input(tmp_path, dataset, capsys):
     assert main(["make-synthetic", dataset, "--n", "1", "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
+    (tmp_path / "file").write_text("")
+    for args, message in [
+        ([str(tmp_path / "file")], "is an existing file"),
+        ([str(tmp_path / "file" / "sub")], "which is a file"),
+        ([str(tmp_path / "x"), "--tasks", "HC", "HC"], "more than once: HC"),
+        ([str(tmp_path / "x"), "--seed", "-1"], "seed must be a non-negative integer, got -1"),
+        ([str(tmp_path / "x"), "--size", "100000"], "between 32 and 4096 pixels, got 100000"),
+        ([str(tmp_path / "x"), "--n", "0"], "at least one image per task"),
+    ]:
+        argv = ["make-synthetic", *args, "--quiet"] + ([] if "--n" in args else ["--n", "1"])
+        assert main(argv) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)  # no progress bar before the error
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_make_synthetic_stopped_by_a_signal_leaves_nothing(tmp_path, signum, code):
+    """A real process, stopped while it writes: no hidden temporary folder, no output."""
+    out = tmp_path / "syn"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sonichu_jax", "make-synthetic", str(out), "--n", "2000", "--tasks", "HC",
+         "--size", "64", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(glob.glob(str(tmp_path / ".syn.*" / "images" / "HC" / "*.png"))) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
 
 
 @pytest.fixture(scope="module")

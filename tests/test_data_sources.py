@@ -202,3 +202,101 @@ def test_load_source_dispatch(images, capsys):
         load_source(str(images / "nope.jsonl"))
     with pytest.raises(InputError, match="expected"):
         load_source(str(images / "img" / "a.png"))
+
+
+# -- text that is not UTF-8, and field values of the wrong type ------------------------------
+
+_LATIN1_CSV = 'image,point_1_xy,point_2_xy\nimg/a.png,"[1, 2]","[3, 4]"\nimg/caf\xe9.png,"[1, 2]","[3, 4]"\n'
+
+
+def test_csv_row_that_is_not_utf8_is_a_reported_malformed_record(images):
+    path = images / "FUGC.csv"
+    path.write_bytes(_LATIN1_CSV.encode("latin-1"))
+    src = load_csv(str(path))
+    assert len(src) == 1 and src.report.skipped == 1
+    (issue,) = src.report.issues
+    assert issue.kind == "malformed" and issue.location == f"{path}:3"
+    assert "not UTF-8" in issue.message and "0xE9" in issue.message
+    with pytest.raises(InputError, match=r"FUGC\.csv:3: not UTF-8"):
+        load_csv(str(path), strict=True)
+
+
+def test_csv_header_that_is_not_utf8_names_the_file(images):
+    path = images / "FUGC.csv"
+    path.write_bytes("imag\xe9,point_1_xy,point_2_xy\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"FUGC\.csv:1: header row is not UTF-8 text \(byte 0xE9\)"):
+        load_csv(str(path))
+    path.write_bytes("image,point_1_xy,point_2_xy\n".encode("utf-16"))  # a BOM, then NUL bytes
+    with pytest.raises(InputError, match=r"FUGC\.csv:1: header row is not UTF-8"):
+        load_csv(str(path))
+
+
+def test_manifest_line_that_is_not_utf8_is_a_reported_malformed_record(images):
+    lines = ['{"image": "img/a.png", "task": null}', '{"image": "img/caf\xe9.png", "task": null}']
+    path = images / "m.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    src = load_manifest(str(path))
+    assert len(src) == 1 and src.report.skipped == 1
+    (issue,) = src.report.issues
+    assert issue.location == f"{path}:2" and issue.kind == "malformed" and "not UTF-8" in issue.message
+    path.write_bytes(b"\xef\xbb\xbf" + lines[0].encode() + b"\n")  # a UTF-8 byte-order mark is fine
+    assert len(load_manifest(str(path))) == 1
+
+
+def test_not_utf8_data_from_the_cli_is_one_line(images, tmp_path, capsys):
+    from sonichu_jax.cli import main
+    from sonichu_jax.config import tiny_config
+
+    model = str(tmp_path / "model")
+    tiny_config().save(model)  # the data is read before any weights
+    path = images / "FUGC.csv"
+    path.write_bytes(_LATIN1_CSV.encode("latin-1"))
+    assert main(["evaluate", "--model", model, "--data", str(path), "--strict", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}:3" in err[0] and "not UTF-8" in err[0], err
+    path.write_bytes(_LATIN1_CSV.replace("image", "imag\xe9").encode("latin-1"))
+    assert main(["evaluate", "--model", model, "--data", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}:1" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"task": ["FUGC"]}, "'task' must be a task name or null"),
+        ({"is_pseudo": "no"}, "'is_pseudo' must be true or false, got 'no'"),
+        ({"width": 1e400, "height": 30}, "must both be positive integers, got width inf"),
+        ({"width": -40, "height": 30}, "got width -40"),
+        ({"width": 40}, "got height None"),
+        ({"width": 40.5, "height": 30}, "got width 40.5"),
+        ({"spacing_mm": -0.1}, "'spacing_mm' must be a positive number, got -0.1"),
+        ({"spacing_mm": "thin"}, "'spacing_mm' must be a positive number, got 'thin'"),
+        ({"confidence": float("nan")}, "'confidence' must be a finite number"),
+    ],
+)
+def test_manifest_field_types(images, fields, message):
+    entry = {"image": "img/a.png", "task": "FUGC", "keypoints": [[1, 2], [3, 4]], **fields}
+    path = _write(images / "m.jsonl", json.dumps(entry) + "\n")
+    src = load_manifest(str(path))
+    assert len(src) == 0 and src.report.skipped == 1
+    (issue,) = src.report.issues
+    assert issue.kind == "malformed" and message in issue.message, issue.message
+
+
+def test_csv_spacing_must_be_positive(images):
+    path = _write(images / "FUGC.csv", 'image,point_1_xy,point_2_xy,spacing_mm\nimg/a.png,"[1, 2]","[3, 4]",-2\n'
+                  'img/b.png,"[1, 2]","[3, 4]",nan\nimg/c.png,"[1, 2]","[3, 4]",0.1\n')
+    src = load_csv(str(path))
+    assert len(src) == 1 and src[0].spacing_mm == pytest.approx(0.1)
+    assert [i.location.rsplit(":", 1)[1] for i in src.report.issues] == ["2", "3"]
+    assert all("spacing_mm" in i.message for i in src.report.issues)
+
+
+def test_csv_row_the_csv_module_cannot_parse_is_reported(images):
+    """A field over the csv module's size limit raised _csv.Error out of the loader."""
+    path = _write(images / "FUGC.csv", 'image,point_1_xy,point_2_xy\nimg/a.png,"[1, 2]","[3, 4]"\n'
+                  'img/b.png,"' + "x" * 200_000 + '","[3, 4]"\nimg/c.png,"[1, 2]","[3, 4]"\n')
+    src = load_csv(str(path))
+    assert len(src) == 2 and src.report.skipped == 1
+    (issue,) = src.report.issues
+    assert issue.kind == "malformed" and issue.location == f"{path}:3" and "field limit" in issue.message

@@ -1,6 +1,6 @@
 """The I-JEPA multi-block mask sampler against an independent, straightforward
 re-implementation of the reference algorithm (facebookresearch/ijepa MaskCollator as
-described in REFERENCE.md s8), plus the properties the train step relies on."""
+described in docs/ijepa.md), plus the properties the train step relies on."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sonichu_jax.errors import InputError
+from sonichu_jax.config import tiny_config
+from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, SonichuPreprocessor
 
 
@@ -73,6 +74,7 @@ def test_list_input_gives_batch_and_sizes(gray8):
         (np.zeros((4, 4), np.int64), "dtype"),
         (np.full((4, 4), np.nan, np.float32), "NaN"),
         ("/no/such/file.png", "not found"),
+        (np.zeros((0, 5), np.uint8), "no pixels"),
     ],
 )
 def test_bad_inputs_are_named(image, message):
@@ -96,3 +98,75 @@ def test_config_file_round_trip(tmp_path):
 
 def test_defaults_without_config(tmp_path):
     assert SonichuPreprocessor.from_pretrained(tmp_path) == SonichuPreprocessor()
+
+
+def _config_file(tmp_path, data, model=False):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
+    if model:
+        tiny_config().save(tmp_path)  # 64x64 images, 8x8 patches of 8 px
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "data, model, message",
+    [
+        ({"size": {"height": "big", "width": 256}}, False, "size.height must be a positive integer, got 'big'"),
+        ({"size": [0, 0]}, False, r"size\[0\] must be a positive integer, got 0"),
+        ({"size": {"shortest_edge": 256}}, False, "size must have the keys height and width"),
+        ({"size": True}, False, "size must be a positive integer, got True"),
+        ({"image_mean": [0.5, 0.5]}, False, "image_mean must be three finite numbers"),
+        ({"image_std": [0.2, 0.0, 0.2]}, False, "image_std must be three positive finite numbers"),
+        ({"interpolation": 3}, False, "unknown interpolation 3"),
+        ({"size": {"height": 60, "width": 60}}, True, "size 60x60 does not fit the model, which takes 64x64 images"),
+        ({"size": 128}, True, "size 128x128 does not fit the model"),
+    ],
+)
+def test_bad_config_values_are_named(tmp_path, data, model, message):
+    _config_file(tmp_path, data, model)
+    with pytest.raises(ConfigError, match=message) as info:
+        SonichuPreprocessor.from_pretrained(tmp_path)
+    assert str(info.value).startswith(str(tmp_path / "preprocessor_config.json"))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["[256, 256]", "{not json", b"\xff\xfe\x00"])
+def test_unreadable_config_file(tmp_path, content):
+    path = tmp_path / "preprocessor_config.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InputError, match="preprocessor_config.json"):
+        SonichuPreprocessor.from_pretrained(tmp_path)
+
+
+def test_size_comes_from_the_model_config(tmp_path):
+    tiny_config().save(tmp_path)
+    assert SonichuPreprocessor.from_pretrained(tmp_path).size == (64, 64)
+    _config_file(tmp_path, {"size": {"height": 64, "width": 64}, "image_mean": [0.5, 0.5, 0.5]})
+    assert SonichuPreprocessor.from_pretrained(tmp_path).mean == (0.5, 0.5, 0.5)
+
+
+def test_model_config_given_or_foreign(tmp_path):
+    """A config passed by the caller wins; another project's config.json is not ours to
+    check (the model loader reads it)."""
+    _config_file(tmp_path, {"size": {"height": 256, "width": 192}})
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vitpose", "backbone_config": {}}))
+    assert SonichuPreprocessor.from_pretrained(tmp_path).size == (256, 192)
+    with pytest.raises(ConfigError, match="size 256x192 does not fit the model, which takes 64x64"):
+        SonichuPreprocessor.from_pretrained(tmp_path, model_config=tiny_config())
+    assert SonichuPreprocessor.from_pretrained(tmp_path / "nothing", model_config=tiny_config()).size == (64, 64)
+
+
+def test_bad_config_is_one_line_from_the_cli(tmp_path, capsys):
+    """`predict` with a checkpoint whose preprocessor_config.json has a wrong value type:
+    exit 2 and one line naming the key and the value, no traceback."""
+    from sonichu_jax.checkpoint import abstract_model, expected_shapes, model_from_arrays, save_flax
+    from sonichu_jax.cli import main
+
+    cfg = tiny_config()  # zero weights: the model never runs, and nothing is compiled
+    shapes = expected_shapes(abstract_model(cfg))
+    save_flax(model_from_arrays(cfg, {k: np.zeros(s, np.float32) for k, s in shapes.items()}), tmp_path / "model")
+    _config_file(tmp_path / "model", {"size": {"height": "big", "width": 64}})
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((20, 30), np.uint8))
+    assert main(["predict", str(image), "--task", "HC", "--model", str(tmp_path / "model"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "size.height" in err[0] and "'big'" in err[0], err

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from typing import Iterator
 
 HELP = "write a synthetic B-mode ultrasound data set (images + manifest.jsonl, optional FM_UIA CSVs)"
 
@@ -12,22 +15,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="output folder (must not exist or be empty)")
     parser.add_argument("--n", type=int, required=True, metavar="N", help="images per task")
     parser.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks to generate (default: all nine)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels, 32-4096 (default 256)")
     parser.add_argument("--csv", action="store_true", help="also write one FM_UIA-style <task>.csv per task")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that the temporary folder is removed on
+    the way out (Python's default SIGTERM action ends the process without unwinding)."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    def handler(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from sonichu_jax.data.synthetic import TASK_NAMES, synthetic_tasks, write_synthetic_dataset
+    from sonichu_jax.data.synthetic import check_synthetic_request, write_synthetic_dataset
 
-    tasks = tuple(args.tasks) if args.tasks else TASK_NAMES
-    synthetic_tasks(tasks)  # unknown names fail before any work
-    with tqdm(total=args.n * len(tasks), desc="make-synthetic", unit="img", disable=args.quiet) as bar:
-        out = write_synthetic_dataset(
-            args.out, args.n, tasks=tasks, seed=args.seed, size=args.size, csv=args.csv, progress=bar.update
-        )
+    out, tasks = check_synthetic_request(args.out, args.n, args.tasks, args.seed, args.size)
+    try:
+        with _sigterm_unwinds(), tqdm(total=args.n * len(tasks), desc="make-synthetic", unit="img",
+                                      disable=args.quiet) as bar:
+            write_synthetic_dataset(out, args.n, tasks=tasks, seed=args.seed, size=args.size, csv=args.csv,
+                                    progress=bar.update)
+    except _Terminated:
+        print(f"sonichu-jax make-synthetic: terminated; nothing written to {out}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(f"wrote {args.n * len(tasks)} images ({len(tasks)} tasks, {args.size}x{args.size}) to {out}", file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""I-JEPA multi-block masks (REFERENCE.md section 8), sampled on the host with numpy.
+"""I-JEPA multi-block masks, sampled on the host with numpy (rules: docs/ijepa.md, "Masks").
 
 Per batch, one uniform draw ``r`` sets a target block's scale *and* aspect ratio, and a
 second draw sets the (square) context block's scale; the sizes are shared by every image

@@ -33,8 +33,15 @@ JSONL manifest (one JSON object per line; blank lines are ignored)
     bounds check. ``id`` defaults to ``<manifest name>:<line>``.
 
 Frame folder
-    Every png, jpg, jpeg, bmp, tif, tiff file below a folder (recursively, sorted), 8 or
-    16 bit, as unlabelled records with ``task=None``.
+    Every image file below a folder (`sonichu_jax.preprocess.IMAGE_EXTENSIONS`,
+    recursively, in `find_images` order), 8 or 16 bit, as unlabelled records with
+    ``task=None``.
+
+Text encoding
+    CSV files and manifests are UTF-8 (a byte-order mark is allowed). A line that is not
+    valid UTF-8 is a malformed record: skipped and reported with its line and the first
+    offending byte, like any other malformed row; a CSV header that is not UTF-8 makes
+    the whole file unreadable (`InputError`).
 """
 
 from __future__ import annotations
@@ -52,14 +59,18 @@ from sonichu_jax.config import CARD_TASKS, TaskSpec
 from sonichu_jax.data.imagesize import image_size
 from sonichu_jax.data.records import LoadReport, Record
 from sonichu_jax.errors import InputError
+from sonichu_jax.preprocess import IMAGE_EXTENSIONS, find_images
 
-FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGE_COLUMN_CANDIDATES = (
     "image", "image_path", "img_path", "filename", "file_name", "image_name", "path", "img", "file",
 )
 SPACING_COLUMN_CANDIDATES = ("spacing_mm", "pixel_spacing_mm", "pixel_spacing", "spacing")
 MANIFEST_NAME = "manifest.jsonl"
 _POINT_COLUMN = re.compile(r"^point_(\d+)_xy$", re.IGNORECASE)
+# Text files are opened with errors="surrogateescape": a byte that is not UTF-8 becomes
+# one of these code points, so the line it is on can be reported instead of the whole
+# file failing with a UnicodeDecodeError.
+_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 class Source:
@@ -103,6 +114,34 @@ def _resolve(path: str, root: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
 
 
+def _open_text(path: str, what: str, encoding: str = "utf-8"):
+    try:
+        return open(path, newline="", encoding=encoding, errors="surrogateescape")
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _not_utf8(text: str) -> str | None:
+    """None for clean text, else a description of the first byte that is not UTF-8."""
+    match = _UNDECODED.search(text)
+    if match is None:
+        return None
+    return f"not UTF-8 text (byte 0x{ord(match.group()) - 0xDC00:02X}); save the file as UTF-8"
+
+
+def _positive(value: Any, key: str) -> float:
+    """A positive finite number (a pixel size, an image side) or ValueError."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number > 0):
+        raise ValueError(f"'{key}' must be a positive number, got {value!r}")
+    return number
+
+
 def _finish_record(
     *,
     image: str,
@@ -128,7 +167,7 @@ def _finish_record(
         return None
     nan = valid & ~np.isfinite(kps).all(axis=1)
     if nan.any():
-        report.add(location, "nan_keypoint", f"NaN keypoint(s) {np.flatnonzero(nan).tolist()} masked")
+        report.add(location, "nan_keypoint", f"NaN or infinite keypoint(s) {np.flatnonzero(nan).tolist()} masked")
         report.masked_keypoints += int(nan.sum())
         valid = valid & ~nan
     if check_bounds:
@@ -197,6 +236,22 @@ def _parse_point(cell: str) -> tuple[float, float] | None:
     return float(value[0]), float(value[1])
 
 
+def _csv_rows(reader, path: str, report: LoadReport):
+    """(location, row) for each row after the header; row is None (and the problem is
+    reported and counted as skipped) where the csv module cannot parse the line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a NUL byte, a field over the size limit
+            report.add(f"{path}:{reader.line_num}", "malformed", f"cannot parse row: {exc}")
+            report.skipped += 1
+            yield f"{path}:{reader.line_num}", None
+            continue
+        yield f"{path}:{reader.line_num}", row
+
+
 def load_csv(
     path: str,
     *,
@@ -221,16 +276,17 @@ def load_csv(
         )
     spec = table[task]
     root = image_root or os.path.dirname(os.path.abspath(path))
-    try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"cannot read CSV {path}: {exc.strerror}") from None
     records: list[Record] = []
-    with fh:
+    with _open_text(path, "CSV", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise InputError(f"{path}:1: cannot read the header row: {exc}") from None
         if header is None:
             raise InputError(f"{path}: empty CSV file (no header row)")
+        if problem := _not_utf8(",".join(header)):
+            raise InputError(f"{path}:1: header row is {problem}")
         img_col = _pick_column(header, image_column, IMAGE_COLUMN_CANDIDATES)
         if img_col is None:
             raise InputError(
@@ -245,13 +301,17 @@ def load_csv(
         point_cols = [i for _, i in points]
         wrong_k = len(point_cols) != spec.num_keypoints
         n_rows = 0
-        for row in reader:
-            line = reader.line_num
-            location = f"{path}:{line}"
+        for location, row in _csv_rows(reader, path, report):
+            if row is None:  # unparsable, already reported and counted
+                continue
             if not any(cell.strip() for cell in row):
                 continue  # blank line
             n_rows += 1
             if wrong_k:
+                continue
+            if problem := _not_utf8(",".join(row)):
+                report.add(location, "malformed", problem)
+                report.skipped += 1
                 continue
             if len(row) != len(header):
                 report.add(location, "malformed", f"{len(row)} fields, header has {len(header)}")
@@ -261,7 +321,7 @@ def load_csv(
                 parsed = [_parse_point(row[c]) for c in point_cols]
                 spacing = None
                 if spacing_col is not None and row[spacing_col].strip():
-                    spacing = float(row[spacing_col])
+                    spacing = _positive(row[spacing_col].strip(), header[spacing_col].strip())
             except ValueError as exc:
                 report.add(location, "malformed", f"cannot parse row: {exc}")
                 report.skipped += 1
@@ -307,9 +367,12 @@ def load_csv_dir(
     A CSV whose stem maps to no task is reported and skipped (an error with ``strict``).
     """
     table = _task_table(tasks)
-    names = sorted(n for n in os.listdir(directory) if n.lower().endswith(".csv"))
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.lower().endswith(".csv"))
+    except OSError as exc:
+        raise InputError(f"cannot read folder {directory}: {exc.strerror}") from None
     if not names:
-        raise InputError(f"no CSV files in {directory}")
+        raise InputError(f"no {MANIFEST_NAME} and no CSV files in {directory}")
     report = LoadReport(directory, strict=strict)
     parts = []
     for name in names:
@@ -352,6 +415,19 @@ def _manifest_keypoints(value: Any) -> tuple[np.ndarray, np.ndarray]:
     return kps, present
 
 
+def _image_size_field(entry: dict) -> tuple[int, int]:
+    """The manifest's ``width``/``height`` (both or neither): positive integers."""
+    sides = []
+    for key in ("width", "height"):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            np.isfinite(value) and value > 0 and float(value).is_integer()
+        ):
+            raise ValueError(f"'width' and 'height' must both be positive integers, got {key} {value!r}")
+        sides.append(int(value))
+    return sides[0], sides[1]
+
+
 def load_manifest(
     path: str,
     *,
@@ -365,16 +441,14 @@ def load_manifest(
     name = os.path.basename(path)
     report = LoadReport(path, strict=strict)
     records: list[Record] = []
-    try:
-        fh = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read manifest {path}: {exc.strerror}") from None
-    with fh:
+    with _open_text(path, "manifest", encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             location = f"{path}:{line_no}"
             try:
+                if problem := _not_utf8(line):
+                    raise ValueError(problem)
                 entry = json.loads(line)
                 if not isinstance(entry, dict):
                     raise ValueError("a line must be a JSON object")
@@ -382,6 +456,11 @@ def load_manifest(
                 if not isinstance(image_ref, str) or not image_ref:
                     raise ValueError("'image' must be a non-empty path string")
                 task = entry.get("task")
+                if task is not None and not isinstance(task, str):
+                    raise ValueError(f"'task' must be a task name or null, got {task!r}")
+                is_pseudo = entry.get("is_pseudo", False)
+                if not isinstance(is_pseudo, bool):
+                    raise ValueError(f"'is_pseudo' must be true or false, got {is_pseudo!r}")
                 raw_kps = entry.get("keypoints")
                 kps = present = None
                 if raw_kps is not None:
@@ -394,19 +473,22 @@ def load_manifest(
                             raise ValueError(f"'valid' must be {len(kps)} booleans")
                         present = present & np.array(given, bool)
                 spacing = entry.get("spacing_mm")
-                spacing = None if spacing is None else float(spacing)
+                spacing = None if spacing is None else _positive(spacing, "spacing_mm")
                 confidence = entry.get("confidence")
-                confidence = None if confidence is None else float(confidence)
+                if confidence is not None:
+                    confidence = float(confidence)
+                    if not np.isfinite(confidence):
+                        raise ValueError(f"'confidence' must be a finite number, got {entry['confidence']!r}")
                 size = None
-                if entry.get("width") is not None and entry.get("height") is not None:
-                    size = (int(entry["width"]), int(entry["height"]))
+                if entry.get("width") is not None or entry.get("height") is not None:
+                    size = _image_size_field(entry)
             except (ValueError, TypeError) as exc:
                 report.add(location, "malformed", f"cannot parse line: {exc}")
                 report.skipped += 1
                 continue
             image = _resolve(image_ref, root)
             fields = dict(
-                is_pseudo=bool(entry.get("is_pseudo", False)),
+                is_pseudo=is_pseudo,
                 spacing_mm=spacing,
                 source_id=str(entry.get("id") or f"{name}:{line_no}"),
                 confidence=confidence,
@@ -470,17 +552,13 @@ def manifest_line(record: Record, root: str | None = None, size: tuple[int, int]
 # ---------------------------------------------------------------------------------------
 
 
-def load_frames(root: str, *, extensions: Sequence[str] = FRAME_EXTENSIONS) -> Source:
-    """Every image file below ``root`` as an unlabelled record (sorted, recursive)."""
+def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Source:
+    """Every image file below ``root`` as an unlabelled record (`find_images` order)."""
     if not os.path.isdir(root):
         raise InputError(f"frame folder not found: {root}")
-    exts = tuple(e.lower() for e in extensions)
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        paths.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(exts))
+    paths = find_images(root, extensions)
     if not paths:
-        raise InputError(f"no image files ({', '.join(exts)}) under {root}")
+        raise InputError(f"no image files ({', '.join(extensions)}) under {root}")
     report = LoadReport(root, loaded=len(paths))
     records = [Record(image=p, task=None, source_id=os.path.relpath(p, root)) for p in paths]
     return Source(records, report)

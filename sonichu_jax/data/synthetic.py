@@ -40,8 +40,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import shutil
-import tempfile
 from typing import Callable, Sequence
 
 import cv2
@@ -50,6 +48,7 @@ import numpy as np
 from sonichu_jax.config import CARD_TASKS, TaskSpec
 from sonichu_jax.data.records import Record
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import atomic_dir
 
 SYNTHETIC_FLIP_PERMS: dict[str, tuple[int, ...]] = {
     "AOP": (0, 1, 2, 3),
@@ -63,6 +62,9 @@ SYNTHETIC_FLIP_PERMS: dict[str, tuple[int, ...]] = {
     "fetal_femur": (1, 0),
 }
 TASK_NAMES = tuple(t.name for t in CARD_TASKS)
+# Image sides: below 32 the anatomy does not fit the sector; at 4096 one frame already
+# takes about 1.3 GB of memory while it is drawn.
+MIN_SIZE, MAX_SIZE = 32, 4096
 _SHIFT = 4  # cv2 drawing with 4 fractional bits: sub-pixel accurate anatomy
 _ONE = 1 << _SHIFT
 
@@ -438,6 +440,11 @@ def _render(tissue: np.ndarray, fan: _Fan, rng, S: int) -> np.ndarray:
     return cv2.convertScaleAbs(np.clip(display, 0.0, 1.0), alpha=255.0)
 
 
+def _check_size(size: int) -> None:
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise InputError(f"synthetic image size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
+
+
 def generate_sample(task: str, index: int, seed: int = 0, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic frame: (uint8 (size, size) image, float32 (K, 2) keypoints).
 
@@ -446,8 +453,9 @@ def generate_sample(task: str, index: int, seed: int = 0, size: int = 256) -> tu
     """
     if task not in _ANATOMY:
         raise InputError(f"unknown synthetic task {task!r}; valid: {', '.join(TASK_NAMES)}")
-    if size < 32:
-        raise InputError(f"synthetic image size must be at least 32, got {size}")
+    _check_size(size)
+    if seed < 0:
+        raise InputError(f"synthetic seed must be a non-negative integer, got {seed}")
     rng = np.random.default_rng([seed, TASK_NAMES.index(task), index])
     draw, depth_range, spread = _ANATOMY[task]
     fan = _Fan(rng, size)
@@ -476,6 +484,33 @@ def synthetic_records(
     return records
 
 
+def check_synthetic_request(
+    out_dir: str | os.PathLike, n_per_task: int, tasks: Sequence[str] | None, seed: int, size: int
+) -> tuple[str, tuple[str, ...]]:
+    """Check a data-set request before any work; returns (absolute out_dir, tasks)."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    tasks = TASK_NAMES if tasks is None else tuple(tasks)
+    synthetic_tasks(tasks)  # validates the names
+    twice = sorted({t for t in tasks if tasks.count(t) > 1})
+    if twice:
+        raise InputError(f"synthetic task(s) given more than once: {', '.join(twice)}")
+    if n_per_task < 1:
+        raise InputError(f"need at least one image per task, got {n_per_task}")
+    if seed < 0:
+        raise InputError(f"synthetic seed must be a non-negative integer, got {seed}")
+    _check_size(size)
+    if os.path.isfile(out_dir):
+        raise InputError(f"output folder {out_dir} is an existing file")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise InputError(f"output folder {out_dir} already exists and is not empty")
+    parent = os.path.dirname(out_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"output folder {out_dir} is below {parent}, which is a file")
+    return out_dir, tasks
+
+
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     n_per_task: int,
@@ -491,50 +526,44 @@ def write_synthetic_dataset(
     `sonichu_jax.data.sources`) and, with ``csv=True``, one FM_UIA-style ``<task>.csv``
     per task (columns ``image``, ``point_1_xy`` ...). Everything is written into a
     temporary folder beside ``out_dir`` and renamed into place at the end, so an
-    interrupted run leaves nothing behind. ``out_dir`` must not exist or be empty.
+    interrupted run (an exception, KeyboardInterrupt or SystemExit) leaves nothing
+    behind. ``out_dir`` must not exist or be empty.
     ``progress`` is called with the number of images written since the last call.
     """
+    out_dir, tasks = check_synthetic_request(out_dir, n_per_task, tasks, seed, size)
+    try:
+        with atomic_dir(out_dir) as tmp:
+            _write_into(tmp, n_per_task, tasks, seed, size, csv, progress)
+    except OSError as exc:  # an unwritable parent, a full disk
+        raise InputError(f"cannot write the data set to {out_dir}: {exc.strerror or exc}") from None
+    return out_dir
+
+
+def _write_into(tmp: str, n_per_task: int, tasks: Sequence[str], seed: int, size: int, csv: bool,
+                progress: Callable[[int], None] | None) -> None:
     from sonichu_jax.data.sources import MANIFEST_NAME, manifest_line
 
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    tasks = TASK_NAMES if tasks is None else tuple(tasks)
-    synthetic_tasks(tasks)  # validates the names
-    if n_per_task < 1:
-        raise InputError(f"need at least one image per task, got {n_per_task}")
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise InputError(f"output folder {out_dir} already exists and is not empty")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp", dir=parent)
-    try:
-        lines, csv_rows = [], {t: [] for t in tasks}
-        for task in tasks:
-            os.makedirs(os.path.join(tmp, "images", task))
-            for i in range(n_per_task):
-                image, kps = generate_sample(task, i, seed, size)
-                rel = f"images/{task}/{task}_{i:06d}.png"
-                if not cv2.imwrite(os.path.join(tmp, rel), image):
-                    raise OSError(f"cannot write {os.path.join(tmp, rel)}")
-                record = Record(image=rel, task=task, keypoints=kps, source_id=f"{task}_{i:06d}")
-                lines.append(manifest_line(record, size=(size, size)))
-                csv_rows[task].append([rel] + [f"[{x:.3f}, {y:.3f}]" for x, y in kps])
-                if progress is not None:
-                    progress(1)
-        with open(os.path.join(tmp, MANIFEST_NAME), "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        if csv:
-            import csv as csv_module
+    lines, csv_rows = [], {t: [] for t in tasks}
+    for task in tasks:
+        os.makedirs(os.path.join(tmp, "images", task))
+        for i in range(n_per_task):
+            image, kps = generate_sample(task, i, seed, size)
+            rel = f"images/{task}/{task}_{i:06d}.png"
+            if not cv2.imwrite(os.path.join(tmp, rel), image):
+                raise OSError(f"cannot write {os.path.join(tmp, rel)}")
+            record = Record(image=rel, task=task, keypoints=kps, source_id=f"{task}_{i:06d}")
+            lines.append(manifest_line(record, size=(size, size)))
+            csv_rows[task].append([rel] + [f"[{x:.3f}, {y:.3f}]" for x, y in kps])
+            if progress is not None:
+                progress(1)
+    with open(os.path.join(tmp, MANIFEST_NAME), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    if csv:
+        import csv as csv_module
 
-            for task, rows in csv_rows.items():
-                k = len(rows[0]) - 1
-                with open(os.path.join(tmp, f"{task}.csv"), "w", newline="") as fh:
-                    writer = csv_module.writer(fh)
-                    writer.writerow(["image"] + [f"point_{j + 1}_xy" for j in range(k)])
-                    writer.writerows(rows)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty, checked above
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        for task, rows in csv_rows.items():
+            k = len(rows[0]) - 1
+            with open(os.path.join(tmp, f"{task}.csv"), "w", newline="") as fh:
+                writer = csv_module.writer(fh)
+                writer.writerow(["image"] + [f"point_{j + 1}_xy" for j in range(k)])
+                writer.writerows(rows)
