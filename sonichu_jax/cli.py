@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from sonichu_jax import __version__
@@ -50,16 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread: Python's default action ends the process
+    without unwinding, which would leave temporary files and folders behind. Training
+    commands install their own handler (save, then stop) while they run."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args._run(args) or 0)
     except SonichuError as exc:
         print(f"sonichu-jax {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"sonichu-jax {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"sonichu-jax {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Terminated:
+        print(f"sonichu-jax {args.command}: terminated; nothing half-written was kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-from typing import Iterator
 
 HELP = "write a synthetic B-mode ultrasound data set (images + manifest.jsonl, optional FM_UIA CSVs)"
 
@@ -21,36 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-class _Terminated(BaseException):
-    """Raised in the main thread by SIGTERM, so that the temporary folder is removed on
-    the way out (Python's default SIGTERM action ends the process without unwinding)."""
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    def handler(signum, frame):
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from sonichu_jax.data.synthetic import check_synthetic_request, write_synthetic_dataset
 
     out, tasks = check_synthetic_request(args.out, args.n, args.tasks, args.seed, args.size)
-    try:
-        with _sigterm_unwinds(), tqdm(total=args.n * len(tasks), desc="make-synthetic", unit="img",
-                                      disable=args.quiet) as bar:
-            write_synthetic_dataset(out, args.n, tasks=tasks, seed=args.seed, size=args.size, csv=args.csv,
-                                    progress=bar.update)
-    except _Terminated:
-        print(f"sonichu-jax make-synthetic: terminated; nothing written to {out}", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    with tqdm(total=args.n * len(tasks), desc="make-synthetic", unit="img", disable=args.quiet) as bar:
+        write_synthetic_dataset(out, args.n, tasks=tasks, seed=args.seed, size=args.size, csv=args.csv,
+                                progress=bar.update)
     print(f"wrote {args.n * len(tasks)} images ({len(tasks)} tasks, {args.size}x{args.size}) to {out}", file=sys.stderr)
     return 0
