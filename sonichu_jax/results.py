@@ -1,8 +1,8 @@
 """Results in the formats users already have: FM_UIA CSV predictions, per-image errors.
 
 A prediction CSV is an FM_UIA per-task CSV (the layout `sonichu_jax.data.sources.load_csv`
-reads: an ``image`` column and one ``point_{i}_xy`` column per keypoint holding a JSON
-``[x, y]`` in original pixels) with ``task``, ``width`` and ``height`` columns besides, so
+reads: an ``image`` column and one ``point_{i}_xy`` column per keypoint, numbered from 1
+as in the challenge's files, holding a JSON ``[x, y]`` in original pixels) with ``task``, ``width`` and ``height`` columns besides, so
 a prediction file can be read back, scored against labels, or opened in a spreadsheet.
 Image paths are written relative to the CSV's folder, as FM_UIA CSVs are.
 """
@@ -28,7 +28,7 @@ def write_predictions_csv(path: str | os.PathLike, task: str, predictions: Seque
     """``predictions``: `sonichu_jax.inference.Prediction` objects of one task."""
     folder = os.path.dirname(os.path.abspath(path))
     k = max((len(p.pixels) for p in predictions), default=0)
-    header = ["image", "task", "width", "height"] + [f"point_{i}_xy" for i in range(k)]
+    header = ["image", "task", "width", "height"] + [f"point_{i + 1}_xy" for i in range(k)]
     rows = [
         [os.path.relpath(os.path.abspath(p.name), folder), task, p.orig_size[0], p.orig_size[1]]
         + [json.dumps([float(x), float(y)]) for x, y in p.pixels]
