@@ -20,9 +20,6 @@ from sonichu_jax.errors import InputError
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
-# Folders inside a directory of runs that never hold runs (data, caches, exports).
-_NOT_RUNS = {"checkpoints", "data", "jax_cache", "model", "best", "backbone", "backbone_pytorch", "pseudo",
-             "overlays", "images"}
 KIND_ORDER = ("pretraining", "teacher", "student")
 # A directory of runs may hold its held-out set here (the demo's layout).
 HELD_OUT_DIR = os.path.join("data", "test")
@@ -116,7 +113,7 @@ def _runs_below(root: str) -> list[str]:
             found.append(folder)
             subdirs[:] = []
         else:
-            subdirs[:] = sorted(d for d in subdirs if d not in _NOT_RUNS and not d.startswith("."))
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
     return found
 
 
