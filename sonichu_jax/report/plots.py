@@ -94,7 +94,7 @@ def error_distribution(columns: Sequence[Column], records: Sequence, tasks: Sequ
     triangle, every image a dot)."""
     longest = max((len(c.name) for c in columns), default=0)  # rotated tick labels need room below
     fig, axes = _figure(len(tasks), width=max(4.2, 1.0 + 0.9 * len(columns)), height=3.0,
-                        extra_bottom=0.045 * longest)
+                        extra_bottom=0.03 * longest)
     rng = np.random.default_rng(0)  # horizontal jitter of the dots, the same on every run
     for ax, task in zip(axes, tasks):
         names, data = [], []
