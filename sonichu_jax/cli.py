@@ -19,10 +19,12 @@ from sonichu_jax.errors import SonichuError
 # subcommand name -> module under sonichu_jax.commands
 COMMANDS: dict[str, str] = {
     "predict": "predict",
+    "embed": "embed",
     "convert": "convert",
     "parity": "parity",
     "make-synthetic": "make_synthetic",
     "evaluate": "evaluate",
+    "report": "report",
     "train-teacher": "train_teacher",
     "pseudo-label": "pseudo_label",
     "distill": "distill",

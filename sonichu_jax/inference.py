@@ -76,8 +76,44 @@ class Prediction:
         self.error = error  # message when the image could not be read
 
 
+class Embedding:
+    __slots__ = ("index", "name", "features", "error")
+
+    def __init__(self, index, name, features=None, error=None):
+        self.index = index
+        self.name = name
+        self.features = features  # (D,) or (gh, gw, D) float32
+        self.error = error  # message when the image could not be read
+
+
 def _name(image, index: int) -> str:
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"array[{index}]"
+
+
+def _padded_batches(prep: SonichuPreprocessor, images: Sequence, batch_size: int, desc: str, progress: bool):
+    """Preprocess ``images`` a batch at a time. Yields ``(loaded, failed, pixel_values)``
+    per batch: ``loaded`` lists ``(index, orig_h, orig_w)`` of the readable images,
+    ``failed`` maps index -> message, ``pixel_values`` holds the readable ones padded to
+    ``batch_size`` (None if there are none), so every forward pass has one shape."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress)
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            loaded, arrays, failed = [], [], {}
+            for index, image in enumerate(chunk, start=start):
+                try:
+                    array, orig_h, orig_w = prep.preprocess_one(image)
+                except InputError as exc:
+                    failed[index] = str(exc)
+                    continue
+                loaded.append((index, orig_h, orig_w))
+                arrays.append(array)
+            yield loaded, failed, pad_batch(np.stack(arrays), batch_size) if arrays else None
+            bar.update(len(chunk))
+    finally:
+        bar.close()
 
 
 def iter_predictions(
@@ -92,34 +128,35 @@ def iter_predictions(
 ) -> Iterator[Prediction]:
     """Yield one `Prediction` per input, in order; unreadable images yield an error
     instead of stopping the run. Preprocessing is done a batch at a time."""
-    if batch_size < 1:
-        raise InputError(f"batch size must be >= 1, got {batch_size}")
     model.cfg.task(task)
-    bar = tqdm(total=len(images), desc=f"predict {task}", unit="img", disable=not progress)
-    try:
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            loaded, failures = [], []
-            for offset, image in enumerate(chunk):
-                index = start + offset
-                try:
-                    loaded.append((index, *prep.preprocess_one(image)))
-                except InputError as exc:
-                    failures.append(Prediction(index, _name(image, index), error=str(exc)))
-            by_index = {f.index: f for f in failures}
-            if loaded:
-                pixel_values = np.stack([item[1] for item in loaded])
-                coords = np.asarray(model.predict(pad_batch(pixel_values, batch_size), task, tta=tta))
-                for (index, _, orig_h, orig_w), xy in zip(loaded, coords):
-                    scale = np.array([orig_w, orig_h], np.float32)
-                    by_index[index] = Prediction(
-                        index, _name(images[index], index), xy * scale, xy, (orig_w, orig_h)
-                    )
-            for index in sorted(by_index):
-                yield by_index[index]
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    for loaded, failed, pixel_values in _padded_batches(prep, images, batch_size, f"predict {task}", progress):
+        results = {i: Prediction(i, _name(images[i], i), error=e) for i, e in failed.items()}
+        if loaded:
+            coords = np.asarray(model.predict(pixel_values, task, tta=tta))
+            for (index, orig_h, orig_w), xy in zip(loaded, coords):
+                scale = np.array([orig_w, orig_h], np.float32)
+                results[index] = Prediction(index, _name(images[index], index), xy * scale, xy, (orig_w, orig_h))
+        yield from (results[i] for i in sorted(results))
+
+
+def iter_embeddings(
+    model: SonichuModel,
+    prep: SonichuPreprocessor,
+    images: Sequence,
+    *,
+    pool: str = "mean",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Iterator[Embedding]:
+    """Yield one `Embedding` (see `SonichuModel.embed`) per input, in order; unreadable
+    images yield an error instead of stopping the run. One compilation for all batches."""
+    for loaded, failed, pixel_values in _padded_batches(prep, images, batch_size, "embed", progress):
+        results = {i: Embedding(i, _name(images[i], i), error=e) for i, e in failed.items()}
+        if loaded:
+            features = np.asarray(model.embed(pixel_values, pool))
+            for (index, _, _), row in zip(loaded, features):
+                results[index] = Embedding(index, _name(images[index], index), row)
+        yield from (results[i] for i in sorted(results))
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -136,3 +173,13 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
         else:
             missing.append(item)
     return files, missing
+
+
+def relative_names(paths: Sequence[str]) -> list[str]:
+    """Each path relative to the deepest folder holding them all, so that ``a/x.png`` and
+    ``b/x.png`` keep distinct names when their outputs are written into one folder."""
+    if not paths:
+        return []
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    return [os.path.relpath(p, root) for p in absolute]

@@ -40,3 +40,20 @@ def write_reference_checkpoint(ref, cfg, directory, seed=0):
 
 def random_images(n, cfg, seed=0):
     return np.random.default_rng(seed).normal(size=(n, *cfg.image_size, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """One `sonichu-jax demo --quick` run (about 2.5 minutes) shared by every test that
+    looks at its runs: ``out`` (its folder), ``code`` (exit code), ``stdout``."""
+    import contextlib
+    import io
+    import types
+
+    from sonichu_jax.cli import main
+
+    out = tmp_path_factory.mktemp("quick-demo") / "demo"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["demo", "--quick", "--out", str(out)])
+    return types.SimpleNamespace(out=out, code=code, stdout=stdout.getvalue())

@@ -65,10 +65,51 @@ def test_predict_csv_matches_json(checkpoint, images, tmp_path):
           str(tmp_path / "r.json"), "--quiet"])
     main(["predict", str(images / "a.png"), "--task", "FA", "--model", checkpoint, "--out",
           str(tmp_path / "r.csv"), "--quiet"])
-    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    (row,) = list(csv.DictReader(open(tmp_path / "r.csv")))
     kp = json.loads((tmp_path / "r.json").read_text())["results"][0]["keypoints"]
-    assert [int(r["keypoint"]) for r in rows] == [0, 1, 2, 3]
-    np.testing.assert_allclose([[float(r["x"]), float(r["y"])] for r in rows], kp, atol=1e-3)
+    assert row["task"] == "FA" and (row["width"], row["height"]) == ("120", "80")
+    assert os.path.normpath(tmp_path / row["image"]) == str(images / "a.png")  # relative to the CSV
+    np.testing.assert_allclose([json.loads(row[f"point_{i}_xy"]) for i in (1, 2, 3, 4)], kp, atol=1e-6)
+
+
+def test_predict_overlays_of_same_named_images_stay_apart(checkpoint, tmp_path):
+    rng = np.random.default_rng(1)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), rng.integers(0, 255, (40, 40), dtype=np.uint8))
+    overlays = tmp_path / "overlays"
+    assert main(["predict", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), "--task", "HC",
+                 "--model", checkpoint, "--overlay", str(overlays), "--quiet"]) == 0
+    assert sorted(p.relative_to(overlays).as_posix() for p in overlays.rglob("*.png")) == ["a/x_HC.png", "b/x_HC.png"]
+    assert not (cv2.imread(str(overlays / "a" / "x_HC.png")) == cv2.imread(str(overlays / "b" / "x_HC.png"))).all()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "IMAGES", "--task", "HC", "--out", "DIR"], "is an existing folder"),
+    (["predict", "IMAGES", "--task", "HC", "--out", "FILE/r.csv"], "which is a file"),
+    (["predict", "IMAGES", "--task", "HC", "--overlay", "FILE"], "is an existing file"),
+    (["evaluate", "--data", "IMAGES", "--json", "DIR"], "is an existing folder"),
+    (["evaluate", "--data", "IMAGES", "--json", "FILE/r.json"], "which is a file"),
+    (["embed", "IMAGES", "--out", "DIR"], "is an existing folder"),
+    (["embed", "IMAGES", "--out", "FILE/f.npz"], "which is a file"),
+    (["report", "IMAGES", "--out", "DIR"], "is an existing folder"),
+    (["report", "IMAGES", "--out", "FILE/r.html"], "which is a file"),
+])
+def test_unusable_output_path_fails_before_any_work(argv, message, images, tmp_path, capsys):
+    """The output is checked first: the model named here does not even exist."""
+    (tmp_path / "taken.json").mkdir()
+    (tmp_path / "taken.npz").mkdir()
+    (tmp_path / "taken.html").mkdir()
+    (tmp_path / "plain").write_text("a file")
+    paths = {"IMAGES": str(images), "FILE": str(tmp_path / "plain")}
+    args = [a.replace("FILE", paths["FILE"]) if a.startswith("FILE") else paths.get(a, a) for a in argv]
+    suffix = {"predict": ".json", "evaluate": ".json", "embed": ".npz", "report": ".html"}[argv[0]]
+    args = [str(tmp_path / f"taken{suffix}") if a == "DIR" else a for a in args]
+    if argv[0] != "report":
+        args += ["--model", str(tmp_path / "no-such-model")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_predict_unknown_task_exits_2(checkpoint, images, capsys):

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-from sonichu_jax.cli import main
 
-
-def test_quick_demo_runs_the_recipe(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+def test_quick_demo_runs_the_recipe(quick_demo):
+    out = quick_demo.out
+    assert quick_demo.code == 0
     results = json.loads((out / "results.json").read_text())
     table = results["results"]
     weighted = {name: column["weighted_mre_px"] for name, column in table.items()}
@@ -24,4 +22,4 @@ def test_quick_demo_runs_the_recipe(tmp_path, capsys):
     # reported, not asserted: how close the student gets to the ensemble (the card: 7.30 vs 6.30)
     print(f"student {weighted['student']:.2f} px vs median ensemble {weighted['median ensemble']:.2f} px "
           f"vs untrained {weighted['untrained']:.2f} px")
-    assert "results:" in capsys.readouterr().out
+    assert "results:" in quick_demo.stdout

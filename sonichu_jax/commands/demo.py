@@ -178,5 +178,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ncheckpoints: {ijepa_dir}/backbone, {out}/teachers/*/model, {student_dir}/model")
     print(f"overlays:    {overlay_dir}")
     print(f"results:     {args.json or os.path.join(out, 'results.json')}")
+    from sonichu_jax.report import write_report
+
+    print(f"report:      {write_report([out], os.path.join(out, 'report.html'), progress=False).path}")
     print(f"took {minutes:.1f} min", file=sys.stderr)
     return 0

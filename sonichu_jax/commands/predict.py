@@ -15,34 +15,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (config.json + weights)")
     parser.add_argument("--no-tta", action="store_true", help="skip the horizontally flipped second pass")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--overlay", metavar="OUTDIR", help="write <name>_<task>.png overlays here")
-    parser.add_argument("--out", metavar="FILE", help="write results as .json or .csv")
+    parser.add_argument("--overlay", metavar="OUTDIR",
+                        help="write <name>_<task>.png overlays here (sub-folders as in the inputs)")
+    parser.add_argument("--out", metavar="FILE",
+                        help="write results as .json (pixels and normalised coordinates) or .csv "
+                        "(the FM_UIA layout, which evaluate --predictions scores)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the config's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
 
-def _rows(predictions):
-    for p in predictions:
-        for k, (x, y) in enumerate(p.pixels):
-            yield [p.name, k, round(float(x), 3), round(float(y), 3), p.orig_size[0], p.orig_size[1]]
-
-
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.errors import InputError
-    from sonichu_jax.fileio import write_csv, write_json
-    from sonichu_jax.inference import expand_inputs, iter_predictions
+    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.inference import expand_inputs, iter_predictions, relative_names
     from sonichu_jax.nn.sonichu import SonichuModel
     from sonichu_jax.overlay import save_overlay
     from sonichu_jax.preprocess import SonichuPreprocessor
+    from sonichu_jax.results import write_predictions_csv
 
-    if args.out and not args.out.lower().endswith((".json", ".csv")):
-        raise InputError(f"--out must end in .json or .csv, got {args.out}")
+    if args.out:
+        check_output_file(args.out, (".json", ".csv"))
+    if args.overlay and os.path.exists(args.overlay) and not os.path.isdir(args.overlay):
+        raise InputError(f"overlay folder {args.overlay} is an existing file")
     files, missing = expand_inputs(args.inputs)
     if not files and not missing:
         raise InputError(f"no images found in {', '.join(args.inputs)}")
     model = SonichuModel.from_pretrained(args.model, dtype=args.dtype)
     model.cfg.task(args.task)
     prep = SonichuPreprocessor.from_pretrained(args.model)
+    overlay_names = dict(zip(files, relative_names(files)))
 
     done, failed = [], [(m, "no such file or directory") for m in missing]
     for pred in iter_predictions(model, prep, files, args.task, tta=not args.no_tta,
@@ -52,28 +53,29 @@ def run(args: argparse.Namespace) -> int:
             continue
         done.append(pred)
         if args.overlay:
-            stem = os.path.splitext(os.path.basename(pred.name))[0]
+            stem = os.path.splitext(overlay_names[pred.name])[0]
             save_overlay(pred.name, pred.pixels, args.task, os.path.join(args.overlay, f"{stem}_{args.task}.png"))
 
     if not args.quiet:
         print(f"{'image':<40} {'kp':>3} {'x':>9} {'y':>9}")
-        for name, k, x, y, _, _ in _rows(done):
-            print(f"{os.path.basename(name):<40} {k:>3} {x:>9.2f} {y:>9.2f}")
-    if args.out:
-        if args.out.lower().endswith(".csv"):
-            write_csv(args.out, ["image", "keypoint", "x", "y", "width", "height"], list(_rows(done)))
-        else:
-            write_json(args.out, {
-                "task": args.task,
-                "model": os.path.abspath(args.model),
-                "tta": not args.no_tta,
-                "results": [
-                    {"image": p.name, "width": p.orig_size[0], "height": p.orig_size[1],
-                     "keypoints": [[float(x), float(y)] for x, y in p.pixels]}
-                    for p in done
-                ],
-                "failed": [{"image": n, "error": e} for n, e in failed],
-            })
+        for p in done:
+            for k, (x, y) in enumerate(p.pixels):
+                print(f"{os.path.basename(p.name):<40} {k:>3} {x:>9.2f} {y:>9.2f}")
+    if args.out and args.out.lower().endswith(".csv"):
+        write_predictions_csv(args.out, args.task, done)
+    elif args.out:
+        write_json(args.out, {
+            "task": args.task,
+            "model": os.path.abspath(args.model),
+            "tta": not args.no_tta,
+            "results": [
+                {"image": p.name, "width": p.orig_size[0], "height": p.orig_size[1],
+                 "keypoints": [[float(x), float(y)] for x, y in p.pixels],
+                 "keypoints_normalised": [[float(x), float(y)] for x, y in p.normalised]}
+                for p in done
+            ],
+            "failed": [{"image": n, "error": e} for n, e in failed],
+        })
     for name, error in failed:
         print(f"skipped {name}: {error}", file=sys.stderr)
     print(f"{len(done)} predicted, {len(failed)} failed", file=sys.stderr)

@@ -10,8 +10,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
+from sonichu_jax.errors import InputError
 from sonichu_jax.nn.vit import VisionTransformer
 from sonichu_jax.nn.vitpose import ClassicHead, DeconvTrunk, SimpleHead, final_conv, soft_argmax
+
+
+EMBED_POOLS = ("mean", "none")
 
 
 class TaskOutput(nnx.Module):
@@ -27,10 +31,11 @@ class TaskOutput(nnx.Module):
 class SonichuModel(nnx.Module):
     """Multi-task keypoint model.
 
-    ``heatmaps(pixel_values, task)`` -> (B, H/4, W/4, K) float32 and
-    ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1]; both
-    take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled, one
-    compilation per (task, batch shape, tta).
+    ``heatmaps(pixel_values, task)`` -> (B, H/4, W/4, K) float32,
+    ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1] and
+    ``embed(pixel_values, pool="mean")`` -> (B, D) or (B, gh, gw, D) backbone features;
+    all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled,
+    one compilation per (task or pooling, batch shape, tta).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -76,6 +81,10 @@ class SonichuModel(nnx.Module):
             flipped = flipped[:, jnp.asarray(perm)]
         return 0.5 * (coords + flipped)
 
+    def forward_embed(self, pixel_values: jax.Array, pool: str) -> jax.Array:
+        features = self.feature_map(pixel_values).astype(jnp.float32)
+        return features.mean(axis=(1, 2)) if pool == "mean" else features
+
     # -- jitted public API --------------------------------------------------------------
     def heatmaps(self, pixel_values, task: str) -> jax.Array:
         self.cfg.task(task)  # unknown task: a clear error before tracing
@@ -86,6 +95,15 @@ class SonichuModel(nnx.Module):
         self.cfg.task(task)
         graphdef, state = nnx.split(self)
         return _jit_predict(graphdef, state, jnp.asarray(pixel_values), task, bool(tta))
+
+    def embed(self, pixel_values, pool: str = "mean") -> jax.Array:
+        """Backbone features (the final-normed encoder output, as the heads see it), float32:
+        ``pool="mean"`` averages the token grid -> (B, D); ``pool="none"`` keeps it ->
+        (B, gh, gw, D)."""
+        if pool not in EMBED_POOLS:
+            raise InputError(f"pool must be one of {', '.join(EMBED_POOLS)}, got {pool!r}")
+        graphdef, state = nnx.split(self)
+        return _jit_embed(graphdef, state, jnp.asarray(pixel_values), pool)
 
     # -- checkpoints ----------------------------------------------------------------------
     @classmethod
@@ -112,6 +130,11 @@ def _jit_heatmaps(graphdef, state, pixel_values, task):
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _jit_predict(graphdef, state, pixel_values, task, tta):
     return nnx.merge(graphdef, state).forward_predict(pixel_values, task, tta)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _jit_embed(graphdef, state, pixel_values, pool):
+    return nnx.merge(graphdef, state).forward_embed(pixel_values, pool)
 
 
 def count_params(model: nnx.Module) -> int:

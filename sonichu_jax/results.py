@@ -1,0 +1,144 @@
+"""Results in the formats users already have: FM_UIA CSV predictions, per-image errors.
+
+A prediction CSV is an FM_UIA per-task CSV (the layout `sonichu_jax.data.sources.load_csv`
+reads: an ``image`` column and one ``point_{i}_xy`` column per keypoint, numbered from 1
+as in the challenge's files, holding a JSON ``[x, y]`` in original pixels) with ``task``, ``width`` and ``height`` columns besides, so
+a prediction file can be read back, scored against labels, or opened in a spreadsheet.
+Image paths are written relative to the CSV's folder, as FM_UIA CSVs are.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sonichu_jax.config import TaskSpec
+from sonichu_jax.data.records import Record
+from sonichu_jax.errors import InputError
+from sonichu_jax.evaluation import predict_records
+from sonichu_jax.fileio import write_csv
+from sonichu_jax.metrics import ensemble, keypoint_errors
+
+
+def write_predictions_csv(path: str | os.PathLike, task: str, predictions: Sequence) -> None:
+    """``predictions``: `sonichu_jax.inference.Prediction` objects of one task."""
+    folder = os.path.dirname(os.path.abspath(path))
+    k = max((len(p.pixels) for p in predictions), default=0)
+    header = ["image", "task", "width", "height"] + [f"point_{i + 1}_xy" for i in range(k)]
+    rows = [
+        [os.path.relpath(os.path.abspath(p.name), folder), task, p.orig_size[0], p.orig_size[1]]
+        + [json.dumps([float(x), float(y)]) for x, y in p.pixels]
+        for p in predictions
+    ]
+    write_csv(path, header, rows)
+
+
+def _csv_task(path: str) -> tuple[str, int]:
+    """The task a prediction CSV holds (its ``task`` column, else its file stem) and its
+    keypoint count (the number of ``point_{i}_xy`` columns)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            tasks = {row.get("task", "").strip() for row in reader} - {""}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read prediction file {path}: {exc}") from None
+    k = sum(1 for c in columns if c.strip().lower().startswith("point_") and c.strip().lower().endswith("_xy"))
+    if len(tasks) > 1:
+        raise InputError(f"{path}: a prediction CSV holds one task, this one has {', '.join(sorted(tasks))}")
+    task = tasks.pop() if tasks else os.path.splitext(os.path.basename(path))[0]
+    if not k:
+        raise InputError(f"{path}: no point_<i>_xy columns; columns: {', '.join(columns)}")
+    return task, k
+
+
+def load_predictions(path: str | os.PathLike) -> tuple[TaskSpec, dict[str, np.ndarray]]:
+    """A prediction CSV -> (its task, {real image path: (K, 2) pixels}). Rows with a
+    missing point are left out (they predict nothing to score)."""
+    from sonichu_jax.data.sources import load_csv
+
+    path = os.fspath(path)
+    if not path.lower().endswith(".csv"):
+        raise InputError(f"prediction file {path} must be a .csv written by predict")
+    task, k = _csv_task(path)
+    spec = TaskSpec(task, k)
+    source = load_csv(path, task=task, tasks=(spec,), check_bounds=False)
+    return spec, {os.path.realpath(r.image): r.keypoints for r in source if r.valid.all()}
+
+
+def match_predictions(
+    records: Sequence[Record], files: Mapping[str, tuple[TaskSpec, dict[str, np.ndarray]]]
+) -> tuple[list[Record], dict[str, list[np.ndarray]], dict[str, int]]:
+    """Keep the records every prediction file of their task covers.
+
+    Returns (kept records, {file name: predictions of the kept records of its task, in
+    order}, {file name: labelled images of its task it has no prediction for})."""
+    missing: dict[str, int] = {}
+    drop: set[int] = set()
+    for name, (spec, preds) in files.items():
+        absent = [i for i, r in enumerate(records) if r.task == spec.name and os.path.realpath(r.image) not in preds]
+        missing[name] = len(absent)
+        drop.update(absent)
+    kept = [r for i, r in enumerate(records) if i not in drop]
+    columns = {
+        name: [preds[os.path.realpath(r.image)] for r in kept if r.task == spec.name]
+        for name, (spec, preds) in files.items()
+    }
+    return kept, columns, missing
+
+
+def predict_columns(
+    models: Mapping[str, tuple[Any, Any]],
+    records: Sequence[Record],
+    *,
+    tta: bool = True,
+    batch_size: int = 8,
+    ensemble_method: str | None = "median",
+    ensemble_name: str | None = None,
+    progress: bool = True,
+) -> dict[str, list[np.ndarray]]:
+    """Each model's (K_i, 2) pixel predictions of every record, plus their coordinate-wise
+    ensemble (named ``ensemble_name``, default ``"<method> ensemble"``) when there are two
+    models or more."""
+    columns = {
+        name: predict_records(model, prep, records, tta=tta, batch_size=batch_size, progress=progress)
+        for name, (model, prep) in models.items()
+    }
+    if ensemble_method and len(columns) >= 2:
+        stacked = list(columns.values())
+        columns[ensemble_name or f"{ensemble_method} ensemble"] = [
+            ensemble([preds[i][None] for preds in stacked], ensemble_method)[0].astype(np.float32)
+            for i in range(len(records))
+        ]
+    return columns
+
+
+def _finite(values) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64).ravel()]
+
+
+def image_errors(records: Sequence[Record], predictions: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """One entry per record: image, task, id, predicted keypoints (px), the error of each
+    keypoint (px; null where the label is masked) and their mean, and the same in mm
+    where the pixel spacing is known."""
+    out = []
+    for record, pred in zip(records, predictions):
+        errors = keypoint_errors(pred, record.keypoints, record.valid)
+        mean = float(np.nanmean(errors)) if np.isfinite(errors).any() else None
+        entry = {
+            "image": os.fspath(record.image) if not isinstance(record.image, np.ndarray) else record.source_id,
+            "task": record.task,
+            "id": record.source_id,
+            "prediction_px": np.asarray(pred, np.float64).round(4).tolist(),
+            "error_px": _finite(errors),
+            "mre_px": mean,
+        }
+        if record.spacing_mm is not None:
+            entry["error_mm"] = _finite(errors * record.spacing_mm)
+            entry["mre_mm"] = None if mean is None else mean * record.spacing_mm
+        out.append(entry)
+    return out
