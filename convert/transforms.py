@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from sonichu_jax.convert.tables import factor_grid, resize_grid_table, sincos_2d
+from sonichu_jax.posembed import factor_grid, resize_grid_table, sincos_2d
 
 Note = str | None
 Shape = tuple[int, ...]

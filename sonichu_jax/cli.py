@@ -19,6 +19,7 @@ from sonichu_jax.errors import SonichuError
 COMMANDS: dict[str, str] = {
     "predict": "predict",
     "convert": "convert",
+    "inspect": "inspect",
     "parity": "parity",
     "make-synthetic": "make_synthetic",
     "evaluate": "evaluate",

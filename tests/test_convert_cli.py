@@ -59,8 +59,8 @@ def test_mismatch_exits_2_and_writes_nothing(tmp_path, sonichu_dir, capsys):
     assert not out_dir.exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".out")] == []  # no temporary left behind
     captured = capsys.readouterr()
-    assert "unmapped source tensor: backbone.extra_thing" in captured.out
-    assert "Flax parameter not filled: heads/A/final/bias" in captured.out
+    assert "backbone.extra_thing: 2 parameters, 1 tensor" in captured.out  # reported, not an error by itself
+    assert "ERROR 1 model variable is missing from the checkpoint (3 parameters):\n    heads/A/final/bias" in captured.out
     assert "shape mismatch: backbone.blocks.0.mlp.fc1.weight" in captured.out
     assert "nothing written" in captured.err
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is False

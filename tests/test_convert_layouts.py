@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import torch_refs  # noqa: E402
 from sonichu_jax import checkpoint  # noqa: E402
 from sonichu_jax.config import TaskSpec, tiny_config  # noqa: E402
-from sonichu_jax.convert import LAYOUTS, Options, SafetensorsSource, convert_tensors, infer_config  # noqa: E402
+from sonichu_jax.convert import LAYOUTS, Options, SafetensorsSource, convert_tensors, infer_config, state_defaults  # noqa: E402
+from sonichu_jax.convert.shapes import predictor_shapes  # noqa: E402
 from sonichu_jax.nn.sonichu import SonichuModel  # noqa: E402
 
 IMAGE = (64, 48)
@@ -47,7 +48,7 @@ def convert_file(path, layout, **infer_kwargs):
     inferred = infer_config(source, LAYOUTS[layout], **infer_kwargs)
     cfg = inferred.cfg
     expected = checkpoint.expected_shapes(checkpoint.abstract_model(cfg))
-    arrays, report = convert_tensors(source, LAYOUTS[layout], cfg, expected, checkpoint.state_defaults(cfg),
+    arrays, report = convert_tensors(source, LAYOUTS[layout], cfg, expected, state_defaults(cfg),
                                      options=Options(source_grid=inferred.source_grid))
     assert report.ok, report.summary()
     return checkpoint.model_from_arrays(cfg, arrays), report, inferred
@@ -101,7 +102,7 @@ def test_mmpose_vitpose_parity(tmp_path, head_kind):
     ref = torch_refs.randomize(torch_refs.ViTPoseModel(tcfg, 5), seed=3)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "vitpose.safetensors"))
     model, report, inferred = convert_file(tmp_path / "vitpose.safetensors", "vitpose", task_name="pose",
-                                           hints={"num_heads": 2})
+                                           config={"num_heads": 2})
     assert inferred.cfg.pos_embed == "learned_cls_folded" and inferred.cfg.patch_padding == 2
     assert inferred.cfg.head_kind == head_kind and inferred.cfg.task_names == ("pose",)
     assert [s for s, _ in report.ignored if "cls_token" in s] == ["backbone.cls_token"]
@@ -168,10 +169,10 @@ def test_ijepa_encoder_and_predictor_parity(tmp_path):
     predictor = torch_refs.randomize(torch_refs.IJepaPredictor(tcfg, width=32, depth=2), seed=8)
     save_file(torch_refs.ijepa_state(encoder, target, predictor), str(tmp_path / "ijepa.safetensors"))
     source = SafetensorsSource(tmp_path / "ijepa.safetensors")
-    inferred = infer_config(source, LAYOUTS["ijepa"], hints={"num_heads": 2})
+    inferred = infer_config(source, LAYOUTS["ijepa"], config={"num_heads": 2})
     cfg = inferred.cfg
     assert cfg.pos_embed == "sincos" and inferred.predictor == {"width": 32, "depth": 2, "num_heads": 2}
-    arrays, report = convert_tensors(source, LAYOUTS["ijepa"], cfg, checkpoint.predictor_shapes(cfg, 32, 2),
+    arrays, report = convert_tensors(source, LAYOUTS["ijepa"], cfg, predictor_shapes(cfg, 32, 2),
                                      only=("predictor/",))
     assert report.ok, report.summary()
     assert all(s.startswith("encoder.") for s, _ in report.ignored)  # the other encoder, by name

@@ -90,12 +90,17 @@ class SonichuModel(nnx.Module):
     # -- checkpoints ----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, layout: str | None = None, dtype: str | None = None,
-                        report=None) -> "SonichuModel":
-        """Load a checkpoint directory (config.json + PyTorch-layout model.safetensors, or
-        a converted Flax checkpoint). The model is returned in eval mode."""
+                        report=None, strict: bool = False, tasks=None, rename=None, entry=None) -> "SonichuModel":
+        """Load a checkpoint directory, weights file or Hub name (``owner/name``), in
+        eval mode. Tensors the model does not use are skipped and reported (``strict``:
+        refused); an encoder-only checkpoint, or ``tasks`` not in the checkpoint (names,
+        or ``{name: keypoint count}``), get freshly initialised heads. ``rename``:
+        ``[(regex, replacement), ...]`` applied to tensor names first. See
+        `sonichu_jax.checkpoint.load_pretrained` and docs/checkpoints.md."""
         from sonichu_jax.checkpoint import load_pretrained
 
-        return load_pretrained(path, layout=layout, dtype=dtype, report=report)
+        return load_pretrained(path, layout=layout, dtype=dtype, report=report, strict=strict, tasks=tasks,
+                               rename=rename, entry=entry)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json + flax_model.safetensors (Flax layout)."""
