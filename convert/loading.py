@@ -13,19 +13,20 @@ The rules (docs/checkpoints.md, "Unexpected and missing tensors"):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from sonichu_jax.config import CARD_TASKS, ModelConfig, TaskSpec
+from sonichu_jax.config import CARD_TASKS, CONFIG_NAME, ModelConfig, TaskSpec
 from sonichu_jax.convert.files import Checkpoint
 from sonichu_jax.convert.infer import Inferred, infer_config
 from sonichu_jax.convert.layout import Layout, Options, Plan, plan_conversion, run_plan
 from sonichu_jax.convert.layouts import detect_layout
 from sonichu_jax.convert.report import ConversionError, ConversionReport
 from sonichu_jax.convert.shapes import is_head_path, model_shapes, predictor_shapes
-from sonichu_jax.errors import InputError
+from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.posembed import sincos_2d
 
 MODEL_PARTS = ("backbone/", "heads/", "trunk/")  # what a SonichuModel holds (not a predictor)
@@ -116,8 +117,12 @@ def plan_model(
     inferred and ``read_values``), how ``ckpt`` fills a Sonichu model (and, with
     ``with_predictor``, an I-JEPA predictor the checkpoint holds)."""
     chosen = detect_layout(ckpt.source, layout)
-    inferred = infer_config(ckpt.source, chosen, ckpt.config, task_name, Options(encoder=encoder),
-                            overrides=overrides, read_values=read_values)
+    try:
+        inferred = infer_config(ckpt.source, chosen, ckpt.config, task_name, Options(encoder=encoder),
+                                overrides=overrides, read_values=read_values)
+    except ConfigError as exc:
+        where = os.path.join(ckpt.directory, CONFIG_NAME) if ckpt.directory else ckpt.weights
+        raise ConfigError(f"{where}: {str(exc).removeprefix('config.json: ')}") from None
     cfg = inferred.cfg
     if tasks is not None:
         cfg = cfg.replace(tasks=task_specs(tasks, cfg.tasks))

@@ -32,7 +32,7 @@ def parse_rules(specs: Sequence[RuleSpec] | None) -> list[tuple[re.Pattern, str]
         try:
             rules.append((re.compile(pattern), replacement))
         except re.error as exc:
-            raise InputError(f"rename rule pattern {pattern!r} is not a valid regular expression: {exc}") from None
+            raise InputError(f"rename rule pattern '{pattern}' is not a valid regular expression: {exc}") from None
     return rules
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sonichu_jax.convert.summary import group_apart, human_count, numel, plural
+from sonichu_jax.convert.summary import group_apart, human_count, numel, plural, tensor_tree
 from sonichu_jax.errors import SonichuError
 
 
@@ -65,8 +65,8 @@ class ConversionReport:
 
     # -- the grouped blocks --------------------------------------------------------------
     def unexpected_block(self) -> str:
-        groups = group_apart(self.unmapped_shapes, [m[0] for m in self.mapped] + [i[0] for i in self.ignored]
-                             + [s[0] for s in self.skipped])
+        used = [name for m in self.mapped for name in m[0].split(" + ")] + [s[0] for s in self.skipped]
+        groups = group_apart(self.unmapped_shapes, used)
         total = sum(numel(s) for s in self.unmapped_shapes.values())
         n = len(self.unmapped)
         head = (f"{plural(n, 'tensor')} of the checkpoint {'is' if n == 1 else 'are'} not used by the model "
@@ -92,9 +92,13 @@ class ConversionReport:
                  + (f", {len(self.refused)} refused" if self.refused else "")]
         parts += [f"  {line}" for line in self.context]
         parts += [f"  note: {src}: {what}" for src, what in self.notes]
-        parts += [f"  ignored: {src}: {why}" for src, why in self.ignored]
+        parts += [f"  ignored {plural(len(names), 'tensor')} ({why}): {_patterns(names)}"
+                  for why, names in _by(self.ignored).items()]
         parts += [f"  default: {dst}: {how}" for dst, how in self.defaulted]
-        parts += [f"  skipped: {src} -> {dst} (not part of what is being loaded)" for src, dst in self.skipped]
+        if self.skipped:
+            names = [src for src, _ in self.skipped]
+            parts.append(f"  skipped {plural(len(names), 'tensor')} (not part of what is being loaded): "
+                         f"{_patterns(names)}")
         if self.unmapped:
             parts.append("  " + self.unexpected_block())
         if self.new_heads:
@@ -127,6 +131,20 @@ class ConversionReport:
                 {"source": s, "target": t, "shape": list(g), "expected": list(e)} for s, t, g, e in self.mismatched
             ],
         }
+
+
+def _by(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, reason in pairs:
+        out.setdefault(reason, []).append(name)
+    return out
+
+
+def _patterns(names: list[str], limit: int = 4) -> str:
+    """A few collapsed name patterns standing for ``names``."""
+    lines = tensor_tree({n: () for n in names})
+    shown = ", ".join(line.pattern for line in lines[:limit])
+    return shown + (f", ... ({len(lines) - limit} more patterns)" if len(lines) > limit else "")
 
 
 class ConversionError(SonichuError):

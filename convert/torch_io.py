@@ -71,16 +71,15 @@ def load_tree(path: str):
         try:
             with torch.serialization.safe_globals([(_Placeholder, name) for name in placeholders]):
                 return _load(torch, path)
-        except pickle.UnpicklingError as exc:
+        except Exception as exc:  # torch raises many types for foreign, corrupt or unsafe files
             found = [n for n in _refused_globals(torch, path, exc) if n not in placeholders]
-        except Exception as exc:  # torch raises many types for foreign or corrupt files
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise InputError(f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {first})") from None
+            if not isinstance(exc, pickle.UnpicklingError) or not found:
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise InputError(f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {first})") from None
         unsafe = [n for n in found if not _DATA_GLOBALS.fullmatch(n)]
-        if unsafe or not found:
-            what = ", ".join(unsafe) or "objects torch refuses"
-            raise InputError(f"{path} holds pickled Python objects besides tensors ({what}); unpickling them "
-                             "could run code, so the file is refused. Save the state dict alone, or as safetensors")
+        if unsafe:
+            raise InputError(f"{path} holds pickled Python objects besides tensors ({', '.join(unsafe)}); unpickling "
+                             "them could run code, so the file is refused. Save the state dict alone, or as safetensors")
         placeholders += found
     raise InputError(f"{path} holds too many kinds of pickled objects besides tensors")
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
+from sonichu_jax.errors import InputError
 from sonichu_jax.nn.vit import VisionTransformer
 from sonichu_jax.nn.vitpose import ClassicHead, DeconvTrunk, SimpleHead, final_conv, soft_argmax
 
@@ -77,15 +78,27 @@ class SonichuModel(nnx.Module):
         return 0.5 * (coords + flipped)
 
     # -- jitted public API --------------------------------------------------------------
+    def _pixels(self, pixel_values) -> jax.Array:
+        """The input as a (B, H, W, C) array, or a one-line error that says how to fix it."""
+        x = jnp.asarray(pixel_values)
+        c = self.cfg.in_channels
+        if x.ndim == 4 and x.shape[-1] != c and x.shape[1] == c:
+            raise InputError(f"pixel_values of shape {tuple(x.shape)} is channels-first (B, {c}, H, W); this model "
+                             f"takes channels-last (B, H, W, {c}): pass x.transpose(0, 2, 3, 1) (numpy, JAX) or "
+                             "x.permute(0, 2, 3, 1) (torch)")
+        if x.ndim != 4 or x.shape[-1] != c:
+            raise InputError(f"pixel_values must be (batch, height, width, {c}), got shape {tuple(x.shape)}")
+        return x
+
     def heatmaps(self, pixel_values, task: str) -> jax.Array:
         self.cfg.task(task)  # unknown task: a clear error before tracing
         graphdef, state = nnx.split(self)
-        return _jit_heatmaps(graphdef, state, jnp.asarray(pixel_values), task)
+        return _jit_heatmaps(graphdef, state, self._pixels(pixel_values), task)
 
     def predict(self, pixel_values, task: str, tta: bool = True) -> jax.Array:
         self.cfg.task(task)
         graphdef, state = nnx.split(self)
-        return _jit_predict(graphdef, state, jnp.asarray(pixel_values), task, bool(tta))
+        return _jit_predict(graphdef, state, self._pixels(pixel_values), task, bool(tta))
 
     # -- checkpoints ----------------------------------------------------------------------
     @classmethod
