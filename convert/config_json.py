@@ -46,6 +46,9 @@ def read_config_json(data: Any) -> ConfigJson:
     known = set(FIELD_TYPES) | {"model_type", "tasks", "flip_permutations", *CHECKPOINT_KEYS}
     foreign = [k for k in data if k not in known]
     out.ours = data.get("model_type") == MODEL_TYPE and not foreign
+    patch = data.get("patch_size")
+    if not out.ours and isinstance(patch, list) and len(patch) == 2 and patch[0] == patch[1]:
+        data = {**data, "patch_size": patch[0]}  # Hugging Face writes [p, p]
     out.fields = {k: check_field(k, v) for k, v in data.items() if k in FIELD_TYPES}
     for key, ours in COMMON_KEYS.items():
         if key in data and ours not in out.fields:

@@ -69,12 +69,15 @@ def hub_directory(name: str) -> str:
         raise InputError(f"{name} is not a local path; loading it from the Hugging Face Hub needs "
                          "huggingface_hub: pip install 'sonichu-jax[hub]'") from None
 
+    offline = []
+
     def fetch(filename: str) -> str | None:
         try:
             return hf_hub_download(name, filename)
-        except EntryNotFoundError:
+        except EntryNotFoundError as exc:  # not in the repository, or (offline) not in the cache
+            offline.append(isinstance(exc, FileNotFoundError))
             return None
-        except Exception as exc:  # unknown repository, gated, offline without a cache, network
+        except Exception as exc:  # unknown repository, gated, network
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"{name} is not a local path, and the Hugging Face Hub gave no {filename}: {first}") from None
 
@@ -91,7 +94,8 @@ def hub_directory(name: str) -> str:
                 if fetch(shard) is None:
                     raise InputError(f"Hub repository {name}: {weights} names {shard}, which is missing")
         return os.path.dirname(local)
-    raise InputError(f"Hub repository {name} holds none of {', '.join(WEIGHT_NAMES)}")
+    where = "the Hugging Face Hub cache (offline)" if all(offline) else f"the Hugging Face Hub repository {name}"
+    raise InputError(f"{name} is not a local path, and {where} holds none of {', '.join(WEIGHT_NAMES)}")
 
 
 @dataclass

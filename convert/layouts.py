@@ -291,10 +291,11 @@ def _no_layout(names: list[str], shapes: dict) -> InputError:
     scores = {name: layout_coverage(stripped, layout) for name, layout in LAYOUTS.items() if name != "flax"}
     best = max(scores, key=lambda k: scores[k][0])
     known, unknown = scores[best]
+    nearest = (f"Nearest layout: {best} ({known} of {len(names)} names known; not e.g. {', '.join(unknown[:3])})"
+               if known else "No layout knows any of these names")
     return InputError(
         f"cannot tell the checkpoint layout from its tensor names. It holds {len(names)} tensors "
-        f"({human_count(total)} parameters): {held}. Nearest layout: {best} ({known} of {len(names)} names "
-        f"known; not e.g. {', '.join(unknown[:3])}). Rename the tensors to a known layout "
+        f"({human_count(total)} parameters): {held}. {nearest}. Rename the tensors to a known layout "
         f"(see docs/checkpoints.md) or name the layout; layouts: {', '.join(LAYOUTS)}"
     )
 
