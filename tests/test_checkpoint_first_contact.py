@@ -316,6 +316,7 @@ def write_near_miss(tmp_path):
 
 # -- the Hugging Face Hub (offline, from a cache laid out as huggingface_hub writes it) ---------------
 def test_hub_name_loads_from_the_cache_offline(sonichu_src, tmp_path):
+    pytest.importorskip("huggingface_hub")
     src, _ = sonichu_src
     snapshot = tmp_path / "hub" / "models--owner--sonichu-tiny" / "snapshots" / "0123abcd"
     _copy(src, snapshot)
