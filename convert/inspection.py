@@ -57,6 +57,8 @@ def inspect_checkpoint(path: str | os.PathLike, *, layout: str | None = None, re
         mapping={
             "mapped_tensors": len(mapped_sources),
             "filled_variables": len(report.mapped) + len(report.defaulted),
+            "new_variables": len(report.expected) - len(report.mapped) - len(report.defaulted) - len(report.unfilled)
+            - len(report.mismatched),
             "model_variables": len(report.expected),
             "ignored": _by_reason(report.ignored),
             "skipped": [vars(g) for g in group_apart({s: shapes.get(s, ()) for s, _ in report.skipped}, mapped_sources)],
@@ -117,8 +119,9 @@ def format_inspection(info: dict[str, Any]) -> str:
     lines.append("tasks: " + ", ".join(f"{name} ({k})" for name, k in info["tasks"].items()))
     lines += [f"  note: {n}" for n in info["config_notes"]]
     m = info["mapping"]
+    fresh = f" ({m['new_variables']} in new heads)" if m["new_variables"] else ""
     lines.append(f"mapping: {m['mapped_tensors']} tensors fill {m['filled_variables']} of the model's "
-                 f"{m['model_variables']} variables")
+                 f"{m['model_variables']} variables{fresh}")
     lines += [f"  ignored: {g['tensors']} tensors ({g['reason']})" for g in m["ignored"]]
     lines += [f"  note: {n['source']}: {n['note']}" for n in m["notes"]]
     lines += _groups("skipped (not part of the model)", m["skipped"])

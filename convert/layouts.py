@@ -225,7 +225,7 @@ IJEPA_PARTS = ("encoder", "target_encoder", "predictor")
 
 def ijepa_table(cfg: ModelConfig, options: Options) -> list:
     if options.encoder not in IJEPA_PARTS[:2]:
-        raise InputError(f"--encoder must be 'encoder' or 'target_encoder', got {options.encoder!r}")
+        raise InputError(f"the I-JEPA encoder to load must be 'encoder' or 'target_encoder', got {options.encoder!r}")
     other = "encoder" if options.encoder == "target_encoder" else "target_encoder"
     rules = vit_backbone_rules(options.encoder, "backbone", ("norm",), cfg, options, CLASS_SLOT_OPTIONAL)
     pred = "predictor"
@@ -238,7 +238,7 @@ def ijepa_table(cfg: ModelConfig, options: Options) -> list:
     rules += expand(f"{pred}.predictor_norm", "predictor/norm", _NORM_PARAMS)
     rules += expand(f"{pred}.predictor_proj", "predictor/proj", _DENSE_PARAMS)
     return rules + [
-        Ignore(rf"^{other}\.", f"the other encoder ({other}); --encoder chooses which becomes the backbone"),
+        Ignore(rf"^{other}\.", f"the other encoder ({other}); the encoder option chooses which becomes the backbone"),
         Ignore(r"^(opt|scaler)\.", "optimiser / loss-scaler state"),
     ]
 

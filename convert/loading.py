@@ -49,7 +49,10 @@ def task_specs(tasks: Tasks, known: Sequence[TaskSpec]) -> tuple[TaskSpec, ...]:
     """The task table asked for: names (keypoint counts from the checkpoint's own table,
     else the card's), `TaskSpec`s, or ``{name: keypoint count}``."""
     if isinstance(tasks, Mapping):
-        return tuple(TaskSpec(name, int(count)) for name, count in tasks.items())
+        bad = [f"{name}: {count!r}" for name, count in tasks.items() if not isinstance(count, int) or count < 1]
+        if bad:
+            raise InputError(f"tasks must map names to keypoint counts (integers >= 1); got {', '.join(bad)}")
+        return tuple(TaskSpec(name, count) for name, count in tasks.items())
     by_name = {t.name: t for t in (*CARD_TASKS, *known)}
     specs = []
     for task in tasks or ():
@@ -78,10 +81,11 @@ class ModelPlan:
 
 
 def _holds_heads(report: ConversionReport, pretrained_parts) -> bool:
+    """Whether the checkpoint has trained heads: its config.json says so, or a tensor fills one."""
     if pretrained_parts is not None:
         return "heads" in pretrained_parts
-    return any(is_head_path(target) for _, target in report.skipped) or any(
-        is_head_path(t) for t in report.expected if t not in report.unfilled and t not in report.not_provided)
+    absent = set(report.unfilled) | set(report.not_provided)
+    return any(is_head_path(p) and p not in absent for p in report.expected)
 
 
 def _mark_new_heads(report: ConversionReport, cfg: ModelConfig, allowed: bool) -> None:
@@ -134,7 +138,7 @@ def plan_model(
                            options=Options(source_grid=inferred.source_grid, encoder=encoder), only=only)
     report = plan.report
     report.context = list(ckpt.context) + [f"config: {note}" for note in inferred.notes]
-    parts = ckpt.config.get("pretrained_parts") if isinstance(ckpt.config, dict) else None
+    parts = ckpt.config.get("pretrained_parts")  # type-checked with the rest of config.json
     _mark_new_heads(report, cfg, allowed=tasks is not None or not _holds_heads(report, parts))
     run_plan(plan, ckpt.source, None)  # every shape checked from the headers, before any data is read
     return ModelPlan(plan, cfg, inferred, chosen)

@@ -267,3 +267,26 @@ def test_group_apart_uses_the_shortest_distinguishing_prefix():
     assert [g.describe() for g in group_apart(unused, used)] == [
         "aux_head.*: 4.2 M parameters, 2 tensors", "backbone.blocks.{0..11}.attn.rel_pos: 36 parameters, 12 tensors"]
     assert (human_count(123_600_000), human_count(786_432), human_count(12)) == ("123.6 M", "786.4 K", "12")
+
+
+def test_load_ijepa_resizes_a_learned_table_of_a_converted_directory(tmp_path):
+    """A converted backbone with a learned position table, continued at another input size:
+    the table is resized bicubically (class slot kept aside), with a note."""
+    from sonichu_jax.convert import load_ijepa
+    from sonichu_jax.convert.shapes import encoder_shapes
+    from sonichu_jax.posembed import resize_grid_table
+
+    cfg = tiny_config(pos_embed="learned_cls_folded")
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.normal(size=s).astype(np.float32) for k, s in encoder_shapes(cfg).items()}
+    write_safetensors(tmp_path / "flax_model.safetensors", arrays)
+    cfg.save(tmp_path, pretrained_parts=["backbone"])
+    weights = load_ijepa(tmp_path, image_size=(96, 96))
+    table = arrays["backbone/pos_embed"][0]
+    resized = weights.encoder["pos_embed"][0]
+    assert weights.cfg.grid == (12, 12) and resized.shape == (145, 64) and weights.predictor is None
+    np.testing.assert_array_equal(resized[0], table[0])
+    np.testing.assert_allclose(resized[1:], resize_grid_table(table[1:], (8, 8), (12, 12)), atol=1e-6)
+    assert any("resized (8, 8) -> (12, 12)" in n for n in weights.notes)
+    assert any("no predictor" in n for n in weights.notes)
+    np.testing.assert_array_equal(weights.encoder["blocks/1/mlp/fc2/kernel"], arrays["backbone/blocks/1/mlp/fc2/kernel"])
