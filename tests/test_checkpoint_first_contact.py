@@ -1,8 +1,9 @@
 """Checkpoints shaped the way publishers ship them, loaded on first contact and compared
 with their PyTorch source: a Sonichu directory with a Hugging Face style config.json, one
-with an unknown 4.2 M-parameter head, an mmpose ViTPose .pth with meta and state_dict, an
-official I-JEPA training checkpoint (converted, then opened; and its three networks), new
-heads asked for, rename rules from the docs, the Hub cache, and inspect."""
+with an unknown 4.2 M-parameter head, an official I-JEPA training checkpoint (converted,
+then opened; and its three networks), new heads asked for, rename rules from the docs, the
+Hub cache, and inspect. (An mmpose ViTPose .pth made from transformers' VitPose is in
+test_convert_hf_vitpose.py, beside the other transformers tests.)"""
 
 from __future__ import annotations
 
@@ -191,21 +192,6 @@ def test_rename_rules_from_the_docs_adapt_a_made_up_head_naming(sonichu_src, tmp
     assert main(["inspect", str(directory), *args]) == 0
 
 
-def test_mmpose_vitpose_pth_with_meta(tmp_path):
-    tcfg = torch_refs.torch_cfg(image_size=[64, 48], width=128, depth=1, num_heads=2, patch_padding=2,
-                                deconv_filters=32)
-    ref = torch_refs.randomize(torch_refs.ViTPoseModel(tcfg, 5), seed=3)
-    meta = {"mmpose_version": "0.24.0", "epoch": 210, "dataset_meta": {"sigmas": np.linspace(0.02, 0.1, 5)}}
-    torch.save({"meta": meta, "state_dict": ref.state_dict(), "optimizer": {"state": {}, "param_groups": []}},
-               tmp_path / "vitpose_base_coco_256x192.pth")
-    report = []
-    model = SonichuModel.from_pretrained(tmp_path / "vitpose_base_coco_256x192.pth", report=report)
-    assert report[0].layout == "vitpose" and "container entry 'state_dict'" in report[0].context[0]
-    assert model.cfg.num_heads == 2 and model.cfg.patch_padding == 2 and model.cfg.task_names == ("keypoints",)
-    x = np.random.default_rng(0).normal(size=(2, 64, 48, 3)).astype(np.float32)
-    assert_parity(model, "keypoints", ref, x)
-
-
 # -- I-JEPA: the official training checkpoint ------------------------------------------------------
 IJEPA_CFG = dict(image_size=[64, 64], patch_size=16, width=128, depth=1, num_heads=2)
 
@@ -241,7 +227,7 @@ def test_ijepa_checkpoint_converted_then_opened(ijepa_src, tmp_path, caplog, cap
         if key.startswith("backbone/"):
             np.testing.assert_array_equal(direct[key], value, err_msg=key)
     capsys.readouterr()
-    assert main(["parity", str(out), "--tasks", "HC"]) == 0
+    assert main(["parity", str(out), "--tasks", "HC", "--batch-size", "1"]) == 0
     assert "exported to the sonichu layout" in capsys.readouterr().out
 
 
@@ -322,14 +308,17 @@ def test_hub_name_loads_from_the_cache_offline(sonichu_src, tmp_path):
     _copy(src, snapshot)
     (tmp_path / "hub" / "models--owner--sonichu-tiny" / "refs").mkdir()
     (tmp_path / "hub" / "models--owner--sonichu-tiny" / "refs" / "main").write_text("0123abcd")
-    code = ("from sonichu_jax.nn.sonichu import SonichuModel; from sonichu_jax.checkpoint import flat_state; "
-            "import numpy as np; m = SonichuModel.from_pretrained('owner/sonichu-tiny'); "
-            "np.save('out.npy', flat_state(m)['backbone/blocks/0/attn/qkv/kernel']); "
-            "SonichuModel.from_pretrained('owner/not-cached')")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), JAX_PLATFORMS="cpu")
+    # from_pretrained opens every path through open_checkpoint: run that (no JAX) in a process
+    # whose huggingface_hub reads HF_HUB_OFFLINE / HF_HUB_CACHE at import
+    code = ("import numpy as np; from sonichu_jax.convert import open_checkpoint; "
+            "c = open_checkpoint('owner/sonichu-tiny'); print(c.weights); print(sorted(c.config['tasks'])); "
+            "np.save('out.npy', c.source.get('backbone.blocks.0.attn.qkv.weight')); "
+            "open_checkpoint('owner/not-cached')")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.stdout.splitlines()[0] == str(snapshot / "model.safetensors")
     assert "owner/not-cached is not a local path, and the Hugging Face Hub cache (offline) holds none of" in out.stderr
-    expected = checkpoint.flat_state(SonichuModel.from_pretrained(src))["backbone/blocks/0/attn/qkv/kernel"]
+    expected = load_file(os.path.join(src, "model.safetensors"))["backbone.blocks.0.attn.qkv.weight"].numpy()
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 

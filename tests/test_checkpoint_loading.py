@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import random_images, write_reference_checkpoint
-from sonichu_jax.checkpoint import FLAX_WEIGHTS_NAME, flat_state, init_model
+from conftest import numpy_model, random_images, write_reference_checkpoint
+from sonichu_jax.checkpoint import FLAX_WEIGHTS_NAME, flat_state
 from sonichu_jax.config import tiny_config
 from sonichu_jax.convert import ConversionError
 from sonichu_jax.errors import InputError
@@ -150,8 +150,7 @@ def test_missing_directory_and_files(tmp_path):
 
 def test_flax_checkpoint_round_trip(tmp_path):
     cfg = tiny_config(pos_embed="learned_cls_folded", head_sharing="shared_trunk")
-    model = init_model(cfg, seed=4)
-    model.eval()
+    model = numpy_model(cfg, seed=4)
     model.save_pretrained(tmp_path)
     assert os.path.isfile(tmp_path / FLAX_WEIGHTS_NAME)
     loaded = SonichuModel.from_pretrained(tmp_path)

@@ -111,11 +111,13 @@ def test_transformers_vitpose_saved_as_mmpose_pth(tmp_path):
         layer_norm_eps=1e-6, out_indices=[2])
     config = transformers.VitPoseConfig(backbone_config=backbone, use_simple_decoder=False, num_labels=5)
     ref = torch_refs.randomize(transformers.VitPoseForPoseEstimation(config), seed=21, final_scale=80.0)
-    meta = {"mmpose_version": "0.24.0", "epoch": 210, "env_info": "sys.platform: linux", "hook_msgs": {"best_score": 0.75}}
+    meta = {"mmpose_version": "0.24.0", "epoch": 210, "env_info": "sys.platform: linux",
+            "dataset_meta": {"sigmas": np.linspace(0.025, 0.1, 5)}}  # numpy: read as an inert placeholder
     torch.save({"meta": meta, "state_dict": mmpose_state(ref.state_dict())}, tmp_path / "vitpose_b_coco_256x192.pth")
     report = []
     model = SonichuModel.from_pretrained(tmp_path / "vitpose_b_coco_256x192.pth", report=report)
     assert report[0].layout == "vitpose" and report[0].ok, report[0].summary()
+    assert "state dict taken from the container entry 'state_dict'" in report[0].context[0]
     assert (model.cfg.num_heads, model.cfg.patch_padding, model.cfg.image_size) == (2, 2, (256, 192))
     x = np.random.default_rng(1).normal(size=(2, 256, 192, 3)).astype(np.float32)
     with torch.no_grad():

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import torch_refs  # noqa: E402
+from conftest import numpy_model  # noqa: E402
 from sonichu_jax import checkpoint  # noqa: E402
 from sonichu_jax.config import TaskSpec, tiny_config  # noqa: E402
 from sonichu_jax.convert import LAYOUTS, Options, SafetensorsSource, convert_tensors, infer_config, state_defaults  # noqa: E402
@@ -137,7 +138,7 @@ def test_timm_backbone_features_and_heads_not_provided(tmp_path):
     ref = torch_refs.randomize(torch_refs.timm_vit(tcfg), seed=5)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "timm.safetensors"))
     cfg = tiny_config(image_size=IMAGE, patch_size=16, pos_embed="learned", tasks=(TaskSpec("A", 3),))
-    model = checkpoint.init_model(cfg)
+    model = numpy_model(cfg)
     head_before = np.asarray(model.heads["A"].final.kernel[...]).copy()
     report = checkpoint.load_backbone(model, tmp_path / "timm.safetensors")
     assert report.layout == "timm-vit"
@@ -156,7 +157,7 @@ def test_timm_refuses_unsupported_by_name(tmp_path, name, reason):
     state = {k: v.contiguous() for k, v in torch_refs.timm_vit(tcfg).state_dict().items()}
     state[name] = torch.ones(64)
     save_file(state, str(tmp_path / "timm.safetensors"))
-    model = checkpoint.init_model(tiny_config(image_size=IMAGE, patch_size=16, pos_embed="learned"))
+    model = numpy_model(tiny_config(image_size=IMAGE, patch_size=16, pos_embed="learned"))
     with pytest.raises(checkpoint.ConversionError, match=rf"refused: {name}: .*{reason}"):
         checkpoint.load_backbone(model, tmp_path / "timm.safetensors")
 
@@ -177,7 +178,7 @@ def test_ijepa_encoder_and_predictor_parity(tmp_path):
     assert report.ok, report.summary()
     assert all(s.startswith("encoder.") for s, _ in report.ignored)  # the other encoder, by name
     assert {t.split("/")[0] for _, t in report.skipped} == {"backbone"}
-    model = checkpoint.init_model(cfg)
+    model = numpy_model(cfg)
     checkpoint.load_backbone(model, tmp_path / "ijepa.safetensors")
     model.eval()
     x = images(size=(64, 64))
