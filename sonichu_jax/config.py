@@ -265,6 +265,23 @@ FIELD_TYPES = {
 }
 
 
+def _by_default_type(default: Any):
+    """The check for a field without an entry above, from the type of its default."""
+    if isinstance(default, bool):
+        return _bool
+    if isinstance(default, int):
+        return _int(0)
+    if isinstance(default, float):
+        return _number
+    return _text
+
+
+# Every other field of ModelConfig (compute options added later, say) is checked by the
+# type of its default value.
+FIELD_TYPES.update({f.name: _by_default_type(f.default) for f in dataclasses.fields(ModelConfig)
+                    if f.name not in FIELD_TYPES and f.name != "tasks"})
+
+
 def check_field(key: str, value: Any) -> Any:
     """A ModelConfig field's value from its JSON form, or ConfigError naming both."""
     return FIELD_TYPES[key](key, value)

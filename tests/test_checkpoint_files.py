@@ -290,3 +290,22 @@ def test_load_ijepa_resizes_a_learned_table_of_a_converted_directory(tmp_path):
     assert any("resized (8, 8) -> (12, 12)" in n for n in weights.notes)
     assert any("no predictor" in n for n in weights.notes)
     np.testing.assert_array_equal(weights.encoder["blocks/1/mlp/fc2/kernel"], arrays["backbone/blocks/1/mlp/fc2/kernel"])
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"head_sharing": "shared_trunk", "qkv_bias": False}, {"head_kind": "simple", "pos_embed": "learned_cls_folded"},
+    {"num_deconv": 3, "mlp_ratio": 2.5, "pos_embed": "learned"},
+])
+def test_shapes_without_jax_equal_the_flax_modules(changes):
+    """The converter plans against shapes computed from the config alone; they must be
+    exactly the Flax modules' variables."""
+    from flax import nnx
+
+    from sonichu_jax import checkpoint
+    from sonichu_jax.convert.shapes import model_shapes, predictor_shapes
+    from sonichu_jax.nn.predictor import Predictor
+
+    cfg = tiny_config(**changes)
+    assert model_shapes(cfg) == checkpoint.expected_shapes(checkpoint.abstract_model(cfg))
+    predictor = nnx.eval_shape(lambda: Predictor(cfg, 32, 2, rngs=nnx.Rngs(0)))
+    assert predictor_shapes(cfg, 32, 2) == {f"predictor/{p}": s for p, s in checkpoint.expected_shapes(predictor).items()}
