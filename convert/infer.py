@@ -18,7 +18,10 @@ from sonichu_jax.convert.layout import Layout, Options, TensorSource, strip_pref
 from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.posembed import factor_grid, sincos_2d
 
-HEAD_DIM = 64  # every ViT family read here (ViT-S/B/L/H) uses 64-wide attention heads
+HEAD_DIM = 64  # ViT-Ti/S/B/L use 64-wide attention heads
+# ...but ViT-H (1280, as in the official I-JEPA ViT-H/14 and H/16 releases) and ViT-g (1408,
+# I-JEPA's ViT-g/16) use 16 heads of 80 and 88.
+KNOWN_HEADS = {1280: 16, 1408: 16}
 
 
 @dataclass
@@ -86,8 +89,13 @@ def infer_backbone(
     if "num_heads" in hints:
         fields["num_heads"] = int(hints["num_heads"])
     else:
-        fields["num_heads"] = max(1, width // HEAD_DIM)
-        notes.append(f"num_heads {fields['num_heads']} assumed (width {width} // {HEAD_DIM}); shapes cannot tell")
+        if width in KNOWN_HEADS:
+            fields["num_heads"] = KNOWN_HEADS[width]
+            notes.append(f"num_heads {fields['num_heads']} assumed (the ViT-H / ViT-g value for width {width}); "
+                         "shapes cannot tell")
+        else:
+            fields["num_heads"] = max(1, width // HEAD_DIM)
+            notes.append(f"num_heads {fields['num_heads']} assumed (width {width} // {HEAD_DIM}); shapes cannot tell")
     grid = _grid_from_hint(hints, p)
     if pos not in t.shapes:
         fields["pos_embed"] = "sincos"

@@ -309,3 +309,17 @@ def test_shapes_without_jax_equal_the_flax_modules(changes):
     assert model_shapes(cfg) == checkpoint.expected_shapes(checkpoint.abstract_model(cfg))
     predictor = nnx.eval_shape(lambda: Predictor(cfg, 32, 2, rngs=nnx.Rngs(0)))
     assert predictor_shapes(cfg, 32, 2) == {f"predictor/{p}": s for p, s in checkpoint.expected_shapes(predictor).items()}
+
+
+def test_head_count_guess_follows_the_vit_family():
+    """Shapes cannot tell the attention heads: width // 64 for ViT-S/B/L, 16 for the ViT-H
+    and ViT-g widths of the official I-JEPA releases."""
+    from sonichu_jax.convert.infer import Tensors, infer_backbone
+
+    for width, heads in ((384, 6), (768, 12), (1024, 16), (1280, 16), (1408, 16)):
+        shapes = {"patch_embed.proj.weight": (width, 3, 14, 14), "blocks.0.mlp.fc1.weight": (4 * width, width)}
+        notes: list[str] = []
+        fields, _ = infer_backbone(Tensors(shapes, None), patch="patch_embed.proj.weight", pos="pos_embed",
+                                   block="blocks.{i}.", fc1="mlp.fc1.weight", qkv_bias="attn.qkv.bias",
+                                   class_slot=False, hints={"image_size": 224}, notes=notes)
+        assert fields["num_heads"] == heads and "num_heads" in notes[0]
