@@ -3,9 +3,20 @@
 numpy + safetensors only: nothing here imports JAX, Flax or torch (torch only when a
 ``.pth`` file is opened), so conversion runs anywhere and is testable on its own. Flax
 parameters are addressed by '/'-joined state paths (``backbone/blocks/0/attn/qkv/kernel``).
+How checkpoints are found, read and checked is described in docs/checkpoints.md.
 """
 
+from sonichu_jax.convert.directory import Converted, convert_to_directory, write_pytorch
+from sonichu_jax.convert.files import (
+    FLAX_WEIGHTS_NAME,
+    TORCH_WEIGHTS_NAME,
+    Checkpoint,
+    open_checkpoint,
+    resolve_weights,
+)
+from sonichu_jax.convert.ijepa import IJepaWeights, load_ijepa
 from sonichu_jax.convert.infer import Inferred, infer_config
+from sonichu_jax.convert.inspection import inspect_checkpoint
 from sonichu_jax.convert.layout import (
     Layout,
     Options,
@@ -17,28 +28,46 @@ from sonichu_jax.convert.layout import (
     strip_prefix,
 )
 from sonichu_jax.convert.layouts import LAYOUTS, detect_layout
+from sonichu_jax.convert.loading import ModelPlan, plan_model, read_model, state_defaults
 from sonichu_jax.convert.report import ConversionError, ConversionReport
 from sonichu_jax.convert.safetensors_io import SafetensorsSource, SafetensorsWriter, write_safetensors
-from sonichu_jax.convert.torch_io import TorchSource, open_source
+from sonichu_jax.convert.sources import ShardedSource, open_source
+from sonichu_jax.convert.torch_io import TorchSource
 
 __all__ = [
+    "FLAX_WEIGHTS_NAME",
     "LAYOUTS",
+    "TORCH_WEIGHTS_NAME",
+    "Checkpoint",
     "ConversionError",
     "ConversionReport",
+    "Converted",
+    "IJepaWeights",
     "Inferred",
     "Layout",
+    "ModelPlan",
     "Options",
     "Plan",
     "SafetensorsSource",
     "SafetensorsWriter",
+    "ShardedSource",
     "TorchSource",
     "convert_tensors",
+    "convert_to_directory",
     "detect_layout",
     "export_tensors",
     "infer_config",
+    "inspect_checkpoint",
+    "load_ijepa",
+    "open_checkpoint",
     "open_source",
     "plan_conversion",
+    "plan_model",
+    "read_model",
+    "resolve_weights",
     "run_plan",
+    "state_defaults",
     "strip_prefix",
+    "write_pytorch",
     "write_safetensors",
 ]

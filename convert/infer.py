@@ -1,6 +1,8 @@
-"""Model configs read from a checkpoint: its own config.json where one exists, otherwise
-inferred from tensor shapes. Every guess (head count, LayerNorm eps, grid) is a note.
-Also the reverse for export: a transformers VitPose config.json from a ModelConfig."""
+"""Model configs read from a checkpoint: its config.json (ours, transformers', or any
+publisher's, see `config_json`) together with what the tensor shapes say. Every guess
+(head count, LayerNorm eps, grid) is a note; a config.json that contradicts the tensors is
+an error naming both. Also the reverse for export: a transformers VitPose config.json
+from a ModelConfig."""
 
 from __future__ import annotations
 
@@ -10,12 +12,16 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from sonichu_jax.config import CARD_TASKS, MODEL_TYPE, ModelConfig, TaskSpec
+from sonichu_jax.config import CARD_TASKS, ModelConfig, TaskSpec
+from sonichu_jax.convert.config_json import ConfigJson, read_config_json
 from sonichu_jax.convert.layout import Layout, Options, TensorSource, strip_prefix
-from sonichu_jax.convert.tables import factor_grid, sincos_2d
-from sonichu_jax.errors import InputError
+from sonichu_jax.errors import ConfigError, InputError
+from sonichu_jax.posembed import factor_grid, sincos_2d
 
-HEAD_DIM = 64  # every ViT family read here (ViT-S/B/L/H) uses 64-wide attention heads
+HEAD_DIM = 64  # ViT-Ti/S/B/L use 64-wide attention heads
+# ...but ViT-H (1280, as in the official I-JEPA ViT-H/14 and H/16 releases) and ViT-g (1408,
+# I-JEPA's ViT-g/16) use 16 heads of 80 and 88.
+KNOWN_HEADS = {1280: 16, 1408: 16}
 
 
 @dataclass
@@ -28,10 +34,11 @@ class Inferred:
 
 @dataclass
 class Tensors:
-    """Canonical (prefix-stripped) names -> shapes, and reading one tensor by that name."""
+    """Canonical (prefix-stripped) names -> shapes, and reading one tensor by that name
+    (``get`` is None when only headers may be read)."""
 
     shapes: Mapping[str, tuple[int, ...]]
-    get: Callable[[str], np.ndarray]
+    get: Callable[[str], np.ndarray] | None
 
     def count(self, pattern: str) -> int:
         """1 + the largest ``{i}`` in names matching ``pattern`` (0 when none match)."""
@@ -82,13 +89,20 @@ def infer_backbone(
     if "num_heads" in hints:
         fields["num_heads"] = int(hints["num_heads"])
     else:
-        fields["num_heads"] = max(1, width // HEAD_DIM)
-        notes.append(f"num_heads {fields['num_heads']} assumed (width {width} // {HEAD_DIM}); shapes cannot tell")
+        if width in KNOWN_HEADS:
+            fields["num_heads"] = KNOWN_HEADS[width]
+            notes.append(f"num_heads {fields['num_heads']} assumed (the ViT-H / ViT-g value for width {width}); "
+                         "shapes cannot tell")
+        else:
+            fields["num_heads"] = max(1, width // HEAD_DIM)
+            notes.append(f"num_heads {fields['num_heads']} assumed (width {width} // {HEAD_DIM}); shapes cannot tell")
     grid = _grid_from_hint(hints, p)
     if pos not in t.shapes:
         fields["pos_embed"] = "sincos"
+        grid = grid or _grid_from_hint({"image_size": hints.get("fallback_image_size")}, p)
         if grid is None:
-            raise InputError("the checkpoint stores no position table: pass --image-size H W")
+            raise InputError("the checkpoint stores no position table and its config.json gives no image_size: "
+                             "the model input size must be given")
         return fields, grid
     slots = t.shapes[pos][-2]
     if grid is not None:
@@ -104,6 +118,10 @@ def infer_backbone(
         notes.append(f"source token grid {grid} guessed from {slots - has_slot} positions (the most nearly square)")
     if has_slot:
         fields["pos_embed"] = "learned_cls_folded"
+    elif t.get is None:
+        fields["pos_embed"] = "learned"
+        notes.append("position table taken as learned (its values were not read, so a fixed sin-cos table "
+                     "cannot be told apart)")
     else:
         table = t.get(pos).reshape(-1, width)
         is_sincos = width % 4 == 0 and np.allclose(table, sincos_2d(width, grid), atol=1e-5)
@@ -127,6 +145,18 @@ def infer_mmpose_head(t: Tensors, prefix: str, trunk: str | None = None) -> dict
     return fields
 
 
+def _eps_note(hints: Mapping, notes: list[str], value: str, source: str) -> None:
+    if "layer_norm_eps" not in hints:
+        notes.append(f"layer_norm_eps {value} assumed ({source})")
+
+
+def card_order(names) -> list[str]:
+    """Task names in a stable order: the card's tasks in the card's order, then the rest
+    alphabetically (a file's tensor order says nothing)."""
+    card = [t.name for t in CARD_TASKS]
+    return sorted(names, key=lambda n: (0, card.index(n), "") if n in card else (1, 0, n))
+
+
 def _config(fields: dict, tasks: tuple[TaskSpec, ...], image_grid, notes: list[str], **extra) -> ModelConfig:
     fields = {k: v for k, v in fields.items() if k != "num_keypoints"}
     fields.update(extra)
@@ -140,27 +170,28 @@ _FUSED_BLOCK = dict(fc1="mlp.fc1.weight", qkv_bias="attn.qkv.bias")
 
 
 def infer_sonichu(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
-    notes = ["no Sonichu config.json: config inferred from tensor shapes"]
+    notes: list[str] = []
     fields, grid = infer_backbone(
         t, patch="backbone.patch_embed.proj.weight", pos="backbone.pos_embed", block="backbone.blocks.{i}.",
         class_slot=None, hints=hints, notes=notes, **_FUSED_BLOCK,
     )
-    tasks = [n.split(".")[1] for n in t.shapes if re.match(r"heads\.[^.]+\.final_layer\.weight\Z", n)]
+    tasks = card_order(n.split(".")[1] for n in t.shapes if re.match(r"heads\.[^.]+\.final_layer\.weight\Z", n))
     shared = any(n.startswith("head_trunk.") for n in t.shapes)
     head = {}
     specs = []
     for task in tasks:
         head = infer_mmpose_head(t, f"heads.{task}", "head_trunk.deconv_layers" if shared else None)
         specs.append(TaskSpec(task, head["num_keypoints"]))
-    if not specs:
-        raise InputError("cannot infer the tasks: the checkpoint has no heads.{task}.final_layer.weight")
-    notes.append("layer_norm_eps 1e-6 assumed (I-JEPA / ViTPose value)")
+    if not specs:  # a backbone in the sonichu layout: the card's heads, freshly initialised
+        specs = list(CARD_TASKS)
+    _eps_note(hints, notes, "1e-6", "the I-JEPA / ViTPose value")
     head_sharing = "shared_trunk" if shared else "per_task"
     return Inferred(_config({**fields, **head}, tuple(specs), grid, notes, head_sharing=head_sharing), grid, notes)
 
 
 def infer_vitpose(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
-    notes = ["layer_norm_eps 1e-6 assumed (the official ViTPose value)"]
+    notes: list[str] = []
+    _eps_note(hints, notes, "1e-6", "the official ViTPose value")
     fields, grid = infer_backbone(
         t, patch="backbone.patch_embed.proj.weight", pos="backbone.pos_embed", block="backbone.blocks.{i}.",
         class_slot=True, hints=hints, notes=notes, **_FUSED_BLOCK,
@@ -219,10 +250,9 @@ def infer_hf_vitpose(t: Tensors, hints: Mapping, task_name: str, options: Option
     return Inferred(cfg, cfg.grid, notes)
 
 
-def _backbone_only_config(fields: dict, grid, notes: list[str], **extra) -> ModelConfig:
-    notes.append("backbone only: heads not provided; the config carries the card's "
-                 f"{len(CARD_TASKS)} tasks, whose heads start from fresh initialisation")
-    notes.append("layer_norm_eps 1e-6 assumed (timm / I-JEPA value)")
+def _backbone_only_config(fields: dict, grid, hints: Mapping, notes: list[str], **extra) -> ModelConfig:
+    """The card's heads on an encoder-only checkpoint (they start freshly initialised)."""
+    _eps_note(hints, notes, "1e-6", "the timm / I-JEPA value")
     return _config(fields, CARD_TASKS, grid, notes, **extra)
 
 
@@ -234,7 +264,7 @@ def infer_timm(t: Tensors, hints: Mapping, task_name: str, options: Options) -> 
     )
     if fields["pos_embed"] == "learned_cls_folded":
         fields["pos_embed"] = "learned"  # timm's slot belongs to its class token, which we drop
-    return Inferred(_backbone_only_config(fields, grid, notes), grid, notes)
+    return Inferred(_backbone_only_config(fields, grid, hints, notes), grid, notes)
 
 
 def infer_ijepa(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
@@ -244,7 +274,7 @@ def infer_ijepa(t: Tensors, hints: Mapping, task_name: str, options: Options) ->
         t, patch=f"{encoder}.patch_embed.proj.weight", pos=f"{encoder}.pos_embed", block=f"{encoder}.blocks.{{i}}.",
         class_slot=False, hints=hints, notes=notes, **_FUSED_BLOCK,
     )
-    cfg = _backbone_only_config(fields, grid, notes)
+    cfg = _backbone_only_config(fields, grid, hints, notes)
     predictor = None
     if "predictor.predictor_embed.weight" in t.shapes:
         predictor = dict(
@@ -255,22 +285,113 @@ def infer_ijepa(t: Tensors, hints: Mapping, task_name: str, options: Options) ->
     return Inferred(cfg, grid, notes, predictor)
 
 
-def infer_config(
-    source: TensorSource, layout: Layout, hints: Mapping | None = None, task_name: str = "keypoints",
-    options: Options | None = None,
-) -> Inferred:
-    """The config of the model a checkpoint holds. ``hints``: the checkpoint's own
-    config.json (Sonichu or transformers), or overrides such as ``image_size``."""
-    if (hints or {}).get("model_type") == MODEL_TYPE:
-        cfg = ModelConfig.from_dict(hints)
-        return Inferred(cfg, cfg.grid, [f"config from the checkpoint's {MODEL_TYPE} config.json"])
-    if layout.infer is None:
-        raise InputError(f"layout {layout.name} cannot infer a model config: provide a config.json")
+# Fields the tensors decide; a config.json that says otherwise is wrong, not a preference.
+BACKBONE_SHAPE_FIELDS = ("width", "depth", "patch_size", "in_channels", "mlp_ratio", "qkv_bias")
+HEAD_SHAPE_FIELDS = ("head_kind", "head_sharing", "num_deconv", "deconv_filters")
+
+
+def tensor_view(source: TensorSource, layout: Layout, read_values: bool = True) -> Tensors:
+    """The source's tensors under the layout's canonical (prefix-stripped) names."""
     names = list(source.keys())
     prefix = strip_prefix(names)
     canonical = {layout.canonical(n[len(prefix) :]): n for n in names}
-    tensors = Tensors({c: tuple(source.shape(n)) for c, n in canonical.items()}, lambda c: source.get(canonical[c]))
-    return layout.infer(tensors, dict(hints or {}), task_name, options or Options())
+    get = (lambda c: source.get(canonical[c])) if read_values else None
+    return Tensors({c: tuple(source.shape(n)) for c, n in canonical.items()}, get)
+
+
+def infer_config(
+    source: TensorSource, layout: Layout, config: Mapping | None = None, task_name: str = "keypoints",
+    options: Options | None = None, *, overrides: Mapping | None = None, read_values: bool = True,
+) -> Inferred:
+    """The config of the model a checkpoint holds, from its ``config`` (the config.json
+    dict, any publisher's) and its tensors. ``overrides``: ``num_heads`` / ``image_size``
+    given by the user, which win (a learned table of another grid is resized to that
+    image size). ``read_values=False`` reads headers only."""
+    overrides = dict(overrides or {})
+    options = options or Options()
+    config = config or {}
+    if layout.foreign_config is not None and config.get("model_type") == layout.foreign_config:
+        inferred = layout.infer(tensor_view(source, layout, read_values), config, task_name, options)
+        return _override(inferred, overrides)
+    parsed = read_config_json(config)
+    if parsed.ours:
+        cfg = ModelConfig.from_dict(dict(config))
+        return _override(Inferred(cfg, cfg.grid, ["config from the checkpoint's config.json"]), overrides)
+    if layout.infer is None:
+        return _override(_from_fields(parsed, layout), overrides)
+    hints = dict(parsed.fields)
+    if "num_heads" in overrides:
+        hints["num_heads"] = overrides["num_heads"]
+    hints["fallback_image_size"] = overrides.get("image_size")
+    inferred = layout.infer(tensor_view(source, layout, read_values), hints, task_name, options)
+    notes = list(parsed.notes) + inferred.notes
+    notes.insert(0, "architecture inferred from tensor shapes" + (
+        "" if config else " (no config.json)") + _settled(parsed))
+    cfg = _reconcile(inferred.cfg, parsed, layout, notes)
+    return _override(Inferred(cfg, inferred.source_grid, notes, inferred.predictor), overrides)
+
+
+def _settled(parsed: ConfigJson) -> str:
+    keys = sorted(parsed.fields) + ([parsed.tasks_key] if parsed.tasks else [])
+    return f"; from config.json: {', '.join(keys)}" if keys else ""
+
+
+def _from_fields(parsed: ConfigJson, layout: Layout) -> Inferred:
+    """A config from config.json alone, for layouts whose tensors say nothing (Flax)."""
+    fields = dict(parsed.fields)
+    if parsed.tasks:
+        fields["tasks"] = parsed.tasks
+    try:
+        cfg = ModelConfig(**fields)
+    except ConfigError as exc:
+        raise ConfigError(f"config.json: {exc}") from None
+    return Inferred(cfg, cfg.grid, parsed.notes + [f"layout {layout.name}: config from config.json, defaults elsewhere"])
+
+
+def _reconcile(inferred: ModelConfig, parsed: ConfigJson, layout: Layout, notes: list[str]) -> ModelConfig:
+    """Inferred fields, overridden by config.json where the tensors cannot tell; an error
+    where config.json contradicts them."""
+    decided = BACKBONE_SHAPE_FIELDS + (HEAD_SHAPE_FIELDS if layout.provides is None else ())
+    clashes = [f"{k} {parsed.fields[k]!r} (the tensors say {getattr(inferred, k)!r})"
+               for k in decided if k in parsed.fields and parsed.fields[k] != getattr(inferred, k)]
+    if clashes:
+        raise InputError("config.json contradicts the checkpoint's tensors: " + "; ".join(clashes))
+    free = {k: v for k, v in parsed.fields.items() if k not in decided}
+    tasks = inferred.tasks
+    if parsed.tasks is not None:
+        if layout.provides is None:
+            tasks = _agree(parsed, inferred.tasks)
+        else:
+            tasks = parsed.tasks
+            notes.append(f"heads from the task table in config.json ({parsed.tasks_key}); they start freshly initialised")
+    elif layout.provides is not None:
+        notes.append(f"backbone only: the card's {len(CARD_TASKS)} tasks, whose heads start freshly initialised")
+    try:
+        return inferred.replace(**free, tasks=tasks)
+    except ConfigError as exc:
+        raise ConfigError(f"config.json: {exc}") from None
+
+
+def _agree(parsed: ConfigJson, from_heads: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
+    """config.json's task table, checked against the head tensors (a one-head checkpoint
+    takes the table's one name)."""
+    table = {t.name: t.num_keypoints for t in parsed.tasks}
+    heads = {t.name: t.num_keypoints for t in from_heads}
+    if len(table) == len(heads) == 1 and list(table.values()) == list(heads.values()):
+        return parsed.tasks
+    problems = [f"{n} has {k} keypoints in config.json, {heads[n]} in its head tensors"
+                for n, k in table.items() if n in heads and heads[n] != k]
+    problems += [f"{n} is in config.json but has no head tensors" for n in table if n not in heads]
+    problems += [f"{n} has head tensors but is not in config.json" for n in heads if n not in table]
+    if problems:
+        raise InputError(f"config.json's task table ({parsed.tasks_key}) disagrees with the heads: " + "; ".join(problems))
+    return parsed.tasks
+
+
+def _override(inferred: Inferred, overrides: Mapping) -> Inferred:
+    if overrides:
+        inferred.cfg = inferred.cfg.replace(**{k: tuple(v) if k == "image_size" else v for k, v in overrides.items()})
+    return inferred
 
 
 def hf_vitpose_config(cfg: ModelConfig) -> dict:

@@ -62,6 +62,9 @@ class Layout:
     export_extras: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     # (tensors, hints, task name, options) -> `infer.Inferred`: the model config a file holds.
     infer: Callable | None = None
+    # The model_type of a config.json that this layout's ``infer`` reads itself (transformers'
+    # "vitpose"); any other config.json is read as a publisher's (see `config_json`).
+    foreign_config: str | None = None
 
     def rules(self, cfg: ModelConfig, options: Options | None = None) -> list[Rule]:
         return [e for e in self.table(cfg, options or Options()) if isinstance(e, Rule)]
@@ -99,6 +102,7 @@ class Plan:
     defaults: dict[str, tuple[Callable[[], np.ndarray], str]]  # paths filled without a source
     report: ConversionReport
     expected: Shapes = field(repr=False)
+    checked: bool = False  # a dry run (sink None) has filled the report already
 
     @property
     def targets(self) -> list[str]:
@@ -116,7 +120,7 @@ def _first_match(rules: list[Rule], name: str):
 
 
 def plan_conversion(
-    names: Iterable[str],
+    source: TensorSource,
     layout: Layout,
     cfg: ModelConfig,
     expected: Shapes,
@@ -125,13 +129,13 @@ def plan_conversion(
     options: Options | None = None,
     only: tuple[str, ...] | None = None,
 ) -> Plan:
-    """Match names to rules without reading any tensor.
+    """Match names to rules without reading any tensor (``source`` gives names and shapes).
 
     ``expected`` holds every Flax path wanted and its shape; ``defaults`` gives, for
     paths a checkpoint may legitimately omit, a factory and a description; ``only``
     restricts loading to paths under these prefixes (tensors mapped elsewhere are skipped).
     """
-    names = list(names)
+    names = list(source.keys())
     prefix = strip_prefix(names)
     report = ConversionReport(layout=layout.name, prefix=prefix)
     entries = layout.table(cfg, options or Options())
@@ -152,6 +156,7 @@ def plan_conversion(
                 report.ignored.append((full_name, ignore.reason))
             else:
                 report.unmapped.append(full_name)
+                report.unmapped_shapes[full_name] = tuple(source.shape(full_name))
             continue
         found_rule, (target, slot, wanted) = found
         if only is not None and not target.startswith(only):
@@ -159,6 +164,7 @@ def plan_conversion(
             continue
         if target not in expected:
             report.unmapped.append(full_name)
+            report.unmapped_shapes[full_name] = tuple(source.shape(full_name))
             continue
         rule, group_wanted, have = groups.setdefault(target, (found_rule, wanted, {}))
         if group_wanted != wanted or slot in have:
@@ -182,26 +188,38 @@ def plan_conversion(
             report.not_provided.append(path)
         else:
             report.unfilled.append(path)
+    report.expected = dict(expected)
     return Plan(steps, used_defaults, report, expected)
 
 
-def run_plan(plan: Plan, source: TensorSource, sink: Callable[[str, np.ndarray], None]) -> ConversionReport:
+def run_plan(plan: Plan, source: TensorSource, sink: Callable[[str, np.ndarray], None] | None) -> ConversionReport:
     """Read, transform and hand over one target at a time; shape mismatches go to the
-    report (and nothing for that target goes to the sink)."""
+    report (and nothing for that target goes to the sink). With ``sink=None`` no tensor
+    data is read: zero-stride stand-ins of the stored shapes go through the transforms,
+    which finds every shape mismatch from the headers alone."""
     report = plan.report
+    record = not plan.checked
+    plan.checked = plan.checked or sink is None
     for step in plan.steps:
-        arrays = tuple(source.get(name) for name in step.sources)
+        if sink is None:
+            arrays = tuple(np.broadcast_to(np.float32(0), source.shape(name)) for name in step.sources)
+        else:
+            arrays = tuple(source.get(name) for name in step.sources)
         array, note = step.rule.transform.forward(arrays, plan.expected[step.target])
         expected = tuple(plan.expected[step.target])
         if tuple(array.shape) != expected:
-            report.mismatched.append((", ".join(step.sources), step.target, tuple(array.shape), expected))
+            if record:
+                report.mismatched.append((", ".join(step.sources), step.target, tuple(array.shape), expected))
             continue
-        sink(step.target, np.ascontiguousarray(array, dtype=np.float32))
-        report.mapped.append((" + ".join(step.sources), step.target, step.rule.transform.name))
-        if note:
-            report.notes.append((" + ".join(step.sources), note))
+        if sink is not None:
+            sink(step.target, np.ascontiguousarray(array, dtype=np.float32))
+        if record:
+            report.mapped.append((" + ".join(step.sources), step.target, step.rule.transform.name))
+            if note:
+                report.notes.append((" + ".join(step.sources), note))
     for path, (factory, _) in plan.defaults.items():
-        sink(path, np.asarray(factory(), dtype=np.float32).reshape(plan.expected[path]))
+        if sink is not None:
+            sink(path, np.asarray(factory(), dtype=np.float32).reshape(plan.expected[path]))
     return report
 
 
@@ -219,7 +237,7 @@ def convert_tensors(
 
     Returns the filled arrays and a report; callers decide what to do when not ``report.ok``.
     """
-    plan = plan_conversion(source.keys(), layout, cfg, expected, defaults, options=options, only=only)
+    plan = plan_conversion(source, layout, cfg, expected, defaults, options=options, only=only)
     out: dict[str, np.ndarray] = {}
     run_plan(plan, source, out.__setitem__)
     return out, plan.report

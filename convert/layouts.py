@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from sonichu_jax.config import ModelConfig
+from sonichu_jax.config import ModelConfig, card_config
 from sonichu_jax.convert import infer
 from sonichu_jax.convert.layout import Layout, Options, strip_prefix
 from sonichu_jax.convert.rules import Ignore, Refuse, Rule
@@ -117,8 +117,9 @@ SONICHU = Layout(
     name="sonichu",
     description="Sonichu PyTorch: I-JEPA encoder names under backbone.*, mmpose heads under heads.{task}.*",
     table=sonichu_table,
+    # heads optional: a backbone saved in this layout loads with fresh heads
     detect=lambda names: any(n.startswith("backbone.blocks.") for n in names)
-    and any(n.startswith("heads.") and ".final_layer." in n for n in names),
+    and not any(n.startswith(("keypoint_head.", "associate_")) for n in names),
     export_extras=bn_counters,
     infer=infer.infer_sonichu,
 )
@@ -191,6 +192,7 @@ HF_VITPOSE = Layout(
     detect=lambda names: any(n.startswith(("backbone.encoder.layer.", "backbone.embeddings.")) for n in names),
     export_extras=bn_counters,
     infer=infer.infer_hf_vitpose,
+    foreign_config="vitpose",
 )
 
 
@@ -223,18 +225,20 @@ IJEPA_PARTS = ("encoder", "target_encoder", "predictor")
 
 def ijepa_table(cfg: ModelConfig, options: Options) -> list:
     if options.encoder not in IJEPA_PARTS[:2]:
-        raise InputError(f"--encoder must be 'encoder' or 'target_encoder', got {options.encoder!r}")
+        raise InputError(f"the I-JEPA encoder to load must be 'encoder' or 'target_encoder', got {options.encoder!r}")
     other = "encoder" if options.encoder == "target_encoder" else "target_encoder"
     rules = vit_backbone_rules(options.encoder, "backbone", ("norm",), cfg, options, CLASS_SLOT_OPTIONAL)
     pred = "predictor"
     rules += expand(f"{pred}.predictor_embed", "predictor/embed", _DENSE_PARAMS)
     rules.append(Rule(f"{pred}.mask_token", "predictor/mask_token", IDENTITY))
-    rules.append(Rule(f"{pred}.predictor_pos_embed", "predictor/pos_embed", IDENTITY))
+    # The official predictor's table is a fixed sin-cos one: recomputed for another grid.
+    rules.append(Rule(f"{pred}.predictor_pos_embed", "predictor/pos_embed",
+                      position_table(cfg.grid, options.source_grid, CLASS_SLOT_OPTIONAL, fixed_sincos=True)))
     rules += fused_qkv_block_rules(f"{pred}.predictor_blocks.{{i}}", "predictor/blocks/{i}")
     rules += expand(f"{pred}.predictor_norm", "predictor/norm", _NORM_PARAMS)
     rules += expand(f"{pred}.predictor_proj", "predictor/proj", _DENSE_PARAMS)
     return rules + [
-        Ignore(rf"^{other}\.", f"the other encoder ({other}); --encoder chooses which becomes the backbone"),
+        Ignore(rf"^{other}\.", f"the other encoder ({other}); the encoder option chooses which becomes the backbone"),
         Ignore(r"^(opt|scaler)\.", "optimiser / loss-scaler state"),
     ]
 
@@ -261,20 +265,53 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
-def detect_layout(names, requested: str | None = None) -> Layout:
-    """The layout named by ``requested``, else the first whose detector accepts the names."""
+def layout_coverage(names, layout: Layout) -> tuple[int, list[str]]:
+    """How many of ``names`` (prefix-stripped) a layout's table knows (as a rule, an ignore
+    or a refusal), and the names it does not."""
+    entries = layout.table(card_config(), Options())
+    known, unknown = 0, []
+    for name in names:
+        name = layout.canonical(name)
+        if any(e.match_source(name) if isinstance(e, Rule) else e.matches(name) for e in entries):
+            known += 1
+        else:
+            unknown.append(name)
+    return known, unknown
+
+
+def _no_layout(names: list[str], shapes: dict) -> InputError:
+    """The error for names no layout recognises: what the file holds and the nearest layout."""
+    from sonichu_jax.convert.summary import human_count, top_level
+
+    prefix = strip_prefix(names)
+    stripped = [n[len(prefix) :] for n in names]
+    groups = top_level({n: shapes.get(n, ()) for n in stripped})
+    total = sum(g.params for g in groups)
+    held = "; ".join(g.describe() for g in groups[:12]) + ("; ..." if len(groups) > 12 else "")
+    scores = {name: layout_coverage(stripped, layout) for name, layout in LAYOUTS.items() if name != "flax"}
+    best = max(scores, key=lambda k: scores[k][0])
+    known, unknown = scores[best]
+    nearest = (f"Nearest layout: {best} ({known} of {len(names)} names known; not e.g. {', '.join(unknown[:3])})"
+               if known else "No layout knows any of these names")
+    return InputError(
+        f"cannot tell the checkpoint layout from its tensor names. It holds {len(names)} tensors "
+        f"({human_count(total)} parameters): {held}. {nearest}. Rename the tensors to a known layout "
+        f"(see docs/checkpoints.md) or name the layout; layouts: {', '.join(LAYOUTS)}"
+    )
+
+
+def detect_layout(source, requested: str | None = None) -> Layout:
+    """The layout named by ``requested``, else the first whose detector accepts the names
+    of ``source`` (a tensor source, or just names)."""
     if requested is not None:
         if requested not in LAYOUTS:
             raise InputError(f"unknown layout {requested!r}; known layouts: {', '.join(LAYOUTS)}")
         return LAYOUTS[requested]
-    names = list(names)
+    names = list(source.keys()) if hasattr(source, "keys") else list(source)
     prefix = strip_prefix(names)
     stripped = {n[len(prefix) :] for n in names}
     for layout in LAYOUTS.values():
-        if layout.detect(stripped):
+        if names and layout.detect(stripped):
             return layout
-    sample = ", ".join(sorted(stripped)[:5])
-    raise InputError(
-        f"cannot tell the checkpoint layout from its tensor names (e.g. {sample}); "
-        f"pass --layout with one of: {', '.join(LAYOUTS)}"
-    )
+    shapes = {n[len(prefix) :]: tuple(source.shape(n)) for n in names} if hasattr(source, "shape") else {}
+    raise _no_layout(names, shapes)

@@ -56,17 +56,9 @@ class Rule:
                 return self.target.format(**values), slot, tuple(s.format(**values) for s in self.sources)
         return None
 
-    def to_target(self, name: str) -> str | None:
-        found = self.match_source(name)
-        return found[0] if found else None
-
     def to_sources(self, path: str) -> tuple[str, ...] | None:
         m = self._target_re.match(path)
         return tuple(s.format(**m.groupdict()) for s in self.sources) if m else None
-
-    def to_source(self, path: str) -> str | None:
-        names = self.to_sources(path)
-        return names[0] if names else None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ Files written here load with `safetensors.safe_open` and `safetensors.torch.load
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from typing import Iterable, Mapping
@@ -31,34 +32,90 @@ _NUMPY_DTYPES = {
     "BOOL": np.bool_,
 }
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _NUMPY_DTYPES.items()}
+_ITEM_BYTES = {**{k: np.dtype(v).itemsize for k, v in _NUMPY_DTYPES.items()}, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+               "U16": 2, "U32": 4, "U64": 8}
 _HEADER_LIMIT = 100 * 1024 * 1024  # the format's own sanity bound on header size
+
+
+def _bad(path: str, why: str) -> InputError:
+    return InputError(f"cannot read {path} as safetensors: {why}")
+
+
+def _check_entry(path: str, name: str, entry) -> int:
+    """Validate one header entry; returns the end of its byte range."""
+    if not isinstance(entry, dict):
+        raise _bad(path, f"header entry {name!r} is not an object")
+    shape, offsets, dtype = entry.get("shape"), entry.get("data_offsets"), entry.get("dtype")
+    if not isinstance(dtype, str):
+        raise _bad(path, f"tensor {name} has no dtype")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise _bad(path, f"tensor {name} has no valid shape (got {shape!r})")
+    if any(s < 0 for s in shape):
+        raise _bad(path, f"tensor {name} has a negative shape {shape}")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        raise _bad(path, f"tensor {name} has no valid data_offsets (got {offsets!r})")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise _bad(path, f"tensor {name} has data_offsets {offsets}, which do not form a byte range")
+    size = _ITEM_BYTES.get(dtype)
+    if size is not None and math.prod(shape) * size != end - begin:
+        raise _bad(path, f"tensor {name}: shape {shape} of {dtype} needs {math.prod(shape) * size} bytes, "
+                         f"its data_offsets span {end - begin}")
+    return end
+
+
+def read_header(path: str) -> tuple[dict, dict, int]:
+    """(entries, metadata, data start) of a safetensors file, every entry validated and
+    every byte range checked against the file size. Reads the header only."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise _bad(path, "the file is shorter than the 8-byte header length")
+            (size,) = struct.unpack("<Q", raw)
+            if size > _HEADER_LIMIT:
+                raise _bad(path, f"it declares a header of {size} bytes")
+            text = fh.read(size)
+        if len(text) < size:
+            raise InputError(f"{path} is truncated: its header is cut short")
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad(path, f"the header is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(header, dict):
+        raise _bad(path, f"the header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise _bad(path, "__metadata__ is not an object")
+    data_end = max((_check_entry(path, name, entry) for name, entry in header.items()), default=0)
+    available = os.path.getsize(path) - 8 - size
+    if data_end > available:
+        raise InputError(f"{path} is truncated: its header declares {data_end} bytes of tensor data, "
+                         f"the file holds {max(available, 0)}")
+    return header, metadata, 8 + size
 
 
 class SafetensorsSource:
     """Reads one tensor at a time from a .safetensors file. bfloat16 tensors (which numpy
-    lacks) are widened exactly to float32."""
+    lacks) are widened exactly to float32. Opening reads and validates the header only."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise InputError(f"checkpoint file not found: {self.path}")
-        try:
-            with open(self.path, "rb") as fh:
-                (size,) = struct.unpack("<Q", fh.read(8))
-                if size > _HEADER_LIMIT:
-                    raise ValueError(f"header of {size} bytes")
-                header = json.loads(fh.read(size))
-        except (struct.error, ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read {self.path} as safetensors: {exc}") from None
-        self._metadata = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + size
-        self._entries = header
+        self._entries, self._metadata, self._data_start = read_header(self.path)
 
     def keys(self) -> Iterable[str]:
         return list(self._entries)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._entries[name]["shape"])
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype's safetensors name (F32, BF16, ...)."""
+        return self._entries[name]["dtype"]
 
     def get(self, name: str) -> np.ndarray:
         entry = self._entries[name]
@@ -69,8 +126,6 @@ class SafetensorsSource:
         if stored is None:
             raise InputError(f"{self.path}: tensor {name} has dtype {dtype}, which numpy cannot hold")
         array = np.empty(entry["shape"], dtype=np.dtype(stored).newbyteorder("<"))
-        if array.nbytes != end - begin:
-            raise InputError(f"{self.path}: tensor {name} spans {end - begin} bytes, not {array.nbytes}")
         with open(self.path, "rb") as fh:
             fh.seek(self._data_start + begin)
             if fh.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:

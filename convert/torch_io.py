@@ -1,55 +1,111 @@
-"""Reading PyTorch pickles (``.pth`` / ``.pth.tar``, e.g. the official I-JEPA checkpoints).
+"""Reading PyTorch pickles (``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.pth.tar``).
 
 torch is optional: it is imported only when such a file is opened, and the converter
-never needs it for safetensors.
+never needs it for safetensors. Files are always unpickled with ``weights_only=True``,
+which refuses any pickled object that could run code. numpy arrays and
+``argparse.Namespace`` objects, which training scripts often keep beside the weights
+(mmpose's dataset metadata, saved command-line arguments), are read as inert placeholders
+instead: the named class is never looked up, let alone called.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from typing import Iterable
 
 import numpy as np
 
+from sonichu_jax.convert.containers import select_state_dict
 from sonichu_jax.errors import InputError
 
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".ckpt")
 
+# Pickled globals that only carry data: replaced by `_Placeholder` (we never need their values).
+_DATA_GLOBALS = re.compile(r"numpy(\.[\w.]+)?|argparse\.Namespace")
+_DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
+                "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
-def _flatten(tree, prefix: str, out: dict) -> None:
-    """Nested dicts of tensors -> dotted names; non-tensor entries (epoch, lr) are dropped."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            _flatten(value, f"{prefix}{key}.", out)
-    elif hasattr(tree, "detach") and hasattr(tree, "shape"):
-        out[prefix[:-1]] = tree
+
+class _Placeholder:
+    """Stands in for a pickled data object (numpy array, namespace); holds nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _refused_globals(torch, path: str, exc: Exception) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # legacy (non-zip) files cannot be scanned: read the name from the error
+        return re.findall(r"GLOBAL ([\w.]+)", str(exc))
+
+
+def _load(torch, path: str):
+    """torch.load with weights_only; memory-mapped unless the file predates the zip format."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_tree(path: str):
+    """The unpickled object of a torch file, or InputError saying why it cannot be read.
+    Never repeats torch's advice to turn ``weights_only`` off."""
+    try:
+        import torch
+    except ImportError:
+        raise InputError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch), "
+                         "or convert it to safetensors first") from None
+    placeholders: list[str] = []
+    for _ in range(64):  # a legacy file reveals one refused global per attempt
+        try:
+            with torch.serialization.safe_globals([(_Placeholder, name) for name in placeholders]):
+                return _load(torch, path)
+        except Exception as exc:  # torch raises many types for foreign, corrupt or unsafe files
+            found = [n for n in _refused_globals(torch, path, exc) if n not in placeholders]
+            if not isinstance(exc, pickle.UnpicklingError) or not found:
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise InputError(f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {first})") from None
+        unsafe = [n for n in found if not _DATA_GLOBALS.fullmatch(n)]
+        if unsafe:
+            raise InputError(f"{path} holds pickled Python objects besides tensors ({', '.join(unsafe)}); unpickling "
+                             "them could run code, so the file is refused. Save the state dict alone, or as safetensors")
+        placeholders += found
+    raise InputError(f"{path} holds too many kinds of pickled objects besides tensors")
 
 
 class TorchSource:
-    """Tensors of a torch pickle, loaded lazily (memory-mapped where torch can)."""
+    """Tensors of a torch pickle (memory-mapped where torch can), taken from the container
+    entry that holds the state dict (see `containers.select_state_dict`)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, entry: str | None = None):
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise InputError(f"checkpoint file not found: {self.path}")
-        try:
-            import torch
-        except ImportError:
-            raise InputError(f"{self.path} is a PyTorch pickle: reading it needs torch (pip install torch), "
-                             "or convert it to safetensors first") from None
-        try:
-            # weights_only refuses arbitrary pickled code; mmap keeps tensors on disk until read.
-            tree = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # torch raises many types for corrupt or foreign files
-            raise InputError(f"cannot read {self.path} as a PyTorch checkpoint: {exc}") from None
-        self._tensors: dict = {}
-        _flatten(tree, "", self._tensors)
+        selection = select_state_dict(load_tree(self.path), self.path, entry)
+        self._tensors = selection.tensors
+        self.entry = selection.entry
+        self.alternatives = selection.alternatives
 
     def keys(self) -> Iterable[str]:
         return list(self._tensors)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._tensors[name].shape)
+
+    def dtype(self, name: str) -> str:
+        kind = str(self._tensors[name].dtype).removeprefix("torch.")
+        return _DTYPE_NAMES.get(kind, kind)
 
     def get(self, name: str) -> np.ndarray:
         import torch
@@ -58,13 +114,3 @@ class TorchSource:
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()  # numpy has no bfloat16; widening is exact
         return tensor.numpy().copy()
-
-
-def open_source(path: str | os.PathLike):
-    """A tensor source for a .safetensors file or a torch pickle, chosen by suffix."""
-    from sonichu_jax.convert.safetensors_io import SafetensorsSource
-
-    path = os.fspath(path)
-    if path.endswith(TORCH_SUFFIXES):
-        return TorchSource(path)
-    return SafetensorsSource(path)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from sonichu_jax.convert.tables import factor_grid, resize_grid_table, sincos_2d
+from sonichu_jax.posembed import factor_grid, resize_grid_table, sincos_2d
 
 Note = str | None
 Shape = tuple[int, ...]
@@ -42,7 +42,7 @@ LINEAR = elementwise("linear", lambda a: a.T, lambda a: a.T)
 CONV = elementwise("conv", lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))
 
 # ConvTranspose2d (in, out, kH, kW) -> (kH, kW, in, out) of the spatially flipped kernel,
-# so that lax.conv_transpose without transpose_kernel equals PyTorch (REFERENCE.md s7).
+# so that lax.conv_transpose without transpose_kernel equals PyTorch (docs/checkpoints.md, "Tensor transforms").
 DECONV = elementwise(
     "deconv",
     lambda a: a[:, :, ::-1, ::-1].transpose(2, 3, 0, 1),
@@ -55,7 +55,7 @@ def _split3(a: np.ndarray, axis: int) -> tuple[np.ndarray, ...]:
 
 
 # Separate q, k, v Linear layers (HF transformers) -> one fused qkv Dense. Our fused
-# layout is rows [q; k; v] of the PyTorch weight (REFERENCE.md s3), i.e. kernel columns.
+# layout is rows [q; k; v] of the PyTorch weight, i.e. kernel columns (docs/checkpoints.md, "Tensor transforms").
 FUSED_QKV_LINEAR = Transform(
     "fused_qkv_linear",
     lambda arrays, expected: (np.concatenate(arrays, axis=0).T, None),

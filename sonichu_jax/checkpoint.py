@@ -1,42 +1,47 @@
-"""Model checkpoints on disk: PyTorch-layout or Flax-layout safetensors + config.json.
+"""Sonichu models from checkpoints and back: the JAX side of `sonichu_jax.convert`.
 
-A checkpoint directory holds ``config.json`` and one of
-- ``flax_model.safetensors``: written by this project, tensors named by Flax state path;
-- ``model.safetensors``: a PyTorch state dict in any layout of `sonichu_jax.convert`,
-  converted on the fly.
+A checkpoint is a directory (``config.json`` + ``flax_model.safetensors`` in this
+project's Flax layout, or PyTorch weights in any layout the converter knows, single or
+sharded safetensors or a torch pickle), a weights file, or a Hugging Face Hub name. How
+they are read, and what happens to tensors that do not fit, is in docs/checkpoints.md.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sonichu_jax.config import CONFIG_NAME, ModelConfig
+from sonichu_jax.config import ModelConfig
 from sonichu_jax.convert import (
+    FLAX_WEIGHTS_NAME,
+    TORCH_WEIGHTS_NAME,
     ConversionError,
     ConversionReport,
     Options,
     convert_tensors,
     detect_layout,
-    export_tensors,
     infer_config,
-    open_source,
+    open_checkpoint,
+    read_model,
+    state_defaults,
+    write_pytorch,
     write_safetensors,
 )
-from sonichu_jax.convert.infer import hf_vitpose_config
-from sonichu_jax.errors import InputError
-from sonichu_jax.fileio import write_json
+from sonichu_jax.convert.loading import Tasks
+from sonichu_jax.convert.rename import RuleSpec
 from sonichu_jax.nn.predictor import Predictor
 from sonichu_jax.nn.sonichu import SonichuModel
-from sonichu_jax.nn.vit import sincos_2d_table
 
-FLAX_WEIGHTS_NAME = "flax_model.safetensors"
-TORCH_WEIGHTS_NAME = "model.safetensors"
+__all__ = ["FLAX_WEIGHTS_NAME", "TORCH_WEIGHTS_NAME", "load_pretrained", "load_backbone", "save_flax",
+           "export_pytorch", "init_model"]
+
+logger = logging.getLogger(__name__)
 
 
 def path_str(path: tuple) -> str:
@@ -57,88 +62,19 @@ def expected_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     return {path_str(p): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
+def _filled(module: nnx.Module, arrays: dict[str, np.ndarray], prefix: str = "") -> nnx.Module:
+    """``module`` with every variable whose path (under ``prefix``) is in ``arrays`` replaced."""
+    graphdef, state = nnx.split(module)
+    flat = [(p, v.replace(jnp.asarray(arrays[prefix + path_str(p)])) if prefix + path_str(p) in arrays else v)
+            for p, v in nnx.to_flat_state(state)]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
 def model_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray]) -> SonichuModel:
     """Build a model whose every variable comes from ``arrays`` (keys = Flax paths)."""
-    graphdef, state = nnx.split(abstract_model(cfg))
-    filled = [(p, v.replace(jnp.asarray(arrays[path_str(p)]))) for p, v in nnx.to_flat_state(state)]
-    model = nnx.merge(graphdef, nnx.from_flat_state(filled))
+    model = _filled(abstract_model(cfg), arrays)
     model.eval()
     return model
-
-
-def state_defaults(cfg: ModelConfig) -> dict:
-    """Variables a checkpoint may omit, with how to fill them."""
-    if cfg.pos_embed == "sincos":
-        return {
-            "backbone/pos_embed": (
-                lambda: sincos_2d_table(cfg.width, cfg.grid)[None],
-                "fixed 2D sin-cos table computed from the config (not stored in the checkpoint)",
-            )
-        }
-    return {}
-
-
-def resolve_weights(path: str | os.PathLike) -> tuple[str, str]:
-    """(config directory, weights file) for a checkpoint directory or a weights file."""
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        return os.path.dirname(os.path.abspath(path)), path
-    if not os.path.isdir(path):
-        raise InputError(f"model path not found: {path}")
-    for name in (FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME):
-        candidate = os.path.join(path, name)
-        if os.path.isfile(candidate):
-            return path, candidate
-    raise InputError(f"{path} holds neither {FLAX_WEIGHTS_NAME} nor {TORCH_WEIGHTS_NAME}")
-
-
-def convert_checkpoint(
-    weights: str | os.PathLike, cfg: ModelConfig, layout: str | None = None
-) -> tuple[dict[str, np.ndarray], ConversionReport]:
-    """Read ``weights`` one tensor at a time into Flax paths for a model of ``cfg``."""
-    source = open_source(weights)
-    chosen = detect_layout(source.keys(), layout)
-    expected = expected_shapes(abstract_model(cfg))
-    return convert_tensors(source, chosen, cfg, expected, state_defaults(cfg))
-
-
-def load_pretrained(
-    path: str | os.PathLike,
-    *,
-    layout: str | None = None,
-    dtype: str | None = None,
-    report: list | None = None,
-) -> SonichuModel:
-    """See `SonichuModel.from_pretrained`. ``report``, if a list, receives the
-    ConversionReport. Raises ConversionError (a listing of every unmapped, unfilled and
-    mismatched name) when the checkpoint does not fit its config."""
-    config_dir, weights = resolve_weights(path)
-    if not os.path.isfile(os.path.join(config_dir, CONFIG_NAME)):
-        raise InputError(f"no {CONFIG_NAME} beside {weights}")
-    cfg = ModelConfig.load(config_dir)
-    if dtype is not None:
-        cfg = cfg.replace(dtype=dtype)
-    arrays, conv_report = convert_checkpoint(weights, cfg, layout)
-    if report is not None:
-        report.append(conv_report)
-    if conv_report.ok and conv_report.not_provided:
-        raise InputError(
-            f"{weights} holds only part of the model (layout {conv_report.layout}; missing "
-            f"{len(conv_report.not_provided)} parameters, e.g. {conv_report.not_provided[0]}): "
-            "load it into a model with sonichu_jax.checkpoint.load_backbone"
-        )
-    if not conv_report.ok:
-        raise ConversionError(conv_report, context=weights)
-    return model_from_arrays(cfg, arrays)
-
-
-def save_flax(model: SonichuModel, directory: str | os.PathLike) -> None:
-    """config.json + flax_model.safetensors, each written atomically."""
-    os.makedirs(directory, exist_ok=True)
-    write_safetensors(
-        os.path.join(directory, FLAX_WEIGHTS_NAME), flat_state(model), metadata={"format": "flax", "layout": "flax"}
-    )
-    model.cfg.save(directory)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> SonichuModel:
@@ -152,70 +88,100 @@ def init_model(cfg: ModelConfig, seed: int = 0) -> SonichuModel:
     return nnx.merge(graphdef, state)
 
 
-# -- conversion helpers: backbone-only loading, the I-JEPA predictor, export -------------
-def read_hints(config_dir: str) -> dict:
-    """The checkpoint's own config.json (Sonichu or transformers) as a dict, or {}."""
-    path = os.path.join(config_dir, CONFIG_NAME)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
+def load_pretrained(
+    path: str | os.PathLike,
+    *,
+    layout: str | None = None,
+    dtype: str | None = None,
+    report: list | None = None,
+    strict: bool = False,
+    tasks: Tasks = None,
+    rename: Sequence[RuleSpec] | None = None,
+    entry: str | None = None,
+) -> SonichuModel:
+    """See `SonichuModel.from_pretrained`. ``report``, if a list, receives the
+    ConversionReport. Unused tensors and newly initialised heads are logged (warning) in
+    one grouped block each; ConversionError says what does not fit."""
+    ckpt = open_checkpoint(path, rename=rename, entry=entry)
+    planned, arrays = read_model(ckpt, strict=strict, layout=layout, tasks=tasks)
+    cfg = planned.cfg if dtype is None else planned.cfg.replace(dtype=dtype)
+    conv = planned.report
+    if report is not None:
+        report.append(conv)
+    if conv.unmapped:
+        logger.warning("%s: %s", ckpt.weights, conv.unexpected_block())
+    if conv.new_heads:
+        fresh = {p: s for p, s in conv.expected.items() if p not in arrays}
+        arrays = {**arrays, **fresh_arrays(fresh, seed=0)}
+        logger.warning("%s: %s", ckpt.weights, conv.new_heads_line())
+    return model_from_arrays(cfg, arrays)
 
 
-def _weights_file(path: str | os.PathLike) -> tuple[str, str]:
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return resolve_weights(path)
-    if not os.path.isfile(path):
-        raise InputError(f"checkpoint not found: {path}")
-    return os.path.dirname(os.path.abspath(path)), path
+_TRUNCATION = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
+
+
+def fresh_arrays(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial values for new heads, with the Flax modules' own initialisers: LeCun normal
+    kernels (truncated at two standard deviations, fan-in = all but the last axis), zero
+    biases, identity BatchNorm. Sampled in numpy: a jitted Flax initialiser compiles for
+    seconds per head, which loading a backbone with nine new heads should not cost."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, shape in shapes.items():
+        name = path.rsplit("/", 1)[-1]
+        if name == "kernel":
+            values = rng.standard_normal(shape)
+            outside = np.abs(values) > 2
+            while outside.any():
+                values[outside] = rng.standard_normal(int(outside.sum()))
+                outside = np.abs(values) > 2
+            out[path] = (values * (1.0 / np.sqrt(np.prod(shape[:-1]))) / _TRUNCATION).astype(np.float32)
+        elif name in ("bias", "mean", "scale", "var"):
+            out[path] = np.full(shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+        else:
+            raise ValueError(f"no initialiser for the new variable {path}")
+    return out
+
+
+def save_flax(model: SonichuModel, directory: str | os.PathLike) -> None:
+    """config.json + flax_model.safetensors, each written atomically."""
+    os.makedirs(directory, exist_ok=True)
+    write_safetensors(
+        os.path.join(directory, FLAX_WEIGHTS_NAME), flat_state(model), metadata={"format": "flax", "layout": "flax"}
+    )
+    model.cfg.save(directory)
 
 
 def load_backbone(
-    model: SonichuModel, path: str | os.PathLike, *, layout: str | None = None, encoder: str = "target_encoder"
+    model: SonichuModel, path: str | os.PathLike, *, layout: str | None = None, encoder: str = "target_encoder",
+    rename: Sequence[RuleSpec] | None = None,
 ) -> ConversionReport:
     """Fill ``model.backbone`` in place from any checkpoint holding a ViT encoder (timm,
     I-JEPA, ViTPose, Sonichu, ...); the heads keep their values and are listed in the
     report's ``not_provided``. A position table of another grid is resized. This is how a
     teacher starts from a pretrained encoder."""
-    config_dir, weights = _weights_file(path)
-    source = open_source(weights)
-    chosen = detect_layout(source.keys(), layout)
+    ckpt = open_checkpoint(path, rename=rename)
+    chosen = detect_layout(ckpt.source, layout)
     options = Options(encoder=encoder)
-    hints = read_hints(config_dir)
     if chosen.infer is not None:
-        options = Options(source_grid=infer_config(source, chosen, hints, options=options).source_grid, encoder=encoder)
+        source_grid = infer_config(ckpt.source, chosen, ckpt.config, options=options).source_grid
+        options = Options(source_grid=source_grid, encoder=encoder)
     shapes = expected_shapes(model)
     expected = {p: s for p, s in shapes.items() if p.startswith("backbone/")}
     arrays, report = convert_tensors(
-        source, chosen, model.cfg, expected, state_defaults(model.cfg), options=options, only=("backbone/",)
+        ckpt.source, chosen, model.cfg, expected, state_defaults(model.cfg), options=options, only=("backbone/",)
     )
     report.not_provided.extend(p for p in shapes if p not in expected)
-    if not report.ok:
-        raise ConversionError(report, context=weights)
-    _, state = nnx.split(model.backbone)
-    filled = [(p, v.replace(jnp.asarray(arrays["backbone/" + path_str(p)]))) for p, v in nnx.to_flat_state(state)]
-    nnx.update(model.backbone, nnx.from_flat_state(filled))
+    if report.errors():
+        raise ConversionError(report, context=ckpt.weights)
+    nnx.update(model.backbone, nnx.state(_filled(model.backbone, arrays, prefix="backbone/")))
     return report
-
-
-def predictor_shapes(cfg: ModelConfig, width: int, depth: int) -> dict[str, tuple[int, ...]]:
-    """Flax paths (under ``predictor/``) and shapes of an I-JEPA predictor."""
-    abstract = nnx.eval_shape(lambda: Predictor(cfg, width, depth, rngs=nnx.Rngs(0)))
-    return {f"predictor/{p}": s for p, s in expected_shapes(abstract).items()}
 
 
 def predictor_from_arrays(cfg: ModelConfig, width: int, depth: int, arrays: dict[str, np.ndarray]) -> Predictor:
     """A predictor whose every variable comes from ``arrays`` (keys ``predictor/...``)."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Predictor(cfg, width, depth, rngs=nnx.Rngs(0))))
-    filled = [(p, v.replace(jnp.asarray(arrays["predictor/" + path_str(p)]))) for p, v in nnx.to_flat_state(state)]
-    return nnx.merge(graphdef, nnx.from_flat_state(filled))
-
-
-EXPORT_LAYOUTS = ("sonichu", "hf-vitpose")
+    abstract = nnx.eval_shape(lambda: Predictor(cfg, width, depth, rngs=nnx.Rngs(0)))
+    return _filled(abstract, arrays, prefix="predictor/")
 
 
 def export_pytorch(model: SonichuModel, directory: str | os.PathLike, layout: str = "sonichu") -> None:
@@ -223,15 +189,3 @@ def export_pytorch(model: SonichuModel, directory: str | os.PathLike, layout: st
     ``sonichu`` for this project's reference (``modeling_sonichu.py``), ``hf-vitpose`` for
     transformers' VitPoseForPoseEstimation (one-head models)."""
     write_pytorch(flat_state(model), model.cfg, directory, layout)
-
-
-def write_pytorch(flat: dict[str, np.ndarray], cfg: ModelConfig, directory: str | os.PathLike, layout: str) -> None:
-    """Flax arrays by path -> a PyTorch checkpoint directory in ``layout``."""
-    if layout not in EXPORT_LAYOUTS:
-        raise InputError(f"cannot export to layout {layout!r}; choose one of {', '.join(EXPORT_LAYOUTS)}")
-    config = hf_vitpose_config(cfg) if layout == "hf-vitpose" else cfg.to_dict()
-    tensors = export_tensors(flat, detect_layout([], layout), cfg)
-    os.makedirs(directory, exist_ok=True)
-    write_safetensors(os.path.join(directory, TORCH_WEIGHTS_NAME), tensors, metadata={"format": "pt", "layout": layout})
-    write_json(os.path.join(directory, CONFIG_NAME), config)
-

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "embed": "embed",
     "convert": "convert",
+    "inspect": "inspect",
     "parity": "parity",
     "make-synthetic": "make_synthetic",
     "evaluate": "evaluate",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sonichu_jax.errors import ConfigError, UnknownTaskError
@@ -47,7 +47,7 @@ class TaskSpec:
             object.__setattr__(self, "flip_perm", perm)
 
 
-# The card's nine tasks and their keypoint counts (REFERENCE.md section 1).
+# The card's nine tasks and their keypoint counts (the model card's task table, docs/architecture.md).
 CARD_TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("AOP", 4),
     TaskSpec("FUGC", 2),
@@ -130,14 +130,6 @@ class ModelConfig:
         return gh * gw
 
     @property
-    def heatmap_size(self) -> tuple[int, int]:
-        """(height, width) of the heatmaps: each deconv doubles the token grid, the simple
-        head upsamples by 4."""
-        gh, gw = self.grid
-        factor = 4 if self.head_kind == "simple" else 2**self.num_deconv
-        return gh * factor, gw * factor
-
-    @property
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
 
@@ -165,37 +157,39 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Any, notes: list[str] | None = None) -> "ModelConfig":
+        """A config from its ``config.json`` form, every value type-checked (ConfigError
+        naming the key and the value). Keys that are not ours are an error, or, when
+        ``notes`` is a list, one note there (a publisher's config.json carries keys of
+        its own)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON object, got a {type(data).__name__}")
         data = dict(data)
         model_type = data.pop("model_type", MODEL_TYPE)
+        unknown = sorted(set(data) - set(FIELD_TYPES) - {"tasks", "flip_permutations", *CHECKPOINT_KEYS})
         if model_type != MODEL_TYPE:
-            raise ConfigError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
-        tasks = data.pop("tasks", None)
-        perms = data.pop("flip_permutations", {}) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+            if notes is None:
+                raise ConfigError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
+            notes.append(f"model_type {model_type!r} is not {MODEL_TYPE!r}; the keys we know are read")
         if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+            if notes is None:
+                raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+            notes.append(f"config keys not ours, ignored: {', '.join(unknown)}")
+        fields = {key: check_field(key, data[key]) for key in FIELD_TYPES if key in data}
+        tasks = data.get("tasks")
         if tasks is not None:
-            if isinstance(tasks, dict):
-                specs = tuple(TaskSpec(n, int(k), perms.get(n)) for n, k in tasks.items())
-            else:
-                raise ConfigError("config 'tasks' must map task names to keypoint counts")
-            stray = sorted(set(perms) - {s.name for s in specs})
-            if stray:
-                raise ConfigError(f"flip_permutations name unknown tasks: {', '.join(stray)}")
-            data["tasks"] = specs
-        return cls(**data)
+            fields["tasks"] = task_table(tasks, data.get("flip_permutations"))
+        elif data.get("flip_permutations"):
+            raise ConfigError("flip_permutations given without a tasks table")
+        return cls(**fields)
 
-    def save(self, directory: str | os.PathLike) -> str:
-        """Write ``config.json`` into ``directory`` atomically; returns its path."""
-        os.makedirs(directory, exist_ok=True)
+    def save(self, directory: str | os.PathLike, **extra: Any) -> str:
+        """Write ``config.json`` into ``directory`` atomically; returns its path. ``extra``
+        adds checkpoint keys (see `CHECKPOINT_KEYS`)."""
+        from sonichu_jax.fileio import write_json
+
         path = os.path.join(directory, CONFIG_NAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
+        write_json(path, {**self.to_dict(), **extra})
         return path
 
     @classmethod
@@ -208,9 +202,110 @@ class ModelConfig:
                 data = json.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"no config file at {path}") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+# -- config.json values -----------------------------------------------------------------
+# Keys a checkpoint's config.json may hold beside the architecture: which parts of the
+# model hold trained weights (a converted backbone-only checkpoint says ["backbone"]).
+CHECKPOINT_KEYS = ("pretrained_parts",)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(minimum: int):
+    def check(key: str, value: Any) -> int:
+        if not _is_int(value) or value < minimum:
+            raise ConfigError(f"config {key} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    return check
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"config {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"config {key} must be true or false, got {value!r}")
+    return value
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"config {key} must be a string, got {value!r}")
+    return value
+
+
+def _size(key: str, value: Any) -> tuple[int, int]:
+    """(height, width) from [h, w], or from one int for a square (Hugging Face style)."""
+    if _is_int(value) and value > 0:
+        return value, value
+    if isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value):
+        return value[0], value[1]
+    raise ConfigError(f"config {key} must be [height, width] (positive integers) or one integer, got {value!r}")
+
+
+FIELD_TYPES = {
+    "image_size": _size, "patch_size": _int(1), "in_channels": _int(1), "width": _int(1), "depth": _int(1),
+    "num_heads": _int(1), "mlp_ratio": _number, "qkv_bias": _bool, "layer_norm_eps": _number,
+    "pos_embed": _text, "patch_padding": _int(0), "head_kind": _text, "head_sharing": _text,
+    "deconv_filters": _int(1), "num_deconv": _int(0), "batch_norm_eps": _number, "softargmax_beta": _number,
+    "dtype": _text,
+}
+
+
+def _by_default_type(default: Any):
+    """The check for a field without an entry above, from the type of its default."""
+    if isinstance(default, bool):
+        return _bool
+    if isinstance(default, int):
+        return _int(0)
+    if isinstance(default, float):
+        return _number
+    return _text
+
+
+# Every other field of ModelConfig (compute options added later, say) is checked by the
+# type of its default value.
+FIELD_TYPES.update({f.name: _by_default_type(f.default) for f in dataclasses.fields(ModelConfig)
+                    if f.name not in FIELD_TYPES and f.name != "tasks"})
+
+
+def check_field(key: str, value: Any) -> Any:
+    """A ModelConfig field's value from its JSON form, or ConfigError naming both."""
+    return FIELD_TYPES[key](key, value)
+
+
+def task_table(tasks: Any, flip_permutations: Any = None, key: str = "tasks") -> tuple[TaskSpec, ...]:
+    """Task specs from ``{"name": keypoint count}`` (and ``{"name": [permutation]}``)."""
+    if not isinstance(tasks, dict) or not tasks:
+        raise ConfigError(f"config {key} must map task names to keypoint counts, got {tasks!r}")
+    perms = flip_permutations or {}
+    if not isinstance(perms, dict):
+        raise ConfigError(f"config flip_permutations must map task names to permutations, got {perms!r}")
+    stray = sorted(set(perms) - set(tasks))
+    if stray:
+        raise ConfigError(f"flip_permutations name unknown tasks: {', '.join(stray)}")
+    specs = []
+    for name, count in tasks.items():
+        if not _is_int(count) or count < 1:
+            raise ConfigError(f"config {key}.{name} must be a keypoint count (an integer >= 1), got {count!r}")
+        perm = perms.get(name)
+        if perm is not None and (not isinstance(perm, list) or not all(_is_int(i) for i in perm)):
+            raise ConfigError(f"config flip_permutations.{name} must be a list of keypoint indices, got {perm!r}")
+        specs.append(TaskSpec(name, count, perm))
+    return tuple(specs)
 
 
 def card_config(**changes: Any) -> ModelConfig:

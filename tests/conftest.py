@@ -57,3 +57,13 @@ def quick_demo(tmp_path_factory):
     with contextlib.redirect_stdout(stdout):
         code = main(["demo", "--quick", "--out", str(out)])
     return types.SimpleNamespace(out=out, code=code, stdout=stdout.getvalue())
+
+
+def numpy_model(cfg, seed=0):
+    """A model with random values in every variable, built without compiling an
+    initialiser (jit-initialising even the tiny model costs seconds on a 2-core CPU)."""
+    from sonichu_jax.checkpoint import model_from_arrays
+    from sonichu_jax.convert.shapes import model_shapes
+
+    rng = np.random.default_rng(seed)
+    return model_from_arrays(cfg, {k: (0.1 * rng.normal(size=s)).astype(np.float32) for k, s in model_shapes(cfg).items()})

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import random_images, write_reference_checkpoint
-from sonichu_jax.checkpoint import FLAX_WEIGHTS_NAME, flat_state, init_model
+from conftest import numpy_model, random_images, write_reference_checkpoint
+from sonichu_jax.checkpoint import FLAX_WEIGHTS_NAME, flat_state
 from sonichu_jax.config import tiny_config
 from sonichu_jax.convert import ConversionError
 from sonichu_jax.errors import InputError
@@ -117,8 +117,11 @@ def test_missing_and_extra_tensors_are_named(reference_dir, tmp_path):
     with pytest.raises(ConversionError) as info:
         SonichuModel.from_pretrained(out)
     message = str(info.value)
-    assert "heads/HC/final/bias" in message
-    assert "backbone.blocks.0.attn.rel_pos" in message
+    assert "heads/HC/final/bias: 4 parameters, 1 tensor" in message  # a head partly present: never new
+    assert "rel_pos" not in message  # unused tensors alone do not stop loading
+    with pytest.raises(ConversionError) as info:
+        SonichuModel.from_pretrained(out, strict=True)
+    assert "backbone.blocks.0.attn.rel_pos: 3 parameters, 1 tensor" in str(info.value)
 
 
 def test_shape_mismatch_names_tensor_and_shapes(reference_dir, tmp_path):
@@ -141,14 +144,13 @@ def test_unknown_task_lists_valid_tasks(reference_dir):
 def test_missing_directory_and_files(tmp_path):
     with pytest.raises(InputError, match="not found"):
         SonichuModel.from_pretrained(tmp_path / "nope")
-    with pytest.raises(InputError, match="neither"):
+    with pytest.raises(InputError, match="holds none of flax_model.safetensors, model.safetensors"):
         SonichuModel.from_pretrained(tmp_path)
 
 
 def test_flax_checkpoint_round_trip(tmp_path):
     cfg = tiny_config(pos_embed="learned_cls_folded", head_sharing="shared_trunk")
-    model = init_model(cfg, seed=4)
-    model.eval()
+    model = numpy_model(cfg, seed=4)
     model.save_pretrained(tmp_path)
     assert os.path.isfile(tmp_path / FLAX_WEIGHTS_NAME)
     loaded = SonichuModel.from_pretrained(tmp_path)

@@ -59,8 +59,8 @@ def test_mismatch_exits_2_and_writes_nothing(tmp_path, sonichu_dir, capsys):
     assert not out_dir.exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".out")] == []  # no temporary left behind
     captured = capsys.readouterr()
-    assert "unmapped source tensor: backbone.extra_thing" in captured.out
-    assert "Flax parameter not filled: heads/A/final/bias" in captured.out
+    assert "backbone.extra_thing: 2 parameters, 1 tensor" in captured.out  # reported, not an error by itself
+    assert "ERROR 1 model variable is missing from the checkpoint (3 parameters):\n    heads/A/final/bias" in captured.out
     assert "shape mismatch: backbone.blocks.0.mlp.fc1.weight" in captured.out
     assert "nothing written" in captured.err
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is False
@@ -86,3 +86,36 @@ def test_ijepa_pth_with_predictor(tmp_path):
     assert written == ["config.json", "flax_model.safetensors", "flax_predictor.safetensors",
                        "predictor_config.json", "preprocessor_config.json"]
     assert json.loads((tmp_path / "out" / "predictor_config.json").read_text()) == {"width": 32, "depth": 1, "num_heads": 2}
+
+
+# -- --force never loses data (issue 11) ------------------------------------------------------------
+def _listing(directory):
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+def test_force_onto_the_source_directory_is_refused_and_deletes_nothing(tmp_path, sonichu_dir, capsys):
+    """Before, `convert DIR --out DIR --force` deleted the source checkpoint and everything else in DIR."""
+    src, _ = sonichu_dir
+    (src / "README.md").write_text("the publisher's notes")
+    before = _listing(src)
+    for out in (src, src / "flax", tmp_path):  # the input itself, inside it, holding it
+        assert main(["convert", str(src), "--out", str(out), "--force"]) == 2
+        assert "overlap" in capsys.readouterr().err
+    assert _listing(src) == before
+
+
+def test_force_replaces_only_what_convert_writes(tmp_path, sonichu_dir):
+    src, _ = sonichu_dir
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "config.json").write_text("{}")
+    assert main(["convert", str(src), "--out", str(out)]) == 2  # not empty: needs --force
+    assert main(["convert", str(src), "--out", str(out), "--force"]) == 0
+    assert sorted(os.listdir(out)) == ["config.json", "flax_model.safetensors", "notes.txt", "preprocessor_config.json"]
+    assert (out / "notes.txt").read_text() == "mine" and json.loads((out / "config.json").read_text())["tasks"]
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".out")] == []
+    # a weights file this conversion would not replace would be read instead: refused, kept
+    (out / "model.safetensors").write_bytes(b"stale")
+    assert main(["convert", str(src), "--out", str(out), "--force", "--to", "flax"]) == 2
+    assert (out / "model.safetensors").read_bytes() == b"stale"

@@ -18,7 +18,7 @@ from sonichu_jax.convert import (
     export_tensors,
     write_safetensors,
 )
-from sonichu_jax.convert.tables import bicubic_matrix, resize_grid_table, sincos_2d
+from sonichu_jax.posembed import bicubic_matrix, resize_grid_table, sincos_2d
 from sonichu_jax.convert.transforms import CLASS_SLOT_ALWAYS, position_table
 
 
@@ -143,7 +143,8 @@ def test_missing_tensor_is_named():
     del source["backbone.blocks.0.mlp.fc2.weight"]
     _, report = convert(source)
     assert report.unfilled == ["backbone/blocks/0/mlp/fc2/kernel"]
-    assert "Flax parameter not filled: backbone/blocks/0/mlp/fc2/kernel" in str(ConversionError(report))
+    assert ("1 model variable is missing from the checkpoint (256 parameters):\n"
+            "    backbone/blocks/0/mlp/fc2/kernel: 256 parameters, 1 tensor") in str(ConversionError(report))
 
 
 def test_extra_tensor_is_named():
@@ -152,7 +153,11 @@ def test_extra_tensor_is_named():
     source["heads.B.final_layer.weight"] = np.zeros((2, 4, 1, 1), np.float32)  # a task the model lacks
     _, report = convert(source)
     assert sorted(report.unmapped) == ["backbone.blocks.0.attn.rel_pos_h", "heads.B.final_layer.weight"]
-    assert "unmapped source tensor: backbone.blocks.0.attn.rel_pos_h" in str(ConversionError(report))
+    assert report.errors() == []  # by default unused tensors are reported, not refused
+    message = str(ConversionError(report, strict=True))
+    assert "2 tensors of the checkpoint are not used by the model (11 parameters)" in message
+    assert "backbone.blocks.0.attn.rel_pos_h: 3 parameters, 1 tensor" in message
+    assert "heads.B.*: 8 parameters, 1 tensor" in message
 
 
 def test_wrong_shape_names_tensor_and_both_shapes():

@@ -12,9 +12,11 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import torch_refs  # noqa: E402
+from conftest import numpy_model  # noqa: E402
 from sonichu_jax import checkpoint  # noqa: E402
 from sonichu_jax.config import TaskSpec, tiny_config  # noqa: E402
-from sonichu_jax.convert import LAYOUTS, Options, SafetensorsSource, convert_tensors, infer_config  # noqa: E402
+from sonichu_jax.convert import LAYOUTS, Options, SafetensorsSource, convert_tensors, infer_config, state_defaults  # noqa: E402
+from sonichu_jax.convert.shapes import predictor_shapes  # noqa: E402
 from sonichu_jax.nn.sonichu import SonichuModel  # noqa: E402
 
 IMAGE = (64, 48)
@@ -47,7 +49,7 @@ def convert_file(path, layout, **infer_kwargs):
     inferred = infer_config(source, LAYOUTS[layout], **infer_kwargs)
     cfg = inferred.cfg
     expected = checkpoint.expected_shapes(checkpoint.abstract_model(cfg))
-    arrays, report = convert_tensors(source, LAYOUTS[layout], cfg, expected, checkpoint.state_defaults(cfg),
+    arrays, report = convert_tensors(source, LAYOUTS[layout], cfg, expected, state_defaults(cfg),
                                      options=Options(source_grid=inferred.source_grid))
     assert report.ok, report.summary()
     return checkpoint.model_from_arrays(cfg, arrays), report, inferred
@@ -101,7 +103,7 @@ def test_mmpose_vitpose_parity(tmp_path, head_kind):
     ref = torch_refs.randomize(torch_refs.ViTPoseModel(tcfg, 5), seed=3)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "vitpose.safetensors"))
     model, report, inferred = convert_file(tmp_path / "vitpose.safetensors", "vitpose", task_name="pose",
-                                           hints={"num_heads": 2})
+                                           config={"num_heads": 2})
     assert inferred.cfg.pos_embed == "learned_cls_folded" and inferred.cfg.patch_padding == 2
     assert inferred.cfg.head_kind == head_kind and inferred.cfg.task_names == ("pose",)
     assert [s for s, _ in report.ignored if "cls_token" in s] == ["backbone.cls_token"]
@@ -136,7 +138,7 @@ def test_timm_backbone_features_and_heads_not_provided(tmp_path):
     ref = torch_refs.randomize(torch_refs.timm_vit(tcfg), seed=5)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "timm.safetensors"))
     cfg = tiny_config(image_size=IMAGE, patch_size=16, pos_embed="learned", tasks=(TaskSpec("A", 3),))
-    model = checkpoint.init_model(cfg)
+    model = numpy_model(cfg)
     head_before = np.asarray(model.heads["A"].final.kernel[...]).copy()
     report = checkpoint.load_backbone(model, tmp_path / "timm.safetensors")
     assert report.layout == "timm-vit"
@@ -155,7 +157,7 @@ def test_timm_refuses_unsupported_by_name(tmp_path, name, reason):
     state = {k: v.contiguous() for k, v in torch_refs.timm_vit(tcfg).state_dict().items()}
     state[name] = torch.ones(64)
     save_file(state, str(tmp_path / "timm.safetensors"))
-    model = checkpoint.init_model(tiny_config(image_size=IMAGE, patch_size=16, pos_embed="learned"))
+    model = numpy_model(tiny_config(image_size=IMAGE, patch_size=16, pos_embed="learned"))
     with pytest.raises(checkpoint.ConversionError, match=rf"refused: {name}: .*{reason}"):
         checkpoint.load_backbone(model, tmp_path / "timm.safetensors")
 
@@ -168,15 +170,15 @@ def test_ijepa_encoder_and_predictor_parity(tmp_path):
     predictor = torch_refs.randomize(torch_refs.IJepaPredictor(tcfg, width=32, depth=2), seed=8)
     save_file(torch_refs.ijepa_state(encoder, target, predictor), str(tmp_path / "ijepa.safetensors"))
     source = SafetensorsSource(tmp_path / "ijepa.safetensors")
-    inferred = infer_config(source, LAYOUTS["ijepa"], hints={"num_heads": 2})
+    inferred = infer_config(source, LAYOUTS["ijepa"], config={"num_heads": 2})
     cfg = inferred.cfg
     assert cfg.pos_embed == "sincos" and inferred.predictor == {"width": 32, "depth": 2, "num_heads": 2}
-    arrays, report = convert_tensors(source, LAYOUTS["ijepa"], cfg, checkpoint.predictor_shapes(cfg, 32, 2),
+    arrays, report = convert_tensors(source, LAYOUTS["ijepa"], cfg, predictor_shapes(cfg, 32, 2),
                                      only=("predictor/",))
     assert report.ok, report.summary()
     assert all(s.startswith("encoder.") for s, _ in report.ignored)  # the other encoder, by name
     assert {t.split("/")[0] for _, t in report.skipped} == {"backbone"}
-    model = checkpoint.init_model(cfg)
+    model = numpy_model(cfg)
     checkpoint.load_backbone(model, tmp_path / "ijepa.safetensors")
     model.eval()
     x = images(size=(64, 64))

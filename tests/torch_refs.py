@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sonichu_jax.reference.modeling_sonichu import DEFAULTS, Backbone, Block, Head, PatchEmbed, sincos_table
+from sonichu_jax.reference import ijepa as ijepa_ref
+from sonichu_jax.reference.modeling_sonichu import DEFAULTS, Backbone, Block, Head, PatchEmbed
 
 
 def torch_cfg(**changes) -> dict:
@@ -87,31 +88,18 @@ def timm_vit(cfg: dict) -> nn.Module:
     return Backbone({**cfg, "pos_embed": "learned"})
 
 
-class IJepaPredictor(nn.Module):
-    """The official ``VisionTransformerPredictor`` (names and computation), one target
-    block per call."""
+class IJepaPredictor(ijepa_ref.Predictor):
+    """The official-shaped predictor (`sonichu_jax.reference.ijepa`) called with one
+    context and one target block, as this project's predictor is."""
 
     def __init__(self, cfg: dict, width: int, depth: int):
-        super().__init__()
         h, w = cfg["image_size"]
         grid = (h // cfg["patch_size"], w // cfg["patch_size"])
-        pcfg = {**cfg, "width": width}
-        self.predictor_embed = nn.Linear(cfg["width"], width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.predictor_pos_embed = nn.Parameter(sincos_table(width, *grid)[None], requires_grad=False)
-        self.predictor_blocks = nn.ModuleList([Block(pcfg) for _ in range(depth)])
-        self.predictor_norm = nn.LayerNorm(width, eps=cfg["layer_norm_eps"])
-        self.predictor_proj = nn.Linear(width, cfg["width"])
+        super().__init__(grid, cfg["width"], width, depth, cfg["num_heads"], cfg["mlp_ratio"], cfg["qkv_bias"],
+                         cfg["layer_norm_eps"])
 
     def forward(self, x, context_idx, target_idx):
-        pos = self.predictor_pos_embed[0]
-        x = self.predictor_embed(x) + pos[context_idx]
-        queries = self.mask_token + pos[target_idx]
-        x = torch.cat([x, queries], dim=1)
-        for block in self.predictor_blocks:
-            x = block(x)
-        x = self.predictor_norm(x)[:, -target_idx.shape[1] :]
-        return self.predictor_proj(x)
+        return super().forward(x, [context_idx], [target_idx])
 
 
 def ijepa_state(encoder: nn.Module, target_encoder: nn.Module, predictor: nn.Module) -> dict:

@@ -11,7 +11,12 @@ REFERENCE_MODULE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ref
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="DIR", help="checkpoint directory: config.json + model.safetensors (PyTorch layout)")
+    from sonichu_jax.commands.convert import add_checkpoint_arguments
+
+    parser.add_argument("model", metavar="CKPT", help="checkpoint directory, file or Hub name; a Sonichu PyTorch "
+                        "directory is loaded by the PyTorch module itself, anything else through an export of "
+                        "the loaded weights")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--torch-module", metavar="PY",
                         help="the publisher's modeling_sonichu.py (default: this project's PyTorch reference)")
     parser.add_argument("--tasks", nargs="+", help="tasks to check (default: all)")
@@ -63,15 +68,42 @@ def compare(jax_model, torch_model, task: str, images, with_heatmaps: bool) -> d
     return result
 
 
+def _torch_directory(args, report, workdir: str) -> tuple[str, str | None]:
+    """The directory the PyTorch module loads: the checkpoint itself when it is a Sonichu
+    PyTorch directory that fits exactly, else an export of the weights JAX loaded."""
+    from sonichu_jax.convert import TORCH_WEIGHTS_NAME, open_checkpoint
+    from sonichu_jax.convert.config_json import read_config_json
+
+    ckpt = open_checkpoint(args.model, entry=args.entry)
+    exact = (report.layout == "sonichu" and report.ok and not args.rename
+             and os.path.basename(ckpt.weights) == TORCH_WEIGHTS_NAME and read_config_json(ckpt.config).ours)
+    if exact:
+        return ckpt.directory, None
+    return workdir, (f"PyTorch side: the module on these weights exported to the sonichu layout (layout "
+                     f"{report.layout}); this checks the JAX computation, not the conversion")
+
+
 def run(args: argparse.Namespace) -> int:
+    import tempfile
+
     import numpy as np
 
-    from sonichu_jax.fileio import write_json
+    from sonichu_jax import checkpoint
+    from sonichu_jax.fileio import check_output_file, write_json
     from sonichu_jax.nn.sonichu import SonichuModel
 
+    if args.json:
+        check_output_file(args.json, (".json",), "JSON file")
     torch_cls = load_torch_model_class(args.torch_module or REFERENCE_MODULE)
-    jax_model = SonichuModel.from_pretrained(args.model)
-    torch_model = torch_cls.from_pretrained(args.model).eval()
+    loaded: list = []
+    jax_model = SonichuModel.from_pretrained(args.model, layout=args.layout, rename=args.rename, entry=args.entry,
+                                             report=loaded)
+    with tempfile.TemporaryDirectory(prefix="sonichu-parity-") as workdir:
+        directory, note = _torch_directory(args, loaded[0], workdir)
+        if note:
+            checkpoint.export_pytorch(jax_model, workdir, layout="sonichu")
+            print(note)
+        torch_model = torch_cls.from_pretrained(directory).eval()
     tasks = args.tasks or list(jax_model.cfg.task_names)
     for task in tasks:
         jax_model.cfg.task(task)

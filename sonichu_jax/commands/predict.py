@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(the FM_UIA layout, which evaluate --predictions scores)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the config's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    parser.add_argument("--rename", action="append", metavar="REGEX=REPLACEMENT", default=[],
+                        help="rename checkpoint tensors before loading (repeatable; see `sonichu-jax convert --help`)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     files, missing = expand_inputs(args.inputs)
     if not files and not missing:
         raise InputError(f"no images found in {', '.join(args.inputs)}")
-    model = SonichuModel.from_pretrained(args.model, dtype=args.dtype)
+    model = SonichuModel.from_pretrained(args.model, dtype=args.dtype, rename=args.rename)
     model.cfg.task(args.task)
     prep = SonichuPreprocessor.from_pretrained(args.model)
     overlay_names = dict(zip(files, relative_names(files)))

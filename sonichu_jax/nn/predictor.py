@@ -1,4 +1,5 @@
-"""The I-JEPA predictor (REFERENCE.md section 8), Flax NNX.
+"""The I-JEPA predictor, Flax NNX (Assran et al. 2023, facebookresearch/ijepa; how the official
+checkpoint's names map onto it: docs/checkpoints.md, "I-JEPA").
 
 A narrow transformer that sees the context tokens (encoder outputs, embedded to its own
 width, plus their positions) followed by one mask token per target position (the learned

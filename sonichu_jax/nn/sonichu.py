@@ -86,15 +86,27 @@ class SonichuModel(nnx.Module):
         return features.mean(axis=(1, 2)) if pool == "mean" else features
 
     # -- jitted public API --------------------------------------------------------------
+    def _pixels(self, pixel_values) -> jax.Array:
+        """The input as a (B, H, W, C) array, or a one-line error that says how to fix it."""
+        x = jnp.asarray(pixel_values)
+        c = self.cfg.in_channels
+        if x.ndim == 4 and x.shape[-1] != c and x.shape[1] == c:
+            raise InputError(f"pixel_values of shape {tuple(x.shape)} is channels-first (B, {c}, H, W); this model "
+                             f"takes channels-last (B, H, W, {c}): pass x.transpose(0, 2, 3, 1) (numpy, JAX) or "
+                             "x.permute(0, 2, 3, 1) (torch)")
+        if x.ndim != 4 or x.shape[-1] != c:
+            raise InputError(f"pixel_values must be (batch, height, width, {c}), got shape {tuple(x.shape)}")
+        return x
+
     def heatmaps(self, pixel_values, task: str) -> jax.Array:
         self.cfg.task(task)  # unknown task: a clear error before tracing
         graphdef, state = nnx.split(self)
-        return _jit_heatmaps(graphdef, state, jnp.asarray(pixel_values), task)
+        return _jit_heatmaps(graphdef, state, self._pixels(pixel_values), task)
 
     def predict(self, pixel_values, task: str, tta: bool = True) -> jax.Array:
         self.cfg.task(task)
         graphdef, state = nnx.split(self)
-        return _jit_predict(graphdef, state, jnp.asarray(pixel_values), task, bool(tta))
+        return _jit_predict(graphdef, state, self._pixels(pixel_values), task, bool(tta))
 
     def embed(self, pixel_values, pool: str = "mean") -> jax.Array:
         """Backbone features (the final-normed encoder output, as the heads see it), float32:
@@ -103,17 +115,22 @@ class SonichuModel(nnx.Module):
         if pool not in EMBED_POOLS:
             raise InputError(f"pool must be one of {', '.join(EMBED_POOLS)}, got {pool!r}")
         graphdef, state = nnx.split(self)
-        return _jit_embed(graphdef, state, jnp.asarray(pixel_values), pool)
+        return _jit_embed(graphdef, state, self._pixels(pixel_values), pool)
 
     # -- checkpoints ----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, layout: str | None = None, dtype: str | None = None,
-                        report=None) -> "SonichuModel":
-        """Load a checkpoint directory (config.json + PyTorch-layout model.safetensors, or
-        a converted Flax checkpoint). The model is returned in eval mode."""
+                        report=None, strict: bool = False, tasks=None, rename=None, entry=None) -> "SonichuModel":
+        """Load a checkpoint directory, weights file or Hub name (``owner/name``), in
+        eval mode. Tensors the model does not use are skipped and reported (``strict``:
+        refused); an encoder-only checkpoint, or ``tasks`` not in the checkpoint (names,
+        or ``{name: keypoint count}``), get freshly initialised heads. ``rename``:
+        ``[(regex, replacement), ...]`` applied to tensor names first. See
+        `sonichu_jax.checkpoint.load_pretrained` and docs/checkpoints.md."""
         from sonichu_jax.checkpoint import load_pretrained
 
-        return load_pretrained(path, layout=layout, dtype=dtype, report=report)
+        return load_pretrained(path, layout=layout, dtype=dtype, report=report, strict=strict, tasks=tasks,
+                               rename=rename, entry=entry)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json + flax_model.safetensors (Flax layout)."""

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.convert.tables import sincos_2d as sincos_2d_table
+from sonichu_jax.posembed import sincos_2d as sincos_2d_table
 
 
 class FixedEmbedding(nnx.Variable):

@@ -1,4 +1,9 @@
-"""Position tables in numpy: the fixed 2D sin-cos table and bicubic resizing of learned ones."""
+"""Position tables in numpy: the fixed 2D sin-cos table, bicubic resizing of learned
+tables, and guessing a token grid from a slot count.
+
+numpy only, so that both the Flax modules (`sonichu_jax.nn`) and the converter
+(`sonichu_jax.convert`, which never imports JAX) build the same tables.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,187 @@
+"""Converting a checkpoint into a checkpoint directory: the Flax layout (streamed, one
+tensor at a time) or a PyTorch export (``sonichu``, ``hf-vitpose``), never half-written
+and never touching a file it does not write."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from sonichu_jax.config import CONFIG_NAME, ModelConfig
+from sonichu_jax.convert.files import FLAX_WEIGHTS_NAME, PREPROCESSOR_NAME, TORCH_WEIGHTS_NAME, WEIGHT_NAMES, open_checkpoint
+from sonichu_jax.convert.infer import hf_vitpose_config
+from sonichu_jax.convert.layout import Plan, export_tensors, run_plan
+from sonichu_jax.convert.layouts import LAYOUTS
+from sonichu_jax.convert.loading import ModelPlan, plan_model
+from sonichu_jax.convert.rename import RuleSpec
+from sonichu_jax.convert.report import ConversionError
+from sonichu_jax.convert.safetensors_io import SafetensorsWriter, write_safetensors
+from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import atomic_dir, write_json
+
+PREDICTOR_WEIGHTS = "flax_predictor.safetensors"
+PREDICTOR_CONFIG = "predictor_config.json"
+TARGETS = ("flax", "sonichu", "hf-vitpose")
+# Every file a conversion may write; with ``force`` only these are ever replaced.
+OUTPUT_NAMES = (CONFIG_NAME, FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, PREPROCESSOR_NAME, PREDICTOR_WEIGHTS,
+                PREDICTOR_CONFIG)
+
+
+def write_pytorch(flat: Mapping[str, np.ndarray], cfg: ModelConfig, directory: str | os.PathLike, layout: str) -> None:
+    """Flax arrays by path -> ``model.safetensors`` + ``config.json`` in ``layout``."""
+    if layout not in TARGETS[1:]:
+        raise InputError(f"cannot export to layout {layout!r}; choose one of {', '.join(TARGETS[1:])}")
+    config = hf_vitpose_config(cfg) if layout == "hf-vitpose" else cfg.to_dict()
+    tensors = export_tensors(flat, LAYOUTS[layout], cfg)
+    os.makedirs(directory, exist_ok=True)
+    write_safetensors(os.path.join(directory, TORCH_WEIGHTS_NAME), tensors, metadata={"format": "pt", "layout": layout})
+    write_json(os.path.join(directory, CONFIG_NAME), config)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_dir(out: str | os.PathLike, inputs: Sequence[str], force: bool) -> str:
+    """Check, before any work, that ``out`` can become the output folder: not a file, not
+    below one, not the input, not holding it or held by it; an existing non-empty folder
+    only with ``force``. Returns the real path."""
+    out = os.path.realpath(os.fspath(out))
+    if os.path.isfile(out):
+        raise InputError(f"output {out} is an existing file, not a folder")
+    parent = os.path.dirname(out)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise InputError(f"output {out} is below {parent}, which is a file")
+    for given in inputs:
+        src = os.path.realpath(given)
+        if _inside(src, out) or (os.path.isdir(src) and _inside(out, src)):
+            raise InputError(f"output {out} and the checkpoint {given} overlap; write the conversion elsewhere")
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise InputError(f"output {out} already exists and is not empty; replacing its files must be asked for")
+    return out
+
+
+def _check_shadows(out: str, writing: set[str]) -> None:
+    """A weights file left in ``out`` that this conversion does not replace would be what
+    a loader finds first (or beside the new one): refuse instead of deleting it."""
+    if not os.path.isdir(out):
+        return
+    stale = [n for n in os.listdir(out) if n in WEIGHT_NAMES + OUTPUT_NAMES and n not in writing]
+    if stale:
+        raise InputError(f"output {out} holds {', '.join(sorted(stale))}, which this conversion would not replace "
+                         "and which would be read instead of (or with) its result; remove it or write elsewhere")
+
+
+@contextlib.contextmanager
+def _staging(out: str) -> Iterator[str]:
+    """A temporary folder beside ``out``; on success it becomes ``out`` (new or empty), or
+    its files replace their namesakes in ``out`` one by one (nothing else is touched)."""
+    if not os.path.isdir(out) or not os.listdir(out):
+        with atomic_dir(out) as tmp:
+            yield tmp
+        return
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=os.path.dirname(out))
+    try:
+        yield tmp
+        for name in os.listdir(tmp):
+            os.replace(os.path.join(tmp, name), os.path.join(out, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_flax(plan: Plan, source, directory: str) -> None:
+    """Stream the converted tensors into flax_model.safetensors (and the predictor's file)."""
+    files = {
+        FLAX_WEIGHTS_NAME: [t for t in plan.targets if not t.startswith("predictor/")],
+        PREDICTOR_WEIGHTS: [t for t in plan.targets if t.startswith("predictor/")],
+    }
+    writers = {
+        name: SafetensorsWriter(os.path.join(directory, name), {t: (plan.expected[t], np.float32) for t in targets},
+                                {"format": "flax", "layout": "flax"})
+        for name, targets in files.items()
+        if targets
+    }
+    by_target = {t: writers[name] for name, targets in files.items() for t in targets}
+    complete = False
+    try:
+        run_plan(plan, source, lambda target, array: by_target[target].write(target, array))
+        complete = True
+    finally:
+        for writer in writers.values():
+            writer.close(complete=complete)  # an incomplete file is abandoned with its folder
+
+
+@dataclass
+class Converted:
+    out: str
+    planned: ModelPlan
+    files: list[str]
+
+
+def convert_to_directory(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    to: str = "flax",
+    layout: str | None = None,
+    task_name: str = "keypoints",
+    image_size: tuple[int, int] | None = None,
+    num_heads: int | None = None,
+    encoder: str = "target_encoder",
+    rename: Sequence[RuleSpec] | None = None,
+    entry: str | None = None,
+    strict: bool = False,
+    force: bool = False,
+) -> Converted:
+    """Convert ``source`` (a checkpoint directory, weights file or Hub name) into the
+    folder ``out``: ``to="flax"`` writes ``flax_model.safetensors`` (+ an I-JEPA predictor's
+    ``flax_predictor.safetensors``), ``config.json`` and ``preprocessor_config.json``;
+    ``sonichu`` / ``hf-vitpose`` write a PyTorch ``model.safetensors``. An encoder-only
+    checkpoint gives a directory whose config.json says ``pretrained_parts``, which loads
+    with freshly initialised heads. Raises ConversionError (with the report) when the
+    checkpoint does not fit; nothing is written then, and ``out`` is never half-written.
+    With ``force`` an existing ``out`` keeps every file this function does not write."""
+    if to not in TARGETS:
+        raise InputError(f"unknown output layout {to!r}; choose one of {', '.join(TARGETS)}")
+    ckpt = open_checkpoint(source, rename=rename, entry=entry)
+    inputs = [os.fspath(source) if os.path.exists(source) else ckpt.weights, ckpt.weights] + (
+        [ckpt.directory] if ckpt.directory else [])
+    out = check_output_dir(out, inputs, force)
+    overrides = {k: v for k, v in (("num_heads", num_heads), ("image_size", image_size)) if v is not None}
+    planned = plan_model(ckpt, layout=layout, task_name=task_name, overrides=overrides, encoder=encoder,
+                         with_predictor=to == "flax")
+    report, cfg = planned.report, planned.cfg
+    if report.errors(strict):
+        raise ConversionError(report, context=ckpt.weights, strict=strict)
+    if to != "flax" and report.new_heads:
+        raise InputError(f"a PyTorch export needs a whole model; {ckpt.weights} holds no weights for the heads "
+                         f"of {', '.join(report.new_heads)}")
+    predictor = planned.inferred.predictor if any(t.startswith("predictor/") for t in planned.plan.targets) else None
+    writing = {CONFIG_NAME, PREPROCESSOR_NAME} | (
+        {FLAX_WEIGHTS_NAME} | ({PREDICTOR_WEIGHTS, PREDICTOR_CONFIG} if predictor else set())
+        if to == "flax" else {TORCH_WEIGHTS_NAME})
+    _check_shadows(out, writing)
+    from sonichu_jax.preprocess import SonichuPreprocessor  # OpenCV: only when writing
+
+    with _staging(out) as tmp:
+        if to == "flax":
+            _write_flax(planned.plan, ckpt.source, tmp)
+            parts = ["backbone"] + ([] if report.new_heads else ["heads"]) + (["predictor"] if predictor else [])
+            cfg.save(tmp, **({"pretrained_parts": parts} if report.new_heads or predictor else {}))
+            if predictor:
+                write_json(os.path.join(tmp, PREDICTOR_CONFIG), predictor)
+        else:
+            arrays: dict = {}
+            run_plan(planned.plan, ckpt.source, arrays.__setitem__)
+            write_pytorch(arrays, cfg, tmp, to)
+        SonichuPreprocessor(size=cfg.image_size).save_pretrained(tmp)
+        files = sorted(os.listdir(tmp))
+    return Converted(out, planned, files)

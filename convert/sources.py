@@ -1,0 +1,71 @@
+"""Opening a weights file as a tensor source: safetensors, a torch pickle, or a sharded
+checkpoint (``model.safetensors.index.json`` / ``pytorch_model.bin.index.json`` + shards)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable
+
+import numpy as np
+
+from sonichu_jax.convert.safetensors_io import SafetensorsSource
+from sonichu_jax.convert.torch_io import TORCH_SUFFIXES, TorchSource
+from sonichu_jax.errors import InputError
+
+INDEX_SUFFIX = ".index.json"
+
+
+class ShardedSource:
+    """The tensors of every shard named by a Hugging Face index file (``weight_map``: tensor
+    name -> shard file), as one source. Shards are opened lazily, headers only."""
+
+    def __init__(self, index_path: str | os.PathLike):
+        self.path = os.fspath(index_path)
+        try:
+            with open(self.path) as fh:
+                index = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the shard index {self.path}: {exc}") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise InputError(f"{self.path} has no weight_map (tensor name -> shard file)")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        self._shard_of = {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
+        self._shards: dict[str, object] = {}
+        for shard in dict.fromkeys(self._shard_of.values()):
+            if not os.path.isfile(shard):
+                raise InputError(f"{self.path} names the shard {os.path.basename(shard)}, which is missing")
+        for name, shard in self._shard_of.items():
+            if name not in self._open(shard).keys():
+                raise InputError(f"{self.path} places {name} in {os.path.basename(shard)}, which does not hold it")
+
+    def _open(self, shard: str):
+        if shard not in self._shards:
+            self._shards[shard] = open_source(shard)
+        return self._shards[shard]
+
+    def keys(self) -> Iterable[str]:
+        return list(self._shard_of)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._open(self._shard_of[name]).shape(name)
+
+    def dtype(self, name: str) -> str:
+        return self._open(self._shard_of[name]).dtype(name)
+
+    def get(self, name: str) -> np.ndarray:
+        return self._open(self._shard_of[name]).get(name)
+
+
+def open_source(path: str | os.PathLike, entry: str | None = None):
+    """A tensor source for a .safetensors file, a torch pickle (by suffix; ``entry`` picks
+    the state dict inside its container) or a shard index."""
+    path = os.fspath(path)
+    if path.endswith(TORCH_SUFFIXES):
+        return TorchSource(path, entry=entry)
+    if entry is not None:
+        raise InputError(f"{path}: a container entry ({entry!r}) applies to PyTorch pickles only")
+    if path.endswith(INDEX_SUFFIX):
+        return ShardedSource(path)
+    return SafetensorsSource(path)
