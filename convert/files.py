@@ -98,6 +98,15 @@ def hub_directory(name: str) -> str:
     raise InputError(f"{name} is not a local path, and {where} holds none of {', '.join(WEIGHT_NAMES)}")
 
 
+def local_path(path: str | os.PathLike) -> str:
+    """``path`` itself, or the local snapshot folder of a Hub name (``owner/name``) when no
+    such local path exists."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and HUB_NAME.fullmatch(path):
+        return hub_directory(path)
+    return path
+
+
 @dataclass
 class Checkpoint:
     """An opened checkpoint: its tensors (seen through the rename rules), its config.json
@@ -121,9 +130,8 @@ def open_checkpoint(path: str | os.PathLike, *, rename: Sequence[RuleSpec] | Non
     local path exists). Reads headers (or the pickle's structure) only."""
     path = os.fspath(path)
     context = []
-    local = path
-    if not os.path.exists(path) and HUB_NAME.fullmatch(path):
-        local = hub_directory(path)
+    local = local_path(path)
+    if local != path:
         context.append(f"fetched from the Hugging Face Hub: {path} -> {local}")
     directory, weights = resolve_weights(local)
     source = open_source(weights, entry=entry)

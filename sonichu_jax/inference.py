@@ -14,9 +14,8 @@ from tqdm.auto import tqdm
 
 from sonichu_jax.errors import InputError
 from sonichu_jax.nn.sonichu import SonichuModel
-from sonichu_jax.preprocess import SonichuPreprocessor
+from sonichu_jax.preprocess import SonichuPreprocessor, find_images
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
@@ -164,10 +163,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     files, missing = [], []
     for item in inputs:
         if os.path.isdir(item):
-            found = []
-            for root, _, names in os.walk(item):
-                found += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
-            files += sorted(found)
+            files += find_images(item)
         elif os.path.isfile(item):
             files.append(item)
         else:

@@ -191,10 +191,16 @@ class SonichuPreprocessor:
     def from_pretrained(
         cls, directory: str | os.PathLike, model_config: ModelConfig | None = None
     ) -> "SonichuPreprocessor":
-        """Read ``preprocessor_config.json`` (HF-style keys accepted, others ignored);
-        defaults when it is absent. The model's config (``model_config``, else the
-        Sonichu ``config.json`` in the same directory, if there is one) gives the size when
-        none is set, and a size that differs from the model's is refused."""
+        """Read ``preprocessor_config.json`` (HF-style keys accepted, others ignored) from a
+        checkpoint directory, the directory of a weights file, or a Hub name; defaults when
+        it is absent. The model's config (``model_config``, else the Sonichu
+        ``config.json`` in the same directory, if there is one) gives the size when none is
+        set, and a size that differs from the model's is refused."""
+        from sonichu_jax.convert.files import local_path
+
+        directory = local_path(directory)
+        if os.path.isfile(directory):
+            directory = os.path.dirname(os.path.abspath(directory))
         path = os.path.join(directory, PREPROCESSOR_CONFIG_NAME)
         kwargs = _read_config(path) if os.path.lexists(path) else {}
         cfg = model_config or _model_config_beside(directory)

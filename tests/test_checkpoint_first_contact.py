@@ -313,10 +313,14 @@ def test_hub_name_loads_from_the_cache_offline(sonichu_src, tmp_path):
     code = ("import numpy as np; from sonichu_jax.convert import open_checkpoint; "
             "c = open_checkpoint('owner/sonichu-tiny'); print(c.weights); print(sorted(c.config['tasks'])); "
             "np.save('out.npy', c.source.get('backbone.blocks.0.attn.qkv.weight')); "
+            "from sonichu_jax.preprocess import SonichuPreprocessor; "
+            "print(list(SonichuPreprocessor.from_pretrained('owner/sonichu-tiny').size), c.config['image_size']); "
             "open_checkpoint('owner/not-cached')")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.stdout.splitlines()[0] == str(snapshot / "model.safetensors")
+    size, expected_size = out.stdout.splitlines()[2].split("] [")
+    assert size + "]" == "[" + expected_size  # the preprocessor is found through the Hub name too
     assert "owner/not-cached is not a local path, and the Hugging Face Hub cache (offline) holds none of" in out.stderr
     expected = load_file(os.path.join(src, "model.safetensors"))["backbone.blocks.0.attn.qkv.weight"].numpy()
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
