@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     config = apply_overrides(load_config_file(args.config), sets).validate()
     batch = config.data.batch_size
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
-    graphdef, state = ijepa.create_state(config, mesh)
-    step = ijepa.compile_step(ijepa.make_train_step(graphdef, config), state, mesh)
+    pretrainer = ijepa.build_pretrainer(config, mesh)
+    state, step = pretrainer.init_state(), pretrainer.step
 
     sampler = MultiBlockMaskSampler(config.masks, config.model.grid, seed=0)
     rng = np.random.default_rng(0)

@@ -73,7 +73,7 @@ def test_teachers_stay_frozen_and_have_no_optimiser_state(cfg):
     aux = jax.device_put(aux, shardings)
     before = flat(aux)
     objective = Distillation(graphdef, cfg, DistillSettings())
-    state, step, mesh, _ = setup(cfg, objective=objective, aux_shardings=shardings)
+    state, step, mesh, _ = setup(cfg, objective=objective, extra=(aux,))
     plain_state, *_ = setup(cfg)
     assert jax.tree.structure(state.opt_state) == jax.tree.structure(plain_state.opt_state)
     b = batch(cfg, 8, 0)
@@ -109,7 +109,7 @@ for name, mesh in {"one": mesh_lib.make_mesh(devices=jax.devices()[:1]), "data4_
     aux = {"params": params, "rest": rest}
     sh = teacher_shardings(mesh, aux)
     aux = jax.device_put(aux, sh)
-    state, step, mesh, _ = setup(cfg, mesh=mesh, objective=Distillation(graphdef, cfg, DistillSettings()), aux_shardings=sh)
+    state, step, mesh, _ = setup(cfg, mesh=mesh, objective=Distillation(graphdef, cfg, DistillSettings()), extra=(aux,))
     losses = []
     for t in (0, 1):
         state, metrics = step(state, mesh_lib.global_batch(mesh, batch(cfg, 16, t, seed=t)), aux)

@@ -76,7 +76,7 @@ def pretrain_scenario(frames: str, tmp_path) -> None:
     from safetensors.numpy import load_file
 
     from sonichu_jax import cli
-    from sonichu_jax.train.ijepa_loop import pretrain
+    from sonichu_jax.train.pretrain import pretrain
 
     # one straight run through the CLI
     straight = tmp_path / "straight"
@@ -106,7 +106,7 @@ def pretrain_scenario(frames: str, tmp_path) -> None:
     from sonichu_jax.data.synthetic import synthetic_tasks
     from sonichu_jax.nn.sonichu import SonichuModel
     from sonichu_jax.train.configlib import InitConfig, TeacherConfig
-    from sonichu_jax.train.teacher import model_initializer
+    from sonichu_jax.train.supervised import model_initializer
 
     teacher = TeacherConfig(model=tiny_config(depth=1, tasks=synthetic_tasks(("HC",))),
                             init=InitConfig(kind="backbone", path=str(straight / "backbone")))
