@@ -66,3 +66,18 @@ def batch(cfg, size, task_index, seed=0):
 def flat(tree) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def assert_finite_checkpoint(directory, step) -> None:
+    """The checkpoint restores finite: every element, and the parameters' global norm as
+    the train step computes it (float32), which overflows long before the elements do."""
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(directory) as manager:
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    for leaf in jax.tree.leaves(state):
+        assert np.isfinite(np.asarray(leaf, np.float64)).all()
+    square_sum = np.float32(0.0)
+    for leaf in jax.tree.leaves(state["params"]):
+        square_sum += np.square(np.asarray(leaf, np.float32)).sum(dtype=np.float32)
+    assert np.isfinite(np.sqrt(square_sum)), f"parameter norm overflows in checkpoint {step}"

@@ -122,7 +122,7 @@ class Distillation:
 
     def __init__(self, teacher_graphdef, teacher_cfg: ModelConfig, settings: DistillSettings):
         self.settings = settings
-        self.kpts = jnp.asarray([t.num_keypoints for t in teacher_cfg.tasks])
+        self.kpts = np.asarray([t.num_keypoints for t in teacher_cfg.tasks], np.int32)  # no device array at build time
         predict = make_predict_step(teacher_graphdef, teacher_cfg, settings.teacher_tta)
         self._predict_all = jax.vmap(
             lambda params, rest, images, task: predict(params, rest, images, task).mean(0),
@@ -139,7 +139,7 @@ class Distillation:
         real = batch["has_label"] if s.pseudo_as_real else batch["has_label"] * (1.0 - batch["is_pseudo"])
         loss_real = l1_loss(pred, batch["keypoints"], batch["valid"] * real[:, None])
         # The teacher term covers every sample, over the task's keypoints (not the padding).
-        task_k = self.kpts[batch["task_id"][0]]
+        task_k = jnp.asarray(self.kpts)[batch["task_id"][0]]
         in_task = (jnp.arange(pred.shape[1]) < task_k).astype(pred.dtype)
         loss_teacher = l1_loss(pred, target, jnp.broadcast_to(in_task, pred.shape[:2]))
         total = s.real_weight * loss_real + s.teacher_weight * loss_teacher
