@@ -205,8 +205,8 @@ class _Run:
                 self.state, metrics = self.program.step(self.state, batch, *self.program.extra)
                 self.step += 1
                 self.buffer.add(self.step, metrics)
-                if self.console is not None:
-                    self.console.advance()
+                for sink in self.sinks:
+                    sink.step(self.step)
                 self.cadence(limit)
                 self.signal = stop.requested(self.step, self.config.log.every_steps)
                 if self.signal:

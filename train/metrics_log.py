@@ -5,7 +5,8 @@ the host wait for the device each step; instead the loop buffers them and fetche
 whole window with one `jax.device_get` every ``log.every_steps`` steps.
 
 Whatever a run reports goes through one interface, `MetricsSink`: one call per metrics
-window (``train_window``) and one per validation (``validation``). `JsonlSink` writes
+window (``train_window``), one per validation (``validation``) and a host-side ``step``
+after every step. `JsonlSink` writes
 ``metrics.jsonl``, `ConsoleSink` owns the progress bar and prints tables through it;
 another sink (TensorBoard, a profiler window) is one more class with the same methods,
 passed to `sonichu_jax.train.loop.run`.
@@ -54,6 +55,10 @@ def summarize(rows: list[tuple[int, dict[str, float]]], last: tuple[str, ...] = 
 
 class MetricsSink:
     """Receives what a run reports; every method may be left as is (does nothing)."""
+
+    def step(self, step: int) -> None:
+        """After every train step, on the host, without waiting for the device (a profiler
+        window starts and stops here)."""
 
     def train_window(self, step: int, metrics: dict[str, float]) -> None:
         """The mean metrics of the window of steps that ends at ``step``."""
@@ -142,7 +147,7 @@ class ConsoleSink(MetricsSink):
         else:
             print(text, flush=True)
 
-    def advance(self) -> None:
+    def step(self, step):
         if self.bar is not None:
             self.bar.update(1)
 

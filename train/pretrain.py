@@ -26,6 +26,7 @@ from sonichu_jax.train.configlib import with_absolute_path
 from sonichu_jax.train.ijepa_config import IJEPAConfig
 from sonichu_jax.train.loop import Program, RunResult, Stage, run
 from sonichu_jax.train.metrics_log import MetricsSink
+from sonichu_jax.train.run_dir import export_to
 
 BACKBONE_DIR = "backbone"
 PYTORCH_DIR = "backbone_pytorch"
@@ -78,8 +79,8 @@ class PretrainStage(Stage):
         model = checkpoint.init_model(self.config.model, seed=self.config.seed)
         nnx.update(model.backbone, target)
         model.eval()
-        model.save_pretrained(os.path.join(out_dir, BACKBONE_DIR))
-        checkpoint.export_pytorch(model, os.path.join(out_dir, PYTORCH_DIR), layout="sonichu")
+        export_to(out_dir, BACKBONE_DIR, model.save_pretrained)
+        export_to(out_dir, PYTORCH_DIR, lambda directory: checkpoint.export_pytorch(model, directory, layout="sonichu"))
 
 
 def pretrain(config: IJEPAConfig, frames_dir: str | os.PathLike | None, out_dir: str | os.PathLike, *,

@@ -200,7 +200,7 @@ def draw_overlays(out: str, profile: Profile, student_dir: str, records) -> str:
 
 def run_demo(out: str, *, quick: bool = False, seed: int = 0, force: bool = False) -> DemoResult:
     """Every stage of the recipe into ``out``; returns the final table and where
-    everything went. (A run report over the stages' outputs belongs after the last stage.)"""
+    everything went."""
     name = "quick" if quick else "full"
     profile, started = PROFILES[name], time.perf_counter()
     out = prepare_out(out, force)
@@ -214,5 +214,6 @@ def run_demo(out: str, *, quick: bool = False, seed: int = 0, force: bool = Fals
     models["student"] = student
     columns, records = evaluate_all(out, profile, data["test"], models)
     overlays = draw_overlays(out, profile, student, records)
+    # A run report over the stages' outputs (metrics, checkpoints, overlays) goes here.
     return DemoResult(out, name, columns, models, overlays, len(records), (time.perf_counter() - started) / 60,
                       {"backbone": backbone, "pseudo_labels": pseudo_path})

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import tempfile
+from typing import Any, Callable
 
 from etils import epath
 
@@ -81,6 +82,21 @@ class RunDir:
             (self.path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         else:
             write_json(self.path / CONFIG_FILE, config)
+
+
+def export_to(out_dir: str, name: str, write: Callable[[str], None]) -> None:
+    """Let ``write(directory)`` write the export ``name`` of a run. On object storage
+    (``gs://``) it writes into a local temporary folder whose files are then copied up,
+    since exports are written with plain file operations."""
+    if "://" not in out_dir:
+        write(os.path.join(out_dir, name))
+        return
+    target = epath.Path(out_dir) / name
+    with tempfile.TemporaryDirectory() as tmp:
+        write(tmp)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in epath.Path(tmp).iterdir():  # an export is one flat folder of files
+            path.copy(target / path.name, overwrite=True)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

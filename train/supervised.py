@@ -29,6 +29,7 @@ from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig
 from sonichu_jax.train.optim import GroupedAdamW
+from sonichu_jax.train.run_dir import export_to
 from sonichu_jax.train.state import (
     TrainState,
     fresh_state,
@@ -85,14 +86,15 @@ class Trainer:
         return make_eval_step(self.graphdef, self.config.model, self.mesh, self.config.log.eval_tta,
                               self.shardings())
 
-    def export(self, state: TrainState, directory: str) -> None:
-        """Write the weights of ``state`` as a model checkpoint directory (process 0)."""
+    def export(self, state: TrainState, out_dir: str, name: str) -> None:
+        """Write the weights of ``state`` as the model checkpoint directory ``name`` of the
+        run directory ``out_dir`` (process 0)."""
         gather = jax.jit(lambda p, r: (p, r), out_shardings=mesh_lib.replicated(self.mesh))
         params, rest = jax.device_get(gather(state.params, state.rest))
         if jax.process_index() == 0:
             model = merge_model(self.graphdef, self.config.model, params, rest)
             model.eval()
-            model.save_pretrained(directory)
+            export_to(out_dir, name, model.save_pretrained)
 
 
 def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=None, extra: tuple = (),

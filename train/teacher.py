@@ -103,7 +103,7 @@ class SupervisedStage(Stage):
         return validate(eval_step, state, iter(pipe), self.mesh, self.config.model)
 
     def export(self, state, out_dir: str, best: bool = False) -> None:
-        self.trainer.export(state, os.path.join(out_dir, "best" if best else "model"))
+        self.trainer.export(state, out_dir, "best" if best else "model")
 
 
 def train_teacher(config: TeacherConfig, data_spec: str | os.PathLike | None, out_dir: str | os.PathLike, *,
