@@ -147,3 +147,17 @@ def test_distributed_auto_without_a_cluster_is_one_process():
     assert distributed.start(DistributedConfig()) is False
     assert distributed.start(DistributedConfig(mode="off")) is False
     assert jax.process_count() == 1 and distributed.shared_storage_note("/local") is None
+
+
+def test_a_failing_initialisation_leaves_nothing(tmp_path, capsys):
+    """A wrong init.path is found when the fresh state is built: before any output."""
+    from sonichu_jax.data.synthetic import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "syn", 4, tasks=("HC",), size=64)
+    out = tmp_path / "run"
+    argv = ["train-teacher", "--config", "teacher_tiny", "--data", str(data), "--out", str(out),
+            "--set", "init.kind=backbone", "--set", f"init.path={tmp_path / 'missing'}", "--set", "log.progress=false"]
+    assert main(argv) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and "missing" in err[0], err
+    assert not out.exists()

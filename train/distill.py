@@ -33,6 +33,7 @@ from sonichu_jax.train.configlib import TeacherConfig, replace_path, with_absolu
 from sonichu_jax.train.loop import RunResult, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.state import split_model
+from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.step import l1_loss, make_predict_step
 from sonichu_jax.train.supervised import Trainer, build_trainer
 from sonichu_jax.train.teacher import SupervisedStage
@@ -57,12 +58,6 @@ class DistillSettings:
 @dataclass(frozen=True)
 class DistillConfig(TeacherConfig):
     distill: DistillSettings = field(default_factory=DistillSettings)
-
-    def validate(self) -> "DistillConfig":
-        super().validate()
-        if not self.distill.teachers:
-            raise ConfigError("distill.teachers is empty: distillation needs at least one teacher directory")
-        return self
 
 
 def resolve_teacher_dir(path: str) -> str:
@@ -163,10 +158,13 @@ class DistillStage(SupervisedStage):
         return (jax.device_put(self.teachers, teacher_shardings(mesh, self.teachers)),)
 
 
-def abstract_run(config: DistillConfig, mesh: jax.sharding.Mesh, teachers: int = CARD_TEACHERS) -> Trainer:
+def abstract_run(config: DistillConfig, mesh: jax.sharding.Mesh, teachers: int = CARD_TEACHERS,
+                 examples: int | None = None) -> Trainer:
     """A distillation run's step, abstract state, batch and ``teachers`` abstract frozen
     teachers of the student's architecture on ``mesh``, without allocating anything:
-    ``abstract_run(config, mesh).lower().compile()``."""
+    ``abstract_run(config, mesh).lower().compile()``. ``examples`` (the training set's
+    size) turns a schedule in epochs into steps."""
+    config = in_steps(config.validate(), examples)
     mesh_lib.check_batch(config.data.batch_size, mesh)
     model = abstract_model(config.model)
     model.eval()

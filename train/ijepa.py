@@ -34,6 +34,7 @@ from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.ijepa_config import IJEPAConfig, IJEPAOptimConfig
 from sonichu_jax.train.guard import keep_if_finite
 from sonichu_jax.train.optim import decays, path_keys
+from sonichu_jax.train.schedule import in_steps
 
 BATCH_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid")
 TARGET_LN_EPS = 1e-5  # F.layer_norm's default in the official target path
@@ -278,8 +279,10 @@ def build_pretrainer(config: IJEPAConfig, mesh: jax.sharding.Mesh, wrap: Callabl
                       abstract_batch(config, sampler, mesh), step)
 
 
-def abstract_run(config: IJEPAConfig, mesh: jax.sharding.Mesh) -> Pretrainer:
+def abstract_run(config: IJEPAConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Pretrainer:
     """An I-JEPA run's step, abstract state and abstract batch on ``mesh``, without
-    allocating anything: ``abstract_run(config, mesh).lower().compile()``."""
+    allocating anything: ``abstract_run(config, mesh).lower().compile()``. ``examples``
+    (the number of frames) turns a schedule in epochs into steps."""
+    config = in_steps(config.validate(), examples)
     mesh_lib.check_batch(config.data.batch_size, mesh)
     return build_pretrainer(config, mesh)

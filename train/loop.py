@@ -174,14 +174,18 @@ class _Run:
     def start(self) -> None:
         self.program = self.stage.build(self.mesh)
         self.batches = self.stage.batches()
-        self.ckpt = Checkpointer(self.run_dir.join(CHECKPOINTS), self.config.checkpoint)
         restored = None
         if self.resume:
+            self.ckpt = Checkpointer(self.run_dir.join(CHECKPOINTS), self.config.checkpoint)
             is_finite = jax.jit(all_finite)
             restored = self.ckpt.restore_latest(self.program.state, self.batches,
                                                 lambda s: bool(jax.device_get(is_finite(s))), self.say)
             self.say(f"resumed from step {restored[1]}" if restored else "no intact checkpoint: starting at step 0")
+        # A fresh state first: a failing initialisation (say, a wrong init.path) leaves no
+        # checkpoints/ behind that would make the directory look like a run.
         self.state, self.step = restored if restored else (self.stage.initial_state(), 0)
+        if self.ckpt is None:
+            self.ckpt = Checkpointer(self.run_dir.join(CHECKPOINTS), self.config.checkpoint)
         if self.primary:
             self.run_dir.write_config(to_dict(self.config))
             self.console = ConsoleSink(self.stage.name, self.config.steps, self.step, self.stage.postfix,

@@ -26,11 +26,28 @@ def _in_steps(key: str, epochs: float, per_epoch: int) -> int:
     return max(1, steps)
 
 
+def epoch_fields(config: Any) -> list[str]:
+    """The schedule fields ``config`` gives in epochs."""
+    return [k for k in EPOCH_KEYS if has_path(config, k) and get_path(config, k) is not None]
+
+
+def in_steps(config: Any, examples: int | None) -> Any:
+    """``config`` with its schedule in steps, for code that builds a run without its data
+    (an ahead-of-time plan): resolved from ``examples`` when given; a config whose
+    schedule is in epochs cannot do without them."""
+    if examples is not None:
+        return resolve_schedule(config, examples)[0]
+    if epoch_fields(config):
+        raise ConfigError(f"{', '.join(epoch_fields(config))} count in epochs: the number of training examples "
+                          "is needed to turn them into steps")
+    return config
+
+
 def resolve_schedule(config: Any, examples: int) -> tuple[Any, int]:
     """(config with every epoch field turned into steps, steps per epoch). The epoch
     fields stay as given, for the record; the result is checked again in steps."""
     per_epoch = steps_per_epoch(examples, config.data.batch_size)
-    given = [k for k in EPOCH_KEYS if has_path(config, k) and get_path(config, k) is not None]
+    given = epoch_fields(config)
     for key in given:
         config = replace_path(config, steps_twin(key), _in_steps(key, get_path(config, key), per_epoch))
     steps_only = config

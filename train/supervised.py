@@ -30,6 +30,7 @@ from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig
 from sonichu_jax.train.optim import GroupedAdamW
 from sonichu_jax.train.run_dir import export_to
+from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.state import (
     TrainState,
     fresh_state,
@@ -124,10 +125,12 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
                    abstract_batch(cfg, config.data.batch_size, mesh), extra, step)
 
 
-def abstract_run(config: TeacherConfig, mesh: jax.sharding.Mesh) -> Trainer:
+def abstract_run(config: TeacherConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Trainer:
     """A teacher run's step, abstract state and abstract batch on ``mesh``, without
-    allocating anything: ``abstract_run(config, mesh).lower().compile()``. (The
-    distillation and I-JEPA stages have their own `abstract_run`.)"""
+    allocating anything: ``abstract_run(config, mesh).lower().compile()``. ``examples``
+    (the training set's size) turns a schedule in epochs into steps. (The distillation
+    and I-JEPA stages have their own `abstract_run`.)"""
+    config = in_steps(config.validate(), examples)
     mesh_lib.check_batch(config.data.batch_size, mesh)
     return build_trainer(config, mesh)
 
