@@ -2,13 +2,15 @@
 started the way a user starts them (``--coordinator``, ``--num-processes``,
 ``--process-id`` through the CLI's own config path): three steps on host-local halves of
 the global batch give what one process computes on the whole batch, and the run banner
-says so. Same tolerance and same exclusion (final-conv bias, a zero-gradient direction)
-as tests/test_train_sharding.py."""
+says so. Then a SIGTERM to one process only (a preemption notice) stops both at the same
+step, through orbax's preemption sync point. Same tolerance and same exclusion
+(final-conv bias, a zero-gradient direction) as tests/test_train_sharding.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,6 +53,22 @@ if i == 0:
     print(distributed.banner("train-teacher", mesh, 8, 3, None))
     print(distributed.shared_storage_note("/local/run"))
     print("RESULT" + json.dumps({"n": n, "devices": jax.device_count(), "losses": losses, "params": params}))
+
+# Preemption: the test sends SIGTERM to process 1 only; both must stop at the same step.
+import time
+from sonichu_jax.train.checkpointing import Checkpointer
+from sonichu_jax.train.preemption import StopRequest
+ckpt = Checkpointer(sys.argv[4], config.checkpoint)
+with StopRequest(ckpt.manager) as stop:
+    print("READY", flush=True)
+    for k in range(1, 20000):
+        jax.block_until_ready(metrics["loss"] + k)  # a step's worth of host work
+        time.sleep(0.005)
+        signum = stop.requested(k, config.log.every_steps)
+        if signum:
+            print("STOPPED", k, signum, flush=True)
+            break
+ckpt.close()
 """
 
 
@@ -72,18 +90,29 @@ def _one_process():
     return losses, {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}
 
 
-def test_two_processes_match_one():
+def test_two_processes_match_one(tmp_path):
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, tests_dir, address, str(i)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, tests_dir, address, str(i), str(tmp_path / "ck")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     losses, params = _one_process()
+    before = []
+    for p in procs:  # wait until both are in their stop-polling loop
+        lines = []
+        while not lines or not lines[-1].startswith("READY"):
+            line = p.stdout.readline()
+            assert line, p.stderr.read()[-3000:]
+            lines.append(line.strip())
+        before.append(lines)
+    procs[1].send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    lines = outs[0][0].splitlines()
+    stopped = [next(l for l in out.splitlines() if l.startswith("STOPPED")) for out, _ in outs]
+    assert stopped[0] == stopped[1] and stopped[0].endswith(f" {int(signal.SIGTERM)}"), stopped
+    lines = before[0]
     two = json.loads(next(l for l in lines if l.startswith("RESULT"))[len("RESULT"):])
     assert (two["n"], two["devices"]) == (2, 2)
     banner = next(l for l in lines if l.startswith("train-teacher:"))
