@@ -219,8 +219,7 @@ class _Run:
     def cadence(self, limit: int) -> None:
         """After a step: the metrics window, validation and checkpoint, as configured."""
         step = self.step
-        # The last step validates before its save, so that the save records the MRE (best/).
-        validate_now = self.every is not None and ((self.every and step % self.every == 0) or step == self.config.steps)
+        validate_now = self.validates_at(step)
         save_now = step % self.config.checkpoint.every_steps == 0 or validate_now
         if step % self.config.log.every_steps == 0 or save_now or step == limit:
             self.flush()
@@ -228,6 +227,13 @@ class _Run:
             self.validate()
         if save_now:
             self.save()
+
+    def validates_at(self, step: int) -> bool:
+        """Every ``validation_every`` steps, and at the last step, before its save (so that
+        the save records the MRE the final line reports, and ``best/`` can be chosen)."""
+        if self.every is None:
+            return False
+        return step == self.config.steps or (self.every > 0 and step % self.every == 0)
 
     def flush(self) -> None:
         """One fetch of the buffered window; stops the run if any step was non-finite."""
