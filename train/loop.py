@@ -270,6 +270,8 @@ class _Run:
     def finish(self) -> RunResult:
         self.flush()
         finished = self.step == self.config.steps
+        if finished and self.every is not None and (self.validation is None or self.validation[0] != self.step):
+            self.validate()  # a finished run resumed: its result still reports an MRE measured now
         self.save()
         self.ckpt.wait()
         best = self.ckpt.best_step()
