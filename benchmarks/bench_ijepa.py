@@ -26,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+CARD_FRAMES = 160_486  # the card's unlabelled frames
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per chip
 
 
@@ -68,13 +69,15 @@ def main(argv=None) -> int:
     from sonichu_jax.train import ijepa
     from sonichu_jax.train import mesh as mesh_lib
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
+    from sonichu_jax.train.schedule import resolve_schedule
 
     sets = list(args.set) + ([f"data.batch_size={args.batch}"] if args.batch else [])
-    config = apply_overrides(load_config_file(args.config), sets).validate()
+    # A schedule in epochs is counted over the card's 160,486 frames (it only sets the lr).
+    config = resolve_schedule(apply_overrides(load_config_file(args.config), sets).validate(), CARD_FRAMES)[0]
     batch = config.data.batch_size
     mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
-    graphdef, state = ijepa.create_state(config, mesh)
-    step = ijepa.compile_step(ijepa.make_train_step(graphdef, config), state, mesh)
+    pretrainer = ijepa.build_pretrainer(config, mesh)
+    state, step = pretrainer.init_state(), pretrainer.step
 
     sampler = MultiBlockMaskSampler(config.masks, config.model.grid, seed=0)
     rng = np.random.default_rng(0)

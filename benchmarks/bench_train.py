@@ -23,14 +23,13 @@ from sonichu_jax.checkpoint import init_model
 from sonichu_jax.config import card_config, tiny_config
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
-from sonichu_jax.train.configlib import OptimConfig
+from sonichu_jax.train.configlib import DataConfig, MeshConfig, OptimConfig, TeacherConfig
 from sonichu_jax.train.distill import Distillation, DistillSettings, stack_teachers, teacher_shardings
-from sonichu_jax.train.optim import GroupedAdamW
-from sonichu_jax.train.state import create_state, trainable_groups
-from sonichu_jax.train.step import compile_train_step, make_train_step, max_keypoints
+from sonichu_jax.train.step import max_keypoints
+from sonichu_jax.train.supervised import build_trainer
 
 # About 3x the forward FLOPs; ViT-B/16 + one classic head is ~150 GFLOP/image/step
-# (REFERENCE.md s2). Used only for the MFU line.
+# (docs/architecture.md). Used only for the MFU line.
 CARD_STEP_GFLOP = 150.0
 CARD_FORWARD_GFLOP = 51.0  # one teacher's forward pass (XLA cost analysis, one head)
 
@@ -59,25 +58,17 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = (tiny_config if args.model == "tiny" else card_config)(dtype=args.dtype)
+    config = TeacherConfig(model=cfg, data=DataConfig(batch_size=args.batch), optim=OptimConfig(warmup_steps=1),
+                           mesh=MeshConfig(fsdp=args.fsdp), steps=10_000)
     mesh = mesh_lib.make_mesh(fsdp=args.fsdp)
-    optim = OptimConfig(warmup_steps=1)
-    groups = trainable_groups(cfg, False)
-    graphdef, state, opt = create_state(
-        lambda: SonichuModel(cfg, rngs=nnx.Rngs(0)),
-        lambda p: GroupedAdamW(optim, cfg, 10_000, groups, p),
-        mesh,
-    )
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    objective, aux, aux_shardings = None, (), None
+    objective, aux = None, ()
     if args.teachers:
         teacher_graph, params, rest = stack_teachers([init_model(cfg, seed=1 + i) for i in range(args.teachers)])
         objective = Distillation(teacher_graph, cfg, DistillSettings())
-        aux_shardings = teacher_shardings(mesh, {"params": params, "rest": rest})
-        aux = (jax.device_put({"params": params, "rest": rest}, aux_shardings),)
-    step = compile_train_step(
-        make_train_step(graphdef, cfg, opt, False, objective), shardings, mesh_lib.batch_sharding(mesh),
-        mesh_lib.replicated(mesh), aux_shardings,
-    )
+        teachers = {"params": params, "rest": rest}
+        aux = (jax.device_put(teachers, teacher_shardings(mesh, teachers)),)
+    trainer = build_trainer(config, mesh, objective=objective, extra=aux)
+    state, step = trainer.init_state(lambda: SonichuModel(cfg, rngs=nnx.Rngs(0))), trainer.step
     rng = np.random.default_rng(0)
     batches = [mesh_lib.global_batch(mesh, random_batch(cfg, args.batch, i % len(cfg.tasks), rng)) for i in range(4)]
 

@@ -15,7 +15,8 @@ from sonichu_jax.train.distill import DistillConfig, DistillSettings
 
 
 def get_config() -> DistillConfig:
-    # The card's student saw 32,722 labelled + pseudo-labelled samples: the r3 teacher's data.
+    # The card's student saw 32,722 labelled + pseudo-labelled samples: the r3 teacher's data
+    # and schedule (100 epochs, 3 of warm-up, in steps from the run's own training set).
     base = load_config_file(os.path.join(os.path.dirname(__file__), "teacher_r3.py"))
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
     return DistillConfig(**fields, distill=DistillSettings(teacher_weight=0.5, real_weight=1.0, reduce="median"))

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sonichu_jax.errors import ConfigError
+
 
 def keypoint_errors(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(..., K, 2) predictions and targets -> (..., K) distances, NaN where not valid."""
@@ -30,14 +32,21 @@ def image_mre(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> np.nda
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+ENSEMBLE_METHODS = ("median", "mean")
+
+
+def combine(stacked, method: str = "median", xp=np):
+    """Coordinate-wise combination over the leading (model) axis: (M, ...) -> (...).
+    ``xp`` is numpy or jax.numpy, so that the distillation step applies the same rule to
+    its teachers inside ``jit``."""
+    if method not in ENSEMBLE_METHODS:
+        raise ConfigError(f"ensemble method must be one of {', '.join(ENSEMBLE_METHODS)}, got {method!r}")
+    return xp.median(stacked, axis=0) if method == "median" else xp.mean(stacked, axis=0)
+
+
 def ensemble(predictions: Sequence[np.ndarray], method: str = "median") -> np.ndarray:
     """Combine M models' (N, K, 2) predictions coordinate-wise -> (N, K, 2)."""
-    stacked = np.stack([np.asarray(p, np.float64) for p in predictions])
-    if method == "median":
-        return np.median(stacked, axis=0)
-    if method == "mean":
-        return np.mean(stacked, axis=0)
-    raise ValueError(f"ensemble method must be 'median' or 'mean', got {method!r}")
+    return combine(np.stack([np.asarray(p, np.float64) for p in predictions]), method)
 
 
 def _num(value: float | None) -> float | None:
@@ -106,25 +115,35 @@ def compute_mre(
     by_task: dict[str, list[int]] = {}
     for i, task in enumerate(tasks):
         by_task.setdefault(task, []).append(i)
+    errors = {
+        task: keypoint_errors(np.stack([predictions[i] for i in idx]), np.stack([targets[i] for i in idx]),
+                              np.stack([valid[i] for i in idx]))
+        for task, idx in by_task.items()
+    }
+    scales = {task: np.array([np.nan if spacing[i] is None else spacing[i] for i in idx], np.float64)
+              for task, idx in by_task.items()}
+    return report_from_errors(errors, scales)
+
+
+def report_from_errors(
+    errors: Mapping[str, np.ndarray], spacing_mm: Mapping[str, np.ndarray] | None = None
+) -> MREReport:
+    """The report from per-keypoint distances: ``errors[task]`` is (N, K) in original
+    pixels, NaN where a keypoint is not valid (an image without any valid keypoint is
+    not counted); ``spacing_mm[task]`` (N,) the pixel size, NaN where unknown."""
     report = MREReport()
     all_px, all_mm = [], []
-    for task, idx in by_task.items():
-        errors = keypoint_errors(
-            np.stack([predictions[i] for i in idx]), np.stack([targets[i] for i in idx]), np.stack([valid[i] for i in idx])
-        )
-        counted = ~np.isnan(errors).all(axis=1)
-        per_image = np.nanmean(errors[counted], axis=1) if counted.any() else np.zeros(0)
-        scale = np.array([np.nan if spacing[i] is None else spacing[i] for i in idx], np.float64)[counted]
+    for task, err in errors.items():
+        counted = ~np.isnan(err).all(axis=1)
+        per_image = np.nanmean(err[counted], axis=1) if counted.any() else np.zeros(0)
+        scale = np.full(len(err), np.nan) if spacing_mm is None else np.asarray(spacing_mm[task], np.float64)
+        scale = scale[counted]
         with np.errstate(invalid="ignore"):
-            per_keypoint = [float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for col in errors.T]
+            per_keypoint = [float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for col in err.T]
         mm = per_image[np.isfinite(scale)] * scale[np.isfinite(scale)]
         report.tasks[task] = TaskMRE(
-            task=task,
-            n=int(counted.sum()),
-            mre_px=float(per_image.mean()) if len(per_image) else float("nan"),
-            per_keypoint_px=per_keypoint,
-            n_mm=int(len(mm)),
-            mre_mm=float(mm.mean()) if len(mm) else None,
+            task=task, n=int(counted.sum()), mre_px=float(per_image.mean()) if len(per_image) else float("nan"),
+            per_keypoint_px=per_keypoint, n_mm=int(len(mm)), mre_mm=float(mm.mean()) if len(mm) else None,
         )
         all_px.append(per_image)
         all_mm.append(mm)

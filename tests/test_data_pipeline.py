@@ -12,7 +12,6 @@ from sonichu_jax.data.pipeline import (
     block_counts,
     describe_mixture,
     make_eval_pipeline,
-    make_frame_pipeline,
     make_train_pipeline,
     task_weights,
 )
@@ -182,12 +181,6 @@ def test_bad_pipeline_inputs(records):
         make_train_pipeline(records, TASKS, _config(), process_index=0, process_count=4)
     with pytest.raises(InputError, match="weighting"):
         _config(weighting="uniform")
-
-
-def test_frame_pipeline(records):
-    frames = [Record(image=r.image, task=None, source_id=r.source_id) for r in records[:5]]
-    b = next(iter(make_frame_pipeline(frames, _config(batch_size=2), process_index=0, process_count=1)))
-    assert b["image"].shape == (2, 32, 32, 3) and (b["has_label"] == 0).all()
 
 
 def test_fair_split_is_deterministic_per_task_and_excludes_pseudo():

@@ -14,7 +14,9 @@ from flax import nnx
 
 from train_util import batch, flat, initial_weights, setup, tiny
 from sonichu_jax.train import mesh as mesh_lib
+from sonichu_jax.train.configlib import OptimConfig, TeacherConfig
 from sonichu_jax.train.distill import Distillation, DistillSettings, stack_teachers, teacher_shardings
+from sonichu_jax.train.supervised import build_trainer
 
 
 def _teachers(cfg, seeds=(1, 2, 3)):
@@ -73,9 +75,9 @@ def test_teachers_stay_frozen_and_have_no_optimiser_state(cfg):
     aux = jax.device_put(aux, shardings)
     before = flat(aux)
     objective = Distillation(graphdef, cfg, DistillSettings())
-    state, step, mesh, _ = setup(cfg, objective=objective, aux_shardings=shardings)
-    plain_state, *_ = setup(cfg)
-    assert jax.tree.structure(state.opt_state) == jax.tree.structure(plain_state.opt_state)
+    state, step, mesh, _ = setup(cfg, objective=objective, extra=(aux,))
+    plain = build_trainer(TeacherConfig(model=cfg, optim=OptimConfig(warmup_steps=1), steps=100), mesh).state
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(plain.opt_state)
     b = batch(cfg, 8, 0)
     b["has_label"][:] = 0.0  # unlabelled: only the teachers teach
     losses = []
@@ -96,20 +98,27 @@ import jax, numpy as np
 sys.path.insert(0, sys.argv[1])
 from flax import nnx
 from sonichu_jax.train import mesh as mesh_lib
-from sonichu_jax.train.distill import Distillation, DistillSettings, stack_teachers, teacher_shardings
-from train_util import batch, flat, initial_weights, setup, tiny
+from sonichu_jax.train.configlib import DataConfig, OptimConfig
+from sonichu_jax.train.distill import DistillConfig, abstract_run, stack_teachers, teacher_shardings
+from train_util import batch, flat, initial_weights, tiny
 
 cfg = tiny()
+config = DistillConfig(model=cfg, optim=OptimConfig(warmup_steps=1), data=DataConfig(batch_size=16), steps=100)
 models = []
 for seed in (1, 2, 3):
     m = nnx.merge(*initial_weights(cfg, seed)); m.eval(); models.append(m)
 graphdef, params, rest = stack_teachers(models)
+model_graph, weights = initial_weights(cfg, 0)
 out = {}
 for name, mesh in {"one": mesh_lib.make_mesh(devices=jax.devices()[:1]), "data4_fsdp2": mesh_lib.make_mesh(data=4, fsdp=2)}.items():
+    # what a pod plan compiles: abstract student and teachers, nothing allocated
+    live = len(jax.live_arrays())
+    trainer = abstract_run(config, mesh, teachers=3)
+    step = trainer.lower().compile()
+    assert len(jax.live_arrays()) == live, "building or compiling the plan allocated arrays"
+    state = trainer.init_state(lambda w: nnx.merge(model_graph, w), weights)
     aux = {"params": params, "rest": rest}
-    sh = teacher_shardings(mesh, aux)
-    aux = jax.device_put(aux, sh)
-    state, step, mesh, _ = setup(cfg, mesh=mesh, objective=Distillation(graphdef, cfg, DistillSettings()), aux_shardings=sh)
+    aux = jax.device_put(aux, teacher_shardings(mesh, aux))
     losses = []
     for t in (0, 1):
         state, metrics = step(state, mesh_lib.global_batch(mesh, batch(cfg, 16, t, seed=t)), aux)

@@ -76,7 +76,7 @@ def pretrain_scenario(frames: str, tmp_path) -> None:
     from safetensors.numpy import load_file
 
     from sonichu_jax import cli
-    from sonichu_jax.train.ijepa_loop import pretrain
+    from sonichu_jax.train.pretrain import pretrain
 
     # one straight run through the CLI
     straight = tmp_path / "straight"
@@ -106,7 +106,7 @@ def pretrain_scenario(frames: str, tmp_path) -> None:
     from sonichu_jax.data.synthetic import synthetic_tasks
     from sonichu_jax.nn.sonichu import SonichuModel
     from sonichu_jax.train.configlib import InitConfig, TeacherConfig
-    from sonichu_jax.train.teacher import model_initializer
+    from sonichu_jax.train.supervised import model_initializer
 
     teacher = TeacherConfig(model=tiny_config(depth=1, tasks=synthetic_tasks(("HC",))),
                             init=InitConfig(kind="backbone", path=str(straight / "backbone")))
@@ -116,6 +116,32 @@ def pretrain_scenario(frames: str, tmp_path) -> None:
     np.testing.assert_array_equal(kernel, a["backbone/blocks/0/attn/qkv/kernel"])
     torch_layout = SonichuModel.from_pretrained(straight / "backbone_pytorch")
     np.testing.assert_allclose(np.asarray(torch_layout.backbone.blocks[0].attn.qkv.kernel[...]), kernel, atol=1e-7)
+
+    diverging_run_saves_nothing_non_finite(frames, tmp_path / "diverged")
+
+
+def diverging_run_saves_nothing_non_finite(frames: str, out) -> None:
+    """lr=1e30 overflows the parameters on the first step while loss and gradients are
+    still finite: the guard stops the run, and a checkpoint it names as last good (if
+    any) restores finite."""
+    import pytest
+    from train_util import assert_finite_checkpoint
+
+    from sonichu_jax.errors import TrainingDiverged
+    from sonichu_jax.train.configlib import apply_overrides
+    from sonichu_jax.train.pretrain import pretrain
+
+    config = apply_overrides(_config(), ["optim.lr=1e30", "checkpoint.every_steps=1", "steps=8"])
+    with pytest.raises(TrainingDiverged) as info:
+        pretrain(config, frames, out)
+    message = str(info.value)
+    saved = sorted(int(d) for d in os.listdir(out / "checkpoints") if d.isdigit())
+    if not saved:
+        assert "none was saved" in message, message
+        return
+    step = int(message.split("Last good checkpoint: step ")[1].split()[0])
+    assert step == saved[-1], (saved, message)
+    assert_finite_checkpoint(out / "checkpoints", step)
 
 
 def test_tiny_pretrain_resume_and_export(frames, tmp_path):

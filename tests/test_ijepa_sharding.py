@@ -31,8 +31,13 @@ SCRIPT = textwrap.dedent(
     }
     results = {}
     for name, mesh in meshes.items():
-        graphdef, state = ijepa.create_state(config, mesh)
-        step = ijepa.compile_step(ijepa.make_train_step(graphdef, config), state, mesh)
+        # Compiled ahead of time from abstract inputs only (what a pod plan does): nothing
+        # is allocated until init_state, and the executable is the one the run uses.
+        live = len(jax.live_arrays())
+        pretrainer = ijepa.abstract_run(config, mesh)
+        step = pretrainer.lower().compile()
+        assert len(jax.live_arrays()) == live, "building or compiling the plan allocated arrays"
+        state = pretrainer.init_state()
         losses = []
         for b in batches:
             state, metrics = step(state, mesh_lib.global_batch(mesh, b))

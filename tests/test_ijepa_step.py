@@ -187,16 +187,17 @@ def test_one_compilation_for_many_masks():
     config = tiny(model=cfg, predictor=PredictorConfig(width=16, depth=1), steps=200)
     from sonichu_jax.train import mesh as mesh_lib
 
-    mesh = mesh_lib.make_mesh()
-    graphdef, state = ijepa.create_state(config, mesh)
     traces = []
-    inner = ijepa.make_train_step(graphdef, config)
 
-    def counted(state, batch):
-        traces.append(1)
-        return inner(state, batch)
+    def wrap(inner):
+        def counted(state, batch):
+            traces.append(1)
+            return inner(state, batch)
 
-    step = ijepa.compile_step(counted, state, mesh)
+        return counted
+
+    pretrainer = ijepa.build_pretrainer(config, mesh_lib.make_mesh(), wrap=wrap)
+    state, step = pretrainer.init_state(), pretrainer.step
     sampler = MultiBlockMaskSampler(config.masks, cfg.grid, seed=0)
     images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
     lengths = set()

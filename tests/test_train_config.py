@@ -61,6 +61,18 @@ def test_every_config_file_loads_and_serialises():
         json.dumps(to_dict(cfg))
 
 
+def test_every_bundled_config_validates_and_plans_need_examples_for_epochs():
+    from sonichu_jax.train.configlib import bundled_configs
+    from sonichu_jax.train.schedule import in_steps
+
+    for name in bundled_configs():
+        config = load_config_file(name).validate()
+        if config.epochs is not None:  # the ViT-B configs count in epochs, as the card
+            with pytest.raises(ConfigError, match="number of training examples"):
+                in_steps(config, None)
+            assert in_steps(config, 10_000).steps > 0
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "missing.py")

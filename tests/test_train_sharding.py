@@ -1,5 +1,7 @@
 """8 fake CPU devices: the sharded step equals the single-device step on the same global
-batch (data parallel, and data x fsdp), BatchNorm statistics included.
+batch (data parallel, and data x fsdp), BatchNorm statistics included. The step is the
+one a pod plan compiles: `abstract_run` lowered and compiled from abstract inputs only
+(no array is allocated before the fresh state), then run.
 
 Tolerance: float32 sums reduced in a different order (per-device partial sums, then an
 all-reduce) differ in the last bits; after three AdamW steps parameters agree to 1e-5
@@ -22,20 +24,29 @@ import numpy as np
 WORKER = r"""
 import json, sys
 import jax, numpy as np
+from flax import nnx
 sys.path.insert(0, sys.argv[1])
 from sonichu_jax.train import mesh as mesh_lib
-from train_util import batch, flat, setup, tiny
+from sonichu_jax.train.configlib import DataConfig, OptimConfig, TeacherConfig
+from sonichu_jax.train.supervised import abstract_run
+from train_util import batch, flat, initial_weights, tiny
 
 assert jax.device_count() == 8, jax.device_count()
 cfg = tiny()
+config = TeacherConfig(model=cfg, optim=OptimConfig(warmup_steps=1), data=DataConfig(batch_size=16), steps=100)
 batches = [batch(cfg, 16, t, seed=t) for t in (0, 1, 0)]
+model_graph, weights = initial_weights(cfg, 0)
 out = {}
 for name, mesh in {
     "one": mesh_lib.make_mesh(devices=jax.devices()[:1]),
     "data8": mesh_lib.make_mesh(),
     "data4_fsdp2": mesh_lib.make_mesh(data=4, fsdp=2),
 }.items():
-    state, step, mesh, _ = setup(cfg, mesh=mesh)
+    live = len(jax.live_arrays())
+    trainer = abstract_run(config, mesh)
+    step = trainer.lower().compile()
+    assert len(jax.live_arrays()) == live, "building or compiling the plan allocated arrays"
+    state = trainer.init_state(lambda w: nnx.merge(model_graph, w), weights)
     losses = []
     for b in batches:
         state, metrics = step(state, mesh_lib.global_batch(mesh, b))

@@ -103,7 +103,7 @@ def test_frozen_backbone_does_not_move():
 
 def test_layer_decay_and_weight_decay_rules():
     depth = 12
-    # ViTPose (REFERENCE.md s4): embeddings layer 0, block i -> i + 1, the rest depth + 1.
+    # ViTPose (docs/training.md): embeddings layer 0, block i -> i + 1, the rest depth + 1.
     assert backbone_layer_id(("patch_embed", "proj", "kernel"), depth) == 0
     assert backbone_layer_id(("blocks", 3, "attn", "qkv", "kernel"), depth) == 4
     assert backbone_layer_id(("norm", "scale"), depth) == depth + 1

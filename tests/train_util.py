@@ -12,10 +12,9 @@ from sonichu_jax.config import tiny_config
 from sonichu_jax.data.synthetic import synthetic_tasks
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
-from sonichu_jax.train.configlib import OptimConfig
-from sonichu_jax.train.optim import GroupedAdamW
-from sonichu_jax.train.state import create_state, trainable_groups
-from sonichu_jax.train.step import compile_train_step, make_train_step, max_keypoints
+from sonichu_jax.train.configlib import OptimConfig, TeacherConfig
+from sonichu_jax.train.step import max_keypoints
+from sonichu_jax.train.supervised import build_trainer
 
 TASKS = synthetic_tasks(("HC", "fetal_femur"))
 
@@ -36,24 +35,16 @@ def initial_weights(cfg, seed=0):
 
 
 def setup(cfg, optim=OptimConfig(warmup_steps=1), mesh=None, seed=0, total_steps=100, wrap=None,
-          objective=None, aux_shardings=None):
-    """(state, compiled step, mesh, optimizer); ``wrap`` wraps the step function (tests
-    count traces with it); ``objective`` and ``aux_shardings`` make a distillation step."""
+          objective=None, extra=()):
+    """(state, compiled step, mesh, optimizer) from the trainer's builder; ``wrap`` wraps
+    the step function (tests count traces with it); ``objective`` and ``extra`` make a
+    distillation step."""
     mesh = mesh or mesh_lib.make_mesh()
-    groups = trainable_groups(cfg, optim.freeze_backbone)
+    config = TeacherConfig(model=cfg, optim=optim, steps=total_steps, seed=seed)
+    trainer = build_trainer(config, mesh, objective=objective, extra=extra, wrap=wrap)
     model_graph, weights = initial_weights(cfg, seed)
-    graphdef, state, opt = create_state(
-        lambda w: nnx.merge(model_graph, w),
-        lambda p: GroupedAdamW(optim, cfg, total_steps, groups, p),
-        mesh,
-        weights,
-    )
-    fn = make_train_step(graphdef, cfg, opt, optim.freeze_backbone, objective)
-    if wrap is not None:
-        fn = wrap(fn)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = compile_train_step(fn, shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh), aux_shardings)
-    return state, step, mesh, opt
+    state = trainer.init_state(lambda w: nnx.merge(model_graph, w), weights)
+    return state, trainer.step, mesh, trainer.optimizer
 
 
 def batch(cfg, size, task_index, seed=0):
@@ -75,3 +66,18 @@ def batch(cfg, size, task_index, seed=0):
 def flat(tree) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def assert_finite_checkpoint(directory, step) -> None:
+    """The checkpoint restores finite: every element, and the parameters' global norm as
+    the train step computes it (float32), which overflows long before the elements do."""
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(directory) as manager:
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    for leaf in jax.tree.leaves(state):
+        assert np.isfinite(np.asarray(leaf, np.float64)).all()
+    square_sum = np.float32(0.0)
+    for leaf in jax.tree.leaves(state["params"]):
+        square_sum += np.square(np.asarray(leaf, np.float32)).sum(dtype=np.float32)
+    assert np.isfinite(np.sqrt(square_sum)), f"parameter norm overflows in checkpoint {step}"

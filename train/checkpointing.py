@@ -4,21 +4,40 @@ One `ocp.CheckpointManager` keeps the last ``keep`` checkpoints plus the one wit
 validation MRE (saved with ``metrics={"val_mre": ...}``). Saves are asynchronous; orbax
 writes each step into a temporary directory and renames it only once every process has
 finished, so a save killed half-way is never listed as a checkpoint (and is cleaned up by
-the next manager on that directory).
+the next manager on that directory). Directories are passed to orbax as given, so
+``gs://`` paths work wherever orbax's do.
+
+A checkpoint that cannot be read back (truncated or corrupt files), or that reads back
+with non-finite values, is damaged: `Checkpointer.restore_latest` says which one, moves
+it out of the way (``damaged_checkpoints/<step>`` beside ``checkpoints/``) and falls back
+to the newest intact one.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from sonichu_jax.train.configlib import CheckpointConfig
 
 VAL_METRIC = "val_mre"
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+def _absolute(directory: str | os.PathLike) -> str:
+    directory = os.fspath(directory)
+    return directory if "://" in directory else os.path.abspath(directory)
+
+
+def _first_sentence(exc: Exception) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0].split(". See ")[0]
+    return f"{type(exc).__name__}: {text[:200]}"
 
 
 class Checkpointer:
@@ -40,7 +59,8 @@ class Checkpointer:
             enable_async_checkpointing=config.async_save,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options)
+        self.directory = epath.Path(_absolute(directory))
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state, data_iter, val_mre: float | None = None) -> None:
         """Save (asynchronously) unless this step is already saved."""
@@ -67,6 +87,39 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
+
+    def restore_latest(self, target, data_iter, is_finite: Callable[[Any], bool],
+                       say: Callable[[str], None]) -> tuple[Any, int] | None:
+        """(state, step) of the newest intact checkpoint, or None if there is none; every
+        damaged one on the way is reported through ``say`` and set aside."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, target, data_iter)
+                problem = None if is_finite(state) else "it holds non-finite values"
+            except Exception as exc:  # noqa: BLE001 - whatever stops a read-back makes it damaged
+                problem = _first_sentence(exc)
+            if problem is None:
+                return state, step
+            aside = self._set_aside(step)
+            say(f"checkpoint at step {step} ({self.directory / str(step)}) is damaged ({problem}); "
+                f"moved to {aside}, trying an older one")
+        return None
+
+    def _set_aside(self, step: int) -> epath.Path:
+        """Move a damaged step out of orbax's directory (process 0), so that the resumed
+        run can save that step again."""
+        aside = self.directory.parent / DAMAGED_DIR / str(step)
+        if jax.process_index() == 0:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            if aside.exists():
+                aside = aside.parent / f"{step}.{len(list(aside.parent.iterdir()))}"
+            (self.directory / str(step)).rename(aside)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self.manager.reload()
+        return aside
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

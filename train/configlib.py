@@ -1,9 +1,18 @@
 """Typed experiment configs: dataclasses, ``--set a.b=c`` overrides, ``configs/*.py`` files.
 
-A config file is plain Python defining ``get_config()`` that returns a `TeacherConfig`;
-the command line then overrides single fields (``--set optim.lr=3e-4``). Every value is
-checked against the field's type, and a key that names no field is an error that lists
-the valid keys, so a typo never silently trains the wrong experiment.
+A config file is plain Python defining ``get_config()`` that returns a `TeacherConfig`
+(or a `DistillConfig`, an `IJEPAConfig`); the command line then overrides single fields
+(``--set optim.lr=3e-4``). Every value is checked against the field's type, and a key
+that names no field is an error that lists the valid keys, so a typo never silently
+trains the wrong experiment. ``validate()`` then checks the values together, once the
+overrides are applied and before anything is written or compiled.
+
+Schedule lengths come in steps or in epochs: ``steps``/``epochs``,
+``optim.warmup_steps``/``optim.warmup_epochs``, ``log.eval_every_steps``/
+``log.eval_every_epochs``, ``checkpoint.every_steps``/``checkpoint.every_epochs``. An
+``*_epochs`` field that is set wins, and the run turns it into steps from the size of
+its training set (`sonichu_jax.train.schedule`); setting the ``*_steps`` twin with
+``--set`` clears it, so the last word is the one that counts.
 """
 
 from __future__ import annotations
@@ -55,8 +64,9 @@ class PseudoLabelSet:
 
 @dataclass(frozen=True)
 class DataConfig:
+    source: str = ""  # the labelled data (manifest, CSV or folder); the run stores it absolute
     batch_size: int = 32  # global batch, over all processes and devices
-    val_fraction: float = 0.15  # REFERENCE.md s1: fair split, 15 %, seed 42
+    val_fraction: float = 0.15  # the card's fair split: 15 % per task, seed 42 (docs/recipe.md)
     split_seed: int = 42
     augment: bool = True
     weighting: str = "proportional"  # task sampling: proportional, balanced or capped
@@ -68,13 +78,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 5e-4  # ViTPose-B: AdamW 5e-4, wd 0.1, layer decay 0.75 (REFERENCE.md s4)
+    lr: float = 5e-4  # ViTPose-B: AdamW 5e-4, wd 0.1, layer decay 0.75 (docs/training.md)
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
     layer_decay: float = 0.75  # 1.0 disables layer-wise decay
     warmup_steps: int = 500
+    warmup_epochs: float | None = None  # when set, wins over warmup_steps
     min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
     clip_norm: float = 0.0  # 0 disables global-norm clipping
     freeze_backbone: bool = False
@@ -87,8 +98,23 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """How the processes of a multi-host run find each other (`sonichu_jax.train.distributed`):
+    ``auto`` starts JAX's distributed client when JAX recognises the cluster (Cloud TPU,
+    Slurm, Open MPI, Kubernetes) or ``JAX_COORDINATOR_ADDRESS`` is set; ``off`` never does;
+    a ``coordinator`` (host:port of process 0) with ``num_processes`` and ``process_id``
+    starts it explicitly."""
+
+    mode: str = "auto"
+    coordinator: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every_steps: int = 1000
+    every_epochs: float | None = None  # when set, wins over every_steps
     keep: int = 3  # most recent checkpoints kept, besides the best
     keep_best: bool = True  # also keep the checkpoint with the lowest validation MRE
     async_save: bool = True
@@ -98,6 +124,7 @@ class CheckpointConfig:
 class LogConfig:
     every_steps: int = 50  # metrics are fetched from the device once per this many steps
     eval_every_steps: int = 1000  # 0: only at the end
+    eval_every_epochs: float | None = None  # when set, wins over eval_every_steps
     eval_at_start: bool = True  # the untrained baseline, first line of the MRE history
     eval_tta: bool = True  # validate with flip TTA, as the card reports MRE
     progress: bool = True
@@ -112,8 +139,133 @@ class TeacherConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     steps: int = 10000
+    epochs: float | None = None  # when set, wins over steps
     seed: int = 0
+
+    def validate(self) -> "TeacherConfig":
+        """Check the values together (the overrides applied); raises `ConfigError`."""
+        from sonichu_jax.data.pipeline import WEIGHTINGS
+
+        validate_run(self)
+        d, o = self.data, self.optim
+        require(d.batch_size >= 1, "data.batch_size", d.batch_size, ">= 1")
+        require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
+        require(d.weighting in WEIGHTINGS, "data.weighting", d.weighting, f"one of {', '.join(WEIGHTINGS)}")
+        if d.weighting == "capped":
+            require(d.cap is not None and d.cap >= 1, "data.cap", d.cap, ">= 1 with weighting capped")
+        require(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+        require(o.lr >= 0, "optim.lr", o.lr, ">= 0")
+        require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
+        require(0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay, "in (0, 1]")
+        require(o.min_lr_ratio >= 0, "optim.min_lr_ratio", o.min_lr_ratio, ">= 0")
+        require(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, ">= 0 (0 disables clipping)")
+        require(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, ">= 0")
+        check_warmup(self)
+        require(self.log.eval_every_steps >= 0, "log.eval_every_steps", self.log.eval_every_steps, ">= 0")
+        if self.init.kind != "scratch" and not self.init.path:
+            raise ConfigError(f"init.kind={self.init.kind!r} needs init.path (a checkpoint directory)")
+        return self
+
+
+# -- checks shared by every run config --------------------------------------------------
+def require(ok: bool, key: str, value: Any, rule: str) -> None:
+    """One-line `ConfigError` naming the key and the value when ``ok`` is false."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def validate_run(config: Any) -> None:
+    """The checks every run config shares: schedule lengths, cadences, mesh, distributed
+    start. (The warm-up is checked by `check_warmup`, which knows the schedule's scale.)"""
+    if config.epochs is None:
+        require(config.steps >= 1, "steps", config.steps, ">= 1")
+    for key in EPOCH_KEYS:
+        value = get_path(config, key) if has_path(config, key) else None
+        if value is None:
+            continue
+        if key in ("optim.warmup_epochs", "log.eval_every_epochs"):
+            require(value >= 0, key, value, ">= 0")
+        else:
+            require(value > 0, key, value, "> 0")
+    require(config.checkpoint.every_steps >= 1, "checkpoint.every_steps", config.checkpoint.every_steps, ">= 1")
+    require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
+    require(config.log.every_steps >= 1, "log.every_steps", config.log.every_steps, ">= 1")
+    require(config.mesh.fsdp >= 1, "mesh.fsdp", config.mesh.fsdp, ">= 1")
+    require(config.mesh.data == -1 or config.mesh.data >= 1, "mesh.data", config.mesh.data, ">= 1, or -1 for all")
+    validate_distributed(config.distributed)
+
+
+def check_warmup(config: Any, scale: float = 1.0) -> None:
+    """The warm-up ends before the schedule (``scale`` x the run's length), compared in the
+    unit both are given in; mixed units are checked once the run has turned them into steps."""
+    o = config.optim
+    if config.epochs is not None and o.warmup_epochs is not None:
+        warm, total, unit = o.warmup_epochs, config.epochs, "epochs"
+    elif config.epochs is None and o.warmup_epochs is None:
+        warm, total, unit = o.warmup_steps, config.steps, "steps"
+    else:
+        return
+    if warm >= total * scale:
+        raise ConfigError(f"optim.warmup_{unit}={warm:g} must be below the run's {total * scale:g} {unit}")
+
+
+def validate_distributed(d: DistributedConfig) -> None:
+    require(d.mode in ("auto", "off"), "distributed.mode", d.mode, "auto or off")
+    if not d.coordinator:
+        if d.num_processes or d.process_id != -1:
+            raise ConfigError("distributed.num_processes and distributed.process_id need distributed.coordinator")
+        return
+    if d.mode == "off":
+        raise ConfigError(f"distributed.mode=off contradicts distributed.coordinator={d.coordinator!r}")
+    host, sep, port = d.coordinator.rpartition(":")
+    require(bool(sep and host and port.isdigit()), "distributed.coordinator", d.coordinator, "HOST:PORT")
+    require(d.num_processes >= 1, "distributed.num_processes", d.num_processes, ">= 1 with a coordinator")
+    require(0 <= d.process_id < d.num_processes, "distributed.process_id", d.process_id,
+            f"in [0, {d.num_processes}) with {d.num_processes} processes")
+
+
+# -- fields by dotted path ----------------------------------------------------------------
+# The schedule fields that may be given in epochs; each has a twin in steps ("epochs" ->
+# "steps"). Paths a config does not have are skipped.
+EPOCH_KEYS = ("epochs", "optim.warmup_epochs", "log.eval_every_epochs", "checkpoint.every_epochs")
+
+
+def steps_twin(key: str) -> str:
+    return key[: -len("epochs")] + "steps"
+
+
+def has_path(config: Any, key: str) -> bool:
+    try:
+        get_path(config, key)
+    except AttributeError:
+        return False
+    return True
+
+
+def get_path(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def with_absolute_path(config: Any, key: str, path: str | os.PathLike | None) -> Any:
+    """``config`` with the path at ``key`` set to ``path`` (default: the config's own
+    value) made absolute: the run stores it, compares it on resume, and a later report
+    finds the data by it. URLs stay as they are."""
+    path = os.fspath(path) if path is not None else get_path(config, key)
+    if not path:
+        raise ConfigError(f"{key} is not set: the run needs its data")
+    return replace_path(config, key, path if "://" in path else os.path.abspath(path))
+
+
+def replace_path(config: Any, key: str, value: Any) -> Any:
+    """``config`` with the field at dotted ``key`` replaced (no parsing, no checks)."""
+    head, _, rest = key.partition(".")
+    if rest:
+        value = replace_path(getattr(config, head), rest, value)
+    return dataclasses.replace(config, **{head: value})
 
 
 # -- overrides ---------------------------------------------------------------------------
@@ -192,8 +344,12 @@ def _set_path(obj: Any, parts: list[str], text: str, full_key: str) -> Any:
         if dataclasses.is_dataclass(current):
             raise ConfigError(f"config key {full_key!r} is a section; set one of its fields")
         value = _parse_value(text, _field_types(obj)[name], full_key)
+    changes = {name: value}
+    twin = name[: -len("steps")] + "epochs" if name.endswith("steps") else None
+    if twin in names:
+        changes[twin] = None  # the value in steps is the last word: the epochs twin goes
     try:
-        return dataclasses.replace(obj, **{name: value})
+        return dataclasses.replace(obj, **changes)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"--set {full_key}: {exc}") from None
 

@@ -23,17 +23,22 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sonichu_jax.checkpoint import abstract_model
 from sonichu_jax.config import ModelConfig
-
 from sonichu_jax.errors import ConfigError, InputError
+from sonichu_jax.metrics import ENSEMBLE_METHODS, combine
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
-from sonichu_jax.train.configlib import TeacherConfig
+from sonichu_jax.train.configlib import TeacherConfig, replace_path, with_absolute_path
+from sonichu_jax.train.loop import RunResult, run
+from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.state import split_model
+from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.step import l1_loss, make_predict_step
-from sonichu_jax.train.teacher import TeacherResult, run_training
+from sonichu_jax.train.supervised import Trainer, build_trainer
+from sonichu_jax.train.teacher import SupervisedStage
 
-REDUCTIONS = ("median", "mean")
+CARD_TEACHERS = 5  # R1, R2, R3, Selective, r3capped
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,11 @@ class DistillSettings:
     pseudo_as_real: bool = False  # count pseudo-labels as real labels in loss_real
     reduce: str = "median"  # coordinate-wise median (the card) or mean of the teachers
     teacher_tta: bool = False  # teachers predict with flip TTA (2x their cost)
+    teachers: tuple[str, ...] = ()  # the teachers' directories; the run stores them absolute
 
     def __post_init__(self):
-        if self.reduce not in REDUCTIONS:
-            raise ConfigError(f"distill.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
+        if self.reduce not in ENSEMBLE_METHODS:
+            raise ConfigError(f"distill.reduce must be one of {ENSEMBLE_METHODS}, got {self.reduce!r}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
     """Load the teachers; they must share one architecture and the student's task table
     (the batch's task index selects the same head in every model)."""
     if not paths:
-        raise InputError("distillation needs at least one teacher (--teachers DIR ...)")
+        raise InputError("distillation needs at least one teacher directory")
     models = [SonichuModel.from_pretrained(resolve_teacher_dir(p), dtype=student.dtype) for p in paths]
     first = models[0].cfg
     for path, model in zip(paths, models):
@@ -106,17 +112,12 @@ def teacher_shardings(mesh, tree):
     return jax.tree.map(one, tree)
 
 
-def reduce_teachers(coords: jax.Array, how: str) -> jax.Array:
-    """(N, B, K, 2) teacher predictions -> (B, K, 2) coordinate-wise median or mean."""
-    return jnp.median(coords, axis=0) if how == "median" else coords.mean(axis=0)
-
-
 class Distillation:
     """The distillation objective for `sonichu_jax.train.step.make_train_step`."""
 
     def __init__(self, teacher_graphdef, teacher_cfg: ModelConfig, settings: DistillSettings):
         self.settings = settings
-        self.kpts = jnp.asarray([t.num_keypoints for t in teacher_cfg.tasks])
+        self.kpts = np.asarray([t.num_keypoints for t in teacher_cfg.tasks], np.int32)  # no device array at build time
         predict = make_predict_step(teacher_graphdef, teacher_cfg, settings.teacher_tta)
         self._predict_all = jax.vmap(
             lambda params, rest, images, task: predict(params, rest, images, task).mean(0),
@@ -126,36 +127,61 @@ class Distillation:
     def targets(self, batch, aux):
         task = batch["task_id"][0]
         coords = self._predict_all(aux["params"], aux["rest"], batch["image"], task)
-        return reduce_teachers(coords, self.settings.reduce)
+        return combine(coords, self.settings.reduce, jnp)
 
     def loss(self, pred, batch, target):
         s = self.settings
         real = batch["has_label"] if s.pseudo_as_real else batch["has_label"] * (1.0 - batch["is_pseudo"])
         loss_real = l1_loss(pred, batch["keypoints"], batch["valid"] * real[:, None])
         # The teacher term covers every sample, over the task's keypoints (not the padding).
-        task_k = self.kpts[batch["task_id"][0]]
+        task_k = jnp.asarray(self.kpts)[batch["task_id"][0]]
         in_task = (jnp.arange(pred.shape[1]) < task_k).astype(pred.dtype)
         loss_teacher = l1_loss(pred, target, jnp.broadcast_to(in_task, pred.shape[:2]))
         total = s.real_weight * loss_real + s.teacher_weight * loss_teacher
         return total, {"loss_real": loss_real, "loss_teacher": loss_teacher}
 
 
-def distill(
-    config: DistillConfig,
-    teachers: list[str],
-    data_spec: str,
-    out_dir: str | os.PathLike,
-    *,
-    resume: bool = False,
-    stop_after: int | None = None,
-) -> TeacherResult:
-    """Train the student of ``config`` against the teachers in ``teachers``; checkpoints
-    and exports hold the student only."""
-    models = load_teachers(teachers, config.model)
-    graphdef, params, rest = stack_teachers(models)
-    aux = {"params": params, "rest": rest}
-    objective = Distillation(graphdef, models[0].cfg, config.distill)
-    return run_training(
-        config, data_spec, out_dir, resume=resume, stop_after=stop_after, objective=objective,
-        aux_factory=lambda mesh: jax.device_put(aux, teacher_shardings(mesh, aux)), name="distill",
-    )
+class DistillStage(SupervisedStage):
+    """The supervised stage with the distillation objective; the teachers are a frozen
+    step input, loaded before anything is built and placed on the run's mesh."""
+
+    name = "distill"
+
+    def examples(self) -> int:
+        models = load_teachers(list(self.config.distill.teachers), self.config.model)
+        graphdef, params, rest = stack_teachers(models)
+        self.teachers = {"params": params, "rest": rest}
+        self.objective = Distillation(graphdef, models[0].cfg, self.config.distill)
+        return super().examples()
+
+    def step_inputs(self, mesh) -> tuple:
+        return (jax.device_put(self.teachers, teacher_shardings(mesh, self.teachers)),)
+
+
+def abstract_run(config: DistillConfig, mesh: jax.sharding.Mesh, teachers: int = CARD_TEACHERS,
+                 examples: int | None = None) -> Trainer:
+    """A distillation run's step, abstract state, batch and ``teachers`` abstract frozen
+    teachers of the student's architecture on ``mesh``, without allocating anything:
+    ``abstract_run(config, mesh).lower().compile()``. ``examples`` (the training set's
+    size) turns a schedule in epochs into steps."""
+    config = in_steps(config.validate(), examples)
+    mesh_lib.check_batch(config.data.batch_size, mesh)
+    model = abstract_model(config.model)
+    model.eval()
+    graphdef, params, rest = split_model(model)
+    stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((teachers, *x.shape), x.dtype),
+                           {"params": params, "rest": rest})
+    aux = mesh_lib.abstract_with_shardings(stacked, teacher_shardings(mesh, stacked))
+    objective = Distillation(graphdef, config.model, config.distill)
+    return build_trainer(config, mesh, objective=objective, extra=(aux,))
+
+
+def distill(config: DistillConfig, teachers: list[str] | None, data_spec: str | os.PathLike | None,
+            out_dir: str | os.PathLike, *, resume: bool = False, stop_after: int | None = None,
+            sinks: tuple[MetricsSink, ...] = ()) -> RunResult:
+    """Train the student of ``config`` against ``teachers`` (default: ``distill.teachers``)
+    on ``data_spec`` (default: ``data.source``); checkpoints and exports hold the student."""
+    if teachers is not None:
+        config = replace_path(config, "distill.teachers", tuple(os.path.abspath(t) for t in teachers))
+    stage = DistillStage(with_absolute_path(config, "data.source", data_spec))
+    return run(stage, out_dir, resume=resume, stop_after=stop_after, sinks=sinks)

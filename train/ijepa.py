@@ -1,4 +1,4 @@
-"""The I-JEPA model, train state and jitted step (REFERENCE.md s8).
+"""The I-JEPA model, train state, jitted step and its builder (docs/ijepa.md).
 
 Per iteration, as the official loop: schedules (lr, weight decay, EMA momentum) from the
 step counter, forward, backward, AdamW step, then the EMA update of the target encoder.
@@ -18,6 +18,8 @@ the target normalisation, the loss and the optimiser run in float32.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +27,14 @@ import optax
 from flax import nnx, struct
 
 from sonichu_jax.config import ModelConfig
+from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
 from sonichu_jax.nn.predictor import Predictor
 from sonichu_jax.nn.vit import VisionTransformer
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.ijepa_config import IJEPAConfig, IJEPAOptimConfig
-from sonichu_jax.train.optim import _keys, decays
+from sonichu_jax.train.guard import keep_if_finite
+from sonichu_jax.train.optim import decays, path_keys
+from sonichu_jax.train.schedule import in_steps
 
 BATCH_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid")
 TARGET_LN_EPS = 1e-5  # F.layer_norm's default in the official target path
@@ -115,7 +120,7 @@ def adam(optim: IJEPAOptimConfig) -> optax.GradientTransformation:
 def decay_mask(params) -> nnx.State:
     """Official param groups: no weight decay on biases and 1-D parameters (the mask token
     (1, 1, P) is decayed, the fixed position tables are not parameters)."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: decays(_keys(p), x.ndim), params)
+    return jax.tree_util.tree_map_with_path(lambda p, x: decays(path_keys(p), x.ndim), params)
 
 
 def split(model: IJEPA) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -123,25 +128,12 @@ def split(model: IJEPA) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     return graphdef, params, rest
 
 
-def create_state(config: IJEPAConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, IJEPAState]:
-    """Initialise directly into the mesh's shardings (shapes from `jax.eval_shape`, one
-    jitted initialiser); the target encoder starts as a copy of the context encoder."""
-    holder = {}
-
-    def init() -> IJEPAState:
-        graphdef, params, rest = split(build_model(config, config.seed))
-        holder["graphdef"] = graphdef
-        return IJEPAState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            target=jax.tree.map(jnp.copy, params["encoder"]),
-            rest=rest,
-            opt_state=adam(config.optim).init(params),
-        )
-
-    abstract = jax.eval_shape(init)
-    state = jax.jit(init, out_shardings=mesh_lib.state_shardings(mesh, abstract))()
-    return holder["graphdef"], state
+def fresh_state(config: IJEPAConfig) -> IJEPAState:
+    """Step 0: the official initialisation; the target encoder starts as a copy of the
+    context encoder. Traceable: it serves `jax.eval_shape` and the jitted allocation."""
+    _, params, rest = split(build_model(config, config.seed))
+    return IJEPAState(step=jnp.zeros((), jnp.int32), params=params, target=jax.tree.map(jnp.copy, params["encoder"]),
+                      rest=rest, opt_state=adam(config.optim).init(params))
 
 
 # -- the step --------------------------------------------------------------------------------
@@ -212,13 +204,9 @@ def make_train_step(graphdef, config: IJEPAConfig):
         mom = sched["momentum"]
         new_target = jax.tree.map(lambda t, p: mom * t + (1.0 - mom) * p, state.target, new_params["encoder"])
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         candidate = IJEPAState(step=state.step + 1, params=new_params, target=new_target, rest=state.rest,
                                opt_state=opt_state)
-        # NaN/inf guard: a bad batch leaves the state as it was (only the step advances);
-        # the loop sees `finite` == 0 at its next metrics fetch and stops without saving.
-        keep = state.replace(step=state.step + 1)
-        new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), candidate, keep)
+        new_state, finite, param_norm = keep_if_finite(state, candidate, loss, grad_norm)
         metrics = {
             "loss": loss,
             **sched,
@@ -229,20 +217,72 @@ def make_train_step(graphdef, config: IJEPAConfig):
             "pred_std": jax.lax.stop_gradient(pred).astype(jnp.float32).std(axis=(0, 1, 2)).mean(),
             "context_len": batch["context_valid"].sum(-1).astype(jnp.float32).mean(),
             "target_len": batch["target_valid"].sum(-1).astype(jnp.float32).mean(),
-            "finite": finite.astype(jnp.float32),
+            "param_norm": param_norm,
+            "finite": finite,
         }
         return new_state, metrics
 
     return step
 
 
-def compile_step(step_fn, state: IJEPAState, mesh: jax.sharding.Mesh):
-    """Plain `jax.jit` with the state donated and kept in its shardings, the batch split
-    over every device on its leading axis, metrics replicated."""
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    return jax.jit(
-        step_fn,
+# -- the builder ---------------------------------------------------------------------------
+@dataclass
+class Pretrainer:
+    """An I-JEPA run's program on a mesh, built without allocating: ``state`` and
+    ``batch`` are ShapeDtypeStructs carrying their shardings; ``sampler`` fixes the
+    static mask lengths of the batch."""
+
+    config: IJEPAConfig
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    sampler: MultiBlockMaskSampler
+    state: IJEPAState
+    batch: dict
+    step: Callable  # jitted ``step(state, batch) -> (state, metrics)``, state donated
+
+    def lower(self):
+        return self.step.lower(self.state, self.batch)
+
+    def init_state(self) -> IJEPAState:
+        """A fresh state written directly into its shardings by one jitted initialiser."""
+        shardings = jax.tree.map(lambda x: x.sharding, self.state)
+        return jax.jit(lambda: fresh_state(self.config), out_shardings=shardings)()
+
+
+def abstract_batch(config: IJEPAConfig, sampler: MultiBlockMaskSampler, mesh: jax.sharding.Mesh) -> dict:
+    """Shapes, dtypes and shardings of one global batch (`BATCH_KEYS`)."""
+    b, m, (h, w) = config.data.batch_size, config.masks.num_targets, config.model.image_size
+    c, t = sampler.context_len, sampler.target_len
+    shapes = {"image": ((b, h, w, 3), jnp.float32), "context_idx": ((b, c), jnp.int32),
+              "context_valid": ((b, c), jnp.bool_), "target_idx": ((b, m, t), jnp.int32),
+              "target_valid": ((b, m, t), jnp.bool_)}
+    sharding = mesh_lib.batch_sharding(mesh)
+    return {key: jax.ShapeDtypeStruct(*shapes[key], sharding=sharding) for key in BATCH_KEYS}
+
+
+def build_pretrainer(config: IJEPAConfig, mesh: jax.sharding.Mesh, wrap: Callable | None = None) -> Pretrainer:
+    """The program of ``config`` on ``mesh``, allocating nothing; ``wrap`` wraps the step
+    function before ``jit`` (tests count traces with it)."""
+    graphdef = split(nnx.eval_shape(lambda: IJEPA(config.model, config.predictor.width, config.predictor.depth,
+                                                    rngs=nnx.Rngs(0))))[0]
+    abstract = jax.eval_shape(lambda: fresh_state(config))
+    shardings = mesh_lib.state_shardings(mesh, abstract)
+    fn = make_train_step(graphdef, config)
+    step = jax.jit(
+        wrap(fn) if wrap is not None else fn,
         in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
         out_shardings=(shardings, mesh_lib.replicated(mesh)),
         donate_argnums=0,
     )
+    sampler = MultiBlockMaskSampler(config.masks, config.model.grid, config.seed, jax.process_index())
+    return Pretrainer(config, mesh, graphdef, sampler, mesh_lib.abstract_with_shardings(abstract, shardings),
+                      abstract_batch(config, sampler, mesh), step)
+
+
+def abstract_run(config: IJEPAConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Pretrainer:
+    """An I-JEPA run's step, abstract state and abstract batch on ``mesh``, without
+    allocating anything: ``abstract_run(config, mesh).lower().compile()``. ``examples``
+    (the number of frames) turns a schedule in epochs into steps."""
+    config = in_steps(config.validate(), examples)
+    mesh_lib.check_batch(config.data.batch_size, mesh)
+    return build_pretrainer(config, mesh)

@@ -1,9 +1,9 @@
 """Typed config of an I-JEPA pretraining run (``configs/ijepa_*.py`` return one).
 
-Defaults are the official ViT-B setting of facebookresearch/ijepa as summarised in
-REFERENCE.md s8 (schedules, masks, augmentation), at the card's 256 px. Files are loaded
-and ``--set`` overrides applied with `sonichu_jax.train.configlib`, which works on any
-config dataclass.
+Defaults are the official ViT-B setting of facebookresearch/ijepa (schedules, masks,
+augmentation; docs/ijepa.md), at the card's 256 px. Files are loaded and ``--set``
+overrides applied with `sonichu_jax.train.configlib`, which works on any config
+dataclass; ``steps``/``epochs`` and the warm-up come in steps or epochs as there.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from sonichu_jax.config import ModelConfig
 
 from sonichu_jax.errors import ConfigError
 from sonichu_jax.data.ijepa_masks import MaskConfig
-from sonichu_jax.train.configlib import CheckpointConfig, MeshConfig
+from sonichu_jax.train.configlib import (
+    CheckpointConfig,
+    DistributedConfig,
+    MeshConfig,
+    check_warmup,
+    require,
+    validate_run,
+)
 
 LOSSES = ("smooth_l1", "l2")
 
@@ -27,6 +34,7 @@ class PredictorConfig:
 
 @dataclass(frozen=True)
 class PretrainDataConfig:
+    source: str = ""  # the folder of frames; the run stores it absolute
     batch_size: int = 2048  # global batch, over all processes and devices
     crop_scale: tuple[float, float] = (0.3, 1.0)  # random resized crop, fraction of the frame area
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
@@ -50,6 +58,7 @@ class IJEPAOptimConfig:
     lr: float = 1e-3
     final_lr: float = 1e-6
     warmup_steps: int = 2000
+    warmup_epochs: float | None = None  # when set, wins over warmup_steps
     weight_decay: float = 0.04
     final_weight_decay: float = 0.4
     ema: tuple[float, float] = (0.996, 1.0)
@@ -84,16 +93,19 @@ class IJEPAConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(keep_best=False))
     log: PretrainLogConfig = field(default_factory=PretrainLogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     steps: int = 23500  # ~300 epochs of 160,486 frames at batch 2048
+    epochs: float | None = None  # when set, wins over steps
     seed: int = 0
 
     def validate(self) -> "IJEPAConfig":
         """Checks across sections, run once the overrides are applied (a check in
         ``__post_init__`` would make the order of ``--set`` options matter)."""
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.optim.warmup_steps >= self.steps * self.optim.schedule_scale:
-            raise ConfigError(f"optim.warmup_steps={self.optim.warmup_steps} must be below the schedule length")
+        validate_run(self)
+        require(self.data.batch_size >= 1, "data.batch_size", self.data.batch_size, ">= 1")
+        require(self.data.num_workers >= 0, "data.num_workers", self.data.num_workers, ">= 0")
+        require(self.optim.lr >= 0, "optim.lr", self.optim.lr, ">= 0")
+        check_warmup(self, self.optim.schedule_scale)
         if self.model.width % self.model.num_heads or self.predictor.width % self.model.num_heads:
             raise ConfigError("encoder and predictor widths must be divisible by model.num_heads")
         return self

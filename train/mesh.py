@@ -1,4 +1,5 @@
-"""Device mesh, shardings, multi-process start-up and global batch assembly.
+"""Device mesh, shardings and global batch assembly (multi-process start-up:
+`sonichu_jax.train.distributed`).
 
 The mesh has two axes: ``data`` (batch only) and ``fsdp`` (batch *and* parameters). The
 batch is split over both; a parameter is split over ``fsdp`` along its largest divisible
@@ -7,48 +8,24 @@ dimension, so fsdp=1 means plain data parallelism with replicated parameters.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sonichu_jax.errors import ConfigError
+
 BATCH_AXES = ("data", "fsdp")
-
-# Environment variables a launcher sets for multi-process runs (one process per host).
-_COORDINATOR = "SONICHU_COORDINATOR"  # host:port of process 0
-_NUM_PROCESSES = "SONICHU_NUM_PROCESSES"
-_PROCESS_ID = "SONICHU_PROCESS_ID"
-
-
-def maybe_initialize_distributed() -> bool:
-    """Join a multi-process run when the launcher asked for one.
-
-    Explicit variables (``SONICHU_COORDINATOR``, ``SONICHU_NUM_PROCESSES``,
-    ``SONICHU_PROCESS_ID``) start the JAX coordinator on CPU, GPU or TPU alike; CPU
-    processes then use gloo for cross-process collectives. Returns whether it initialised.
-    """
-    if _COORDINATOR not in os.environ or jax.distributed.is_initialized():
-        return False
-    # Only the CPU client uses it; accelerators keep their own collectives (NCCL, ICI).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=os.environ[_COORDINATOR],
-        num_processes=int(os.environ[_NUM_PROCESSES]),
-        process_id=int(os.environ[_PROCESS_ID]),
-    )
-    return True
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
     """A (data, fsdp) mesh over ``devices`` (default: every device of every process)."""
     n = jax.device_count() if devices is None else len(devices)
     if fsdp < 1 or n % fsdp:
-        raise ValueError(f"mesh.fsdp={fsdp} must divide the device count {n}")
+        raise ConfigError(f"mesh.fsdp={fsdp} must divide the device count {n}")
     if data == -1:
         data = n // fsdp
     if data * fsdp != n:
-        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not use all {n} devices")
+        raise ConfigError(f"mesh.data={data} x mesh.fsdp={fsdp} does not use all {n} devices")
     return jax.make_mesh(
         (data, fsdp), BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
     )
@@ -82,16 +59,32 @@ def state_shardings(mesh: jax.sharding.Mesh, abstract_tree):
     return jax.tree.map(lambda x: param_sharding(mesh, tuple(x.shape)), abstract_tree)
 
 
-def local_batch_size(global_batch: int) -> int:
-    n = jax.process_count()
-    if global_batch % n:
-        raise ValueError(f"global batch {global_batch} is not divisible by {n} processes")
-    per_host = global_batch // n
-    if per_host % jax.local_device_count():
-        raise ValueError(
-            f"per-process batch {per_host} is not divisible by {jax.local_device_count()} local devices"
+def abstract_with_shardings(tree, shardings):
+    """ShapeDtypeStructs carrying shardings (of arrays or of ShapeDtypeStructs): inputs an
+    ahead-of-time lowering accepts, and the target orbax restores into."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
+    """The global batch splits evenly over every device of ``mesh`` (any mesh, also one
+    over devices this process cannot address, as an ahead-of-time plan builds)."""
+    if global_batch % mesh.size:
+        raise ConfigError(
+            f"data.batch_size={global_batch} (the global batch) must be a multiple of the mesh's {mesh.size} "
+            f"devices (data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
         )
-    return per_host
+
+
+def local_batch_size(global_batch: int) -> int:
+    """This process's share of ``global_batch``, which must split evenly over the
+    processes and their local devices (`ConfigError` otherwise)."""
+    processes, local = jax.process_count(), jax.local_device_count()
+    if global_batch % (processes * local):
+        raise ConfigError(
+            f"data.batch_size={global_batch} (the global batch) must be a multiple of the {processes * local} "
+            f"devices ({processes} processes x {local} local devices)"
+        )
+    return global_batch // processes
 
 
 def global_batch(mesh: jax.sharding.Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:

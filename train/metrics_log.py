@@ -1,21 +1,29 @@
-"""Metrics out of the hot loop: buffered on device, fetched in bulk, written as JSONL.
+"""Metrics out of the hot loop, and the sinks the run driver emits them to.
 
 The train step returns its metrics as device scalars. Fetching them every step would make
-the host wait for the device each step; instead the loop buffers them and `flush` fetches
-the whole window with one `jax.device_get` every ``log.every_steps`` steps.
+the host wait for the device each step; instead the loop buffers them and fetches the
+whole window with one `jax.device_get` every ``log.every_steps`` steps.
+
+Whatever a run reports goes through one interface, `MetricsSink`: one call per metrics
+window (``train_window``), one per validation (``validation``) and a host-side ``step``
+after every step. `JsonlSink` writes
+``metrics.jsonl``, `ConsoleSink` owns the progress bar and prints tables through it;
+another sink (TensorBoard, a profiler window) is one more class with the same methods,
+passed to `sonichu_jax.train.loop.run`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
-from sonichu_jax.errors import TrainingDiverged
+from sonichu_jax.fileio import atomic_path
+from sonichu_jax.metrics import MREReport, format_table
 
 
 class MetricsBuffer:
@@ -37,47 +45,120 @@ class MetricsBuffer:
         self._steps, self._metrics = [], []
         return rows
 
-    def flush_finite(self, ckpt, out_dir: str) -> list[tuple[int, dict[str, float]]]:
-        """`flush`, stopping the run if any step's loss or gradient was NaN/inf: the step
-        kept the state unchanged, and nothing after the last good checkpoint is saved."""
-        rows = self.flush()
-        bad = [s for s, m in rows if m["finite"] < 1.0]
-        if bad:
-            ckpt.wait()
-            raise TrainingDiverged(
-                f"non-finite loss or gradient at step {bad[0]}; stopped without saving. "
-                f"Last good checkpoint: step {ckpt.latest_step()} in {out_dir}/checkpoints"
-            )
-        return rows
 
-
-def summarize(rows: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Mean of each metric over a window (the last step's lr)."""
+def summarize(rows: list[tuple[int, dict[str, float]]], last: tuple[str, ...] = ("lr",)) -> dict[str, float]:
+    """Mean of each metric over a window; the ``last`` ones (schedules) at the window's end."""
     out = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[0][1]}
-    out["lr"] = rows[-1][1]["lr"]
+    out.update({k: rows[-1][1][k] for k in last})
     return out
 
 
-class JsonlLog:
-    """Append-only JSONL file (one process writes it); each line is flushed, so a killed
-    run keeps every complete line. Non-finite numbers are written as strings."""
+class MetricsSink:
+    """Receives what a run reports; every method may be left as is (does nothing)."""
 
-    def __init__(self, path: str | os.PathLike, enabled: bool = True):
-        self.enabled = enabled
-        self._fh = None
-        if enabled:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._fh = open(path, "a")
+    def step(self, step: int) -> None:
+        """After every train step, on the host, without waiting for the device (a profiler
+        window starts and stops here)."""
 
-    def write(self, **record) -> None:
-        if self._fh is None:
-            return
-        record.setdefault("time", round(time.time(), 3))
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-        self._fh.write(json.dumps(clean) + "\n")
-        self._fh.flush()
+    def train_window(self, step: int, metrics: dict[str, float]) -> None:
+        """The mean metrics of the window of steps that ends at ``step``."""
+
+    def validation(self, step: int, report: MREReport) -> None:
+        """A validation of the weights after ``step`` steps."""
 
     def close(self) -> None:
+        pass
+
+
+def _clean(value):
+    return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+
+
+class JsonlSink(MetricsSink):
+    """``metrics.jsonl``: one JSON object per window and per validation, flushed line by
+    line so that a killed run keeps every complete line. A resumed run first drops what
+    lies beyond the step it resumed from (lines a killed run wrote after its last
+    checkpoint, and a torn last line), so every step appears once. On object storage
+    (``gs://``), which cannot append, the file is rewritten whole at every line."""
+
+    def __init__(self, path: str, keep_up_to: int | None = None):
+        """``keep_up_to``: the step a run resumes from (lines of later steps go); None: the
+        file starts empty (a resumed run that had saved no checkpoint starts over)."""
+        self.path = epath.Path(path)
+        self.lines: list[str] = []
+        if self.path.exists() and keep_up_to is not None:
+            self.lines = [line for line in self.path.read_text().splitlines() if _step_of(line, keep_up_to)]
+        self._rewrite()
+        self._fh = None if "://" in str(path) else open(path, "a")
+
+    def _rewrite(self) -> None:
+        text = "".join(line + "\n" for line in self.lines)
+        if "://" in str(self.path):
+            self.path.write_text(text)
+            return
+        with atomic_path(self.path) as tmp, open(tmp, "w") as fh:
+            fh.write(text)
+
+    def write(self, **record) -> None:
+        record.setdefault("time", round(time.time(), 3))
+        line = json.dumps({k: _clean(v) for k, v in record.items()})
+        self.lines.append(line)
+        if self._fh is None:
+            self._rewrite()
+            return
+        self._fh.write(line + "\n")
+        self._fh.flush()
+
+    def train_window(self, step, metrics):
+        self.write(step=step, kind="train", **metrics)
+
+    def validation(self, step, report):
+        self.write(step=step, kind="val", val_mre=report.weighted_px, val_mre_unweighted=report.unweighted_px,
+                   per_task={t: m.mre_px for t, m in report.tasks.items() if m.n})
+
+    def close(self):
         if self._fh is not None:
             self._fh.close()
-            self._fh = None
+
+
+def _step_of(line: str, limit: int) -> bool:
+    """Whether ``line`` is a complete record of a step up to ``limit``."""
+    try:
+        return int(json.loads(line)["step"]) <= limit
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+class ConsoleSink(MetricsSink):
+    """The progress bar (``postfix`` keys of each window on it) and the validation tables,
+    printed through the bar while it is open."""
+
+    def __init__(self, name: str, total: int, initial: int, postfix: tuple[str, ...], progress: bool):
+        self.postfix = postfix
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=name, unit="step")
+
+    def say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def step(self, step):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def train_window(self, step, metrics):
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in self.postfix if k in metrics})
+
+    def validation(self, step, report):
+        self.say(f"validation at step {step}:\n{format_table({'MRE': report})}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import optax
 
 from sonichu_jax.config import ModelConfig
+from sonichu_jax.errors import ConfigError
 from sonichu_jax.train.configlib import OptimConfig
 
 
 def lr_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
     if not 0 <= optim.warmup_steps < total_steps:
-        raise ValueError(f"optim.warmup_steps={optim.warmup_steps} must be in [0, steps={total_steps})")
+        raise ConfigError(f"optim.warmup_steps={optim.warmup_steps} must be in [0, steps={total_steps})")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=optim.lr,
@@ -32,7 +33,7 @@ def lr_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
     )
 
 
-def _keys(path) -> tuple:
+def path_keys(path) -> tuple:
     """Plain keys of a pytree path, dropping the Variable's trailing ``.value``."""
     out = []
     for entry in path:
@@ -84,7 +85,7 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
 def group_transform(optim: OptimConfig, group: tuple, params, cfg: ModelConfig) -> optax.GradientTransformation:
     """AdamW direction (without the learning rate) for one parameter group."""
     with_path = jax.tree_util.tree_map_with_path
-    mask = with_path(lambda p, x: decays(_keys(p), x.ndim), params)
+    mask = with_path(lambda p, x: decays(path_keys(p), x.ndim), params)
     parts = [
         optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
         optax.add_decayed_weights(optim.weight_decay, mask=mask),
@@ -92,7 +93,7 @@ def group_transform(optim: OptimConfig, group: tuple, params, cfg: ModelConfig) 
     if group == ("backbone",) and optim.layer_decay != 1.0:
         # State paths are absolute ("backbone", "blocks", 3, ...): drop the group prefix.
         scales = with_path(
-            lambda p, x: layer_scale(backbone_layer_id(_keys(p)[1:], cfg.depth), cfg.depth, optim.layer_decay),
+            lambda p, x: layer_scale(backbone_layer_id(path_keys(p)[1:], cfg.depth), cfg.depth, optim.layer_decay),
             params,
         )
         parts.append(scale_by_tree(scales))

@@ -8,15 +8,12 @@ frozen backbone is simply a group without an optimiser.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.nn.sonichu import SonichuModel
-from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.optim import get_group, with_groups
 
 
@@ -57,55 +54,10 @@ def trainable_groups(cfg: ModelConfig, freeze_backbone: bool) -> list[tuple]:
     return [g for g in param_groups(cfg) if not (freeze_backbone and g == ("backbone",))]
 
 
-def graphdef_for(cfg: ModelConfig) -> nnx.GraphDef:
-    """The train-mode graphdef of a model of ``cfg``, without allocating it."""
-    model = nnx.eval_shape(lambda: SonichuModel(cfg, rngs=nnx.Rngs(0)))
+def fresh_state(model: SonichuModel, optimizer) -> TrainState:
+    """Step 0 of ``model`` (switched to train mode) under ``optimizer`` (a `GroupedAdamW`):
+    traceable, so it serves both `jax.eval_shape` and the jitted allocation."""
     model.train()
-    return split_model(model)[0]
-
-
-def create_state(
-    make_model: Callable[..., SonichuModel],
-    optimizer_for: Callable[[dict], Any],
-    mesh: jax.sharding.Mesh,
-    *model_args,
-) -> tuple[nnx.GraphDef, TrainState, Any]:
-    """Build the train state directly into its shardings (nothing is materialised on one
-    device first): shapes come from `jax.eval_shape`, then one jitted initialiser writes
-    every array where the mesh wants it. Returns (graphdef, state, optimizer).
-
-    ``make_model(*model_args)`` must be traceable (``SonichuModel(cfg, rngs=nnx.Rngs(seed))``,
-    or `nnx.merge` of loaded weights passed in ``model_args``, which keeps them arguments
-    rather than constants baked into the program); ``optimizer_for(params)`` builds the
-    optimiser from the (abstract) grouped params.
-    """
-    holder = {}
-
-    def init(*args) -> TrainState:
-        model = make_model(*args)
-        model.train()
-        graphdef, params, rest = split_model(model)
-        holder["graphdef"] = graphdef
-        if "optimizer" not in holder:
-            holder["optimizer"] = optimizer_for(params)
-        optimizer = holder["optimizer"]
-        trainable = with_groups(optimizer.groups, [get_group(params, g) for g in optimizer.groups])
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=optimizer.init(trainable)
-        )
-
-    abstract = jax.eval_shape(init, *model_args)
-    shardings = state_shardings(mesh, abstract)
-    state = jax.jit(init, out_shardings=shardings)(*model_args)
-    return holder["graphdef"], state, holder["optimizer"]
-
-
-def state_shardings(mesh: jax.sharding.Mesh, abstract: TrainState) -> TrainState:
-    return mesh_lib.state_shardings(mesh, abstract)
-
-
-def abstract_with_shardings(state_or_abstract, shardings):
-    """ShapeDtypeStructs carrying shardings: the restore target for orbax."""
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_or_abstract, shardings
-    )
+    _, params, rest = split_model(model)
+    trainable = with_groups(optimizer.groups, [get_group(params, g) for g in optimizer.groups])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=optimizer.init(trainable))

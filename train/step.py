@@ -16,11 +16,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
+from sonichu_jax.nn.sonichu import unflip
 from sonichu_jax.nn.vitpose import soft_argmax
+from sonichu_jax.train.guard import keep_if_finite
 from sonichu_jax.train.optim import GroupedAdamW, get_group, with_groups
 from sonichu_jax.train.state import TrainState, merge_model
 
@@ -110,19 +111,15 @@ def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_
         task_index = batch["task_id"][0]
         active = {("heads", t): task_index == i for i, t in enumerate(cfg.task_names)}
         new_train, opt_state, metrics = optimizer.update(grads, state.opt_state, train_params, state.step, active)
-        finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
         candidate = TrainState(
             step=state.step + 1,
             params=_join(new_train, frozen_params, trainable, frozen),
             rest=rest,
             opt_state=opt_state,
         )
-        # NaN/inf guard: a bad batch leaves the state as it was (only the step advances);
-        # the loop sees `finite` == 0 and stops before anything is checkpointed.
-        keep = state.replace(step=state.step + 1)
-        new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), candidate, keep)
+        new_state, finite, param_norm = keep_if_finite(state, candidate, loss, metrics["grad_norm"])
         metrics.update(parts)
-        metrics.update(loss=loss, param_norm=optax.tree.norm(new_state.params), finite=finite.astype(jnp.float32))
+        metrics.update(loss=loss, param_norm=param_norm, finite=finite)
         return new_state, metrics
 
     return step
@@ -150,13 +147,8 @@ def make_predict_step(graphdef, cfg: ModelConfig, tta: bool):
         coords = soft_argmax(model.head_heatmaps(feats, task), beta)
         if not tta:
             return coords
-        # As SonichuModel.forward_predict: mirror x back, then relabel left/right points.
         plain, mirrored = jnp.split(coords, 2)
-        mirrored = mirrored.at[..., 0].set(1.0 - mirrored[..., 0])
-        perm = cfg.task(task).flip_perm
-        if perm is not None:
-            mirrored = mirrored[:, jnp.asarray(perm)]
-        return jnp.concatenate([plain, mirrored])
+        return jnp.concatenate([plain, unflip(mirrored, cfg.task(task).flip_perm)])
 
     branches = head_branches(graphdef, cfg, run)
 

@@ -7,7 +7,6 @@ from sonichu_jax.data.pipeline import (
     PipelineConfig,
     describe_mixture,
     make_eval_pipeline,
-    make_frame_pipeline,
     make_train_pipeline,
     task_weights,
 )
@@ -51,7 +50,6 @@ __all__ = [
     "load_manifest",
     "load_source",
     "make_eval_pipeline",
-    "make_frame_pipeline",
     "make_train_pipeline",
     "manifest_line",
     "resize_sample",

@@ -21,7 +21,7 @@ import numpy as np
 
 from sonichu_jax.data.augment import to_unit_float
 from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
-from sonichu_jax.data.pipeline import PipelineConfig, _finish
+from sonichu_jax.data.pipeline import PipelineConfig, finish_pipeline
 from sonichu_jax.data.records import Record
 from sonichu_jax.errors import InputError
 from sonichu_jax.preprocess import normalize, read_image
@@ -102,5 +102,5 @@ def make_pretrain_pipeline(
         .batch(batch_size, drop_remainder=True)
         .map_with_index(sampler)
     )
-    return _finish(ds, PipelineConfig(batch_size=batch_size, image_size=crop.image_size, seed=seed,
+    return finish_pipeline(ds, PipelineConfig(batch_size=batch_size, image_size=crop.image_size, seed=seed,
                                       num_workers=num_workers))

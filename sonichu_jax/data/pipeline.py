@@ -1,5 +1,6 @@
 """grain input pipelines: task-homogeneous training batches with static shapes, an eval
-pipeline that yields every record once, and an unlabelled-frame pipeline for I-JEPA.
+pipeline that yields every record once (the I-JEPA frame pipeline is
+`sonichu_jax.data.ijepa_pipeline`).
 
 Every batch is a dict of numpy arrays whose shapes do not depend on the task, so a jitted
 step compiles once:
@@ -31,7 +32,6 @@ The iterator is a grain ``DatasetIterator``: ``get_state()`` / ``set_state()`` (
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -275,7 +275,9 @@ def _stream_seed(seed: int, slot: int) -> int:
     return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
 
 
-def _finish(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
+def finish_pipeline(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
+    """The common tail of every pipeline: reader threads and prefetch, then grain worker
+    processes when ``config.num_workers`` asks for them."""
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_buffer_size)
     )
@@ -336,7 +338,7 @@ def make_train_pipeline(
         slots.append(slot)
     mixture = BlockMixture(counts[slots], config.seed)
     ds = grain.MapDataset.select_from_datasets(streams, mixture)
-    return _finish(ds, config)
+    return finish_pipeline(ds, config)
 
 
 def make_eval_pipeline(
@@ -368,7 +370,7 @@ def make_eval_pipeline(
         parts.append(grain.MapDataset.range(padded).map(_EvalItem(shard, loader, slot)).batch(B))
     if not parts:
         raise InputError("no records for the configured tasks")
-    return _finish(grain.MapDataset.concatenate(parts), config)
+    return finish_pipeline(grain.MapDataset.concatenate(parts), config)
 
 
 class _EvalItem:
@@ -379,31 +381,6 @@ class _EvalItem:
 
     def __call__(self, i: int) -> dict[str, np.ndarray]:
         return self.loader(self.shard[i]) if i < len(self.shard) else self.loader.padding(self.slot)
-
-
-def make_frame_pipeline(
-    records: Sequence[Record],
-    config: PipelineConfig = PipelineConfig(),
-    *,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> grain.IterDataset:
-    """Infinite shuffled batches of images (labels ignored) for self-supervised
-    pretraining: the example dict with ``has_label == 0`` and ``task_id == 0``."""
-    pi, pc = _process(process_index, process_count)
-    if len(records) < pc:
-        raise InputError(f"{len(records)} frames, fewer than the {pc} processes sharing them")
-    unlabelled = [(i, dataclasses.replace(r, task=None, keypoints=None)) for i, r in enumerate(records)]
-    loader = ExampleLoader((TaskSpec("frames", 1),), config.image_size, config.augment)
-    ds = (
-        grain.MapDataset.source(unlabelled)[pi::pc]
-        .seed(config.seed)
-        .shuffle()
-        .repeat()
-        .random_map(loader)
-        .batch(config.batch_size, drop_remainder=True)
-    )
-    return _finish(ds, config)
 
 
 def describe_mixture(records: Sequence[Record], tasks: Sequence[TaskSpec], config: PipelineConfig) -> dict[str, Any]:

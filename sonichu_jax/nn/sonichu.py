@@ -18,6 +18,15 @@ from sonichu_jax.nn.vitpose import ClassicHead, DeconvTrunk, SimpleHead, final_c
 EMBED_POOLS = ("mean", "none")
 
 
+def unflip(coords: jax.Array, flip_perm: tuple[int, ...] | None) -> jax.Array:
+    """(B, K, 2) coordinates predicted on mirrored images -> the original images' frame:
+    x back as 1 - x, then left/right keypoints relabelled (keypoint i of the original
+    image is keypoint ``flip_perm[i]`` of the mirrored one). Flip TTA averages this with
+    the plain prediction; the trainers' predict step uses it too."""
+    coords = coords.at[..., 0].set(1.0 - coords[..., 0])
+    return coords if flip_perm is None else coords[:, jnp.asarray(flip_perm)]
+
+
 class TaskOutput(nnx.Module):
     """The per-task part of a shared-trunk model: only the final 1x1 conv."""
 
@@ -74,12 +83,7 @@ class SonichuModel(nnx.Module):
         if not tta:
             return coords
         flipped = soft_argmax(self.forward_heatmaps(pixel_values[:, :, ::-1], task), beta)
-        flipped = flipped.at[..., 0].set(1.0 - flipped[..., 0])
-        perm = self.cfg.task(task).flip_perm
-        if perm is not None:
-            # keypoint i of the original image is keypoint perm[i] of the flipped one
-            flipped = flipped[:, jnp.asarray(perm)]
-        return 0.5 * (coords + flipped)
+        return 0.5 * (coords + unflip(flipped, self.cfg.task(task).flip_perm))
 
     def forward_embed(self, pixel_values: jax.Array, pool: str) -> jax.Array:
         features = self.feature_map(pixel_values).astype(jnp.float32)

@@ -1,0 +1,291 @@
+"""The one run driver: every training stage (teacher, distillation, I-JEPA) runs through it.
+
+A stage (`Stage`) supplies only what is its own: its data, its program (train state and
+compiled step, built without allocating), a fresh state, its validation (optional) and
+its export. `run` does the rest, in this order:
+
+1. check the config (``config.validate()``), start JAX's distributed client
+   (`sonichu_jax.train.distributed`), build the mesh and check the batch against it;
+2. check the run directory (`sonichu_jax.train.run_dir`): a new run refuses one that
+   holds a run, a resumed run requires one;
+3. load the data, turn epochs into steps (`sonichu_jax.train.schedule`), compare the
+   config with the saved one when resuming, print the banner;
+   -- nothing has been written and nothing compiled up to here --
+4. build the program, then restore the newest intact checkpoint or allocate a fresh
+   state, write ``train_config.json``, open the sinks;
+5. loop: step; every ``log.every_steps`` one fetch of the window's metrics (NaN guard,
+   sinks); validation and checkpoint cadence; stop on SIGTERM/SIGINT
+   (`sonichu_jax.train.preemption`);
+6. finish: the last window, one final save (the final step validates first, so the MRE
+   it reports was measured at that step), the exports (and ``best/`` when validation
+   picked one).
+
+See docs/training.md for a new stage in a page of code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import jax
+
+from sonichu_jax.errors import TrainingDiverged
+from sonichu_jax.metrics import MREReport
+from sonichu_jax.train import distributed
+from sonichu_jax.train import mesh as mesh_lib
+from sonichu_jax.train.checkpointing import Checkpointer
+from sonichu_jax.train.configlib import to_dict
+from sonichu_jax.train.guard import all_finite
+from sonichu_jax.train.metrics_log import ConsoleSink, JsonlSink, MetricsBuffer, MetricsSink, summarize
+from sonichu_jax.train.preemption import StopRequest
+from sonichu_jax.train.run_dir import CHECKPOINTS, METRICS_FILE, RunDir, check_resume
+from sonichu_jax.train.schedule import resolve_schedule
+
+
+class Program(NamedTuple):
+    """What a stage builds for the driver."""
+
+    state: Any  # the abstract train state with shardings: the restore target
+    step: Callable  # jitted ``step(state, batch, *extra) -> (state, metrics)``, state donated
+    extra: tuple = ()  # further (placed) step inputs
+
+
+class Stage:
+    """One training stage as `run` sees it. Subclasses set the class attributes and
+    override the hooks; ``self.config`` is the validated config, with its schedule in
+    steps from `examples` on."""
+
+    name = "train"  # the command: progress bar and messages
+    batch_keys: tuple[str, ...] = ()  # the keys of a data batch that the step reads
+    window_last: tuple[str, ...] = ("lr",)  # metrics a window reports at its end, not averaged
+    postfix: tuple[str, ...] = ("loss", "lr", "img_per_s")  # on the progress bar
+
+    def __init__(self, config):
+        self.config = config
+
+    def examples(self) -> int:
+        """Load the data; the number of training examples an epoch covers."""
+        raise NotImplementedError
+
+    def build(self, mesh: jax.sharding.Mesh) -> Program:
+        raise NotImplementedError
+
+    def initial_state(self) -> Any:
+        """A fresh state (after `build`), allocated in the program's shardings."""
+        raise NotImplementedError
+
+    def batches(self) -> Iterator[dict]:
+        """This process's batches: a grain iterator (its state is checkpointed)."""
+        raise NotImplementedError
+
+    def validation_every(self) -> int | None:
+        """Validate every this many steps (0: only at the end); None: the stage has no validation."""
+        return None
+
+    def validate_at_start(self) -> bool:
+        return False
+
+    def validate(self, state) -> MREReport:
+        raise NotImplementedError
+
+    def export(self, state, out_dir: str, best: bool = False) -> None:
+        """Write the finished run's outputs (``best``: the best checkpoint's weights)."""
+
+
+@dataclass
+class RunResult:
+    out_dir: str
+    step: int
+    finished: bool
+    signal: int | None = None  # the signal that stopped the run (after its checkpoint was saved)
+    last_metrics: dict | None = None  # the last metrics window
+    validation: MREReport | None = None  # the last validation ...
+    validation_step: int | None = None  # ... and the step it measured
+    best_step: int | None = None  # the checkpoint with the lowest validation MRE
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.finished
+
+    @property
+    def val_mre(self) -> float | None:
+        return None if self.validation is None else self.validation.weighted_px
+
+    @property
+    def exit_code(self) -> int:
+        """0 done (or stopped on request); 128 + the signal after a signal-triggered save."""
+        return 128 + self.signal if self.signal else 0
+
+
+def run(stage: Stage, out_dir: str | os.PathLike, *, resume: bool = False, stop_after: int | None = None,
+        sinks: Sequence[MetricsSink] = ()) -> RunResult:
+    """Train (or continue) ``stage`` in ``out_dir``. ``stop_after`` ends the call after that
+    many steps as if preempted (checkpoint saved), for tests and time-boxed jobs; ``sinks``
+    receive every metrics window and validation besides ``metrics.jsonl`` and the console."""
+    driver = _Run(stage, RunDir(out_dir), resume, sinks)
+    driver.prepare()
+    try:
+        driver.start()
+        driver.train(stop_after)
+        return driver.finish()
+    finally:
+        driver.close()
+
+
+class _Run:
+    """The state of one call of `run`; each phase is a method."""
+
+    def __init__(self, stage: Stage, run_dir: RunDir, resume: bool, sinks: Sequence[MetricsSink]):
+        self.stage, self.run_dir, self.resume, self.extra_sinks = stage, run_dir, resume, list(sinks)
+        self.ckpt: Checkpointer | None = None
+        self.sinks: list[MetricsSink] = []
+        self.console: ConsoleSink | None = None
+        self.buffer = MetricsBuffer()
+        self.validation: tuple[int, MREReport] | None = None
+        self.last_window: dict | None = None
+        self.signal: int | None = None
+
+    # -- 1-3: checks; nothing written, nothing compiled ------------------------------------
+    def prepare(self) -> None:
+        stage = self.stage
+        config = stage.config.validate()
+        distributed.start(config.distributed)
+        self.primary = jax.process_index() == 0
+        saved = self.run_dir.check(self.resume)
+        self.mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+        mesh_lib.check_batch(config.data.batch_size, self.mesh)
+        mesh_lib.local_batch_size(config.data.batch_size)
+        config, per_epoch = resolve_schedule(config, stage.examples())
+        note = check_resume(saved, to_dict(config), str(self.run_dir)) if saved is not None else None
+        stage.config = self.config = config
+        self.say(distributed.banner(stage.name, self.mesh, config.data.batch_size, config.steps, per_epoch))
+        for line in (distributed.shared_storage_note(str(self.run_dir)), note):
+            if line:
+                self.say(line)
+
+    def say(self, text: str) -> None:
+        if self.primary:
+            (self.console.say if self.console is not None else print)(text)
+
+    # -- 4: state and outputs ----------------------------------------------------------------
+    def start(self) -> None:
+        self.program = self.stage.build(self.mesh)
+        self.batches = self.stage.batches()
+        restored = None
+        if self.resume:
+            self.ckpt = Checkpointer(self.run_dir.join(CHECKPOINTS), self.config.checkpoint)
+            is_finite = jax.jit(all_finite)
+            restored = self.ckpt.restore_latest(self.program.state, self.batches,
+                                                lambda s: bool(jax.device_get(is_finite(s))), self.say)
+            self.say(f"resumed from step {restored[1]}" if restored else "no intact checkpoint: starting at step 0")
+        # A fresh state first: a failing initialisation (say, a wrong init.path) leaves no
+        # checkpoints/ behind that would make the directory look like a run.
+        self.state, self.step = restored if restored else (self.stage.initial_state(), 0)
+        if self.ckpt is None:
+            self.ckpt = Checkpointer(self.run_dir.join(CHECKPOINTS), self.config.checkpoint)
+        if self.primary:
+            self.run_dir.write_config(to_dict(self.config))
+            self.console = ConsoleSink(self.stage.name, self.config.steps, self.step, self.stage.postfix,
+                                       self.config.log.progress)
+            metrics = JsonlSink(self.run_dir.join(METRICS_FILE), self.step if restored else None)
+            self.sinks = [metrics, self.console]
+        self.sinks += self.extra_sinks
+        self.every = self.stage.validation_every()
+        if not restored and self.every is not None and self.stage.validate_at_start():
+            self.validate()
+
+    # -- 5: the loop ---------------------------------------------------------------------------
+    def train(self, stop_after: int | None) -> None:
+        total = self.config.steps
+        limit = total if stop_after is None else min(total, self.step + stop_after)
+        self.window_start = time.perf_counter()
+        with StopRequest(self.ckpt.manager) as stop:
+            while self.step < limit:
+                local = next(self.batches)
+                batch = mesh_lib.global_batch(self.mesh, {k: local[k] for k in self.stage.batch_keys})
+                self.state, metrics = self.program.step(self.state, batch, *self.program.extra)
+                self.step += 1
+                self.buffer.add(self.step, metrics)
+                for sink in self.sinks:
+                    sink.step(self.step)
+                self.cadence(limit)
+                self.signal = stop.requested(self.step, self.config.log.every_steps)
+                if self.signal:
+                    break
+
+    def cadence(self, limit: int) -> None:
+        """After a step: the metrics window, validation and checkpoint, as configured."""
+        step = self.step
+        validate_now = self.validates_at(step)
+        save_now = step % self.config.checkpoint.every_steps == 0 or validate_now
+        if step % self.config.log.every_steps == 0 or save_now or step == limit:
+            self.flush()
+        if validate_now:
+            self.validate()
+        if save_now:
+            self.save()
+
+    def validates_at(self, step: int) -> bool:
+        """Every ``validation_every`` steps, and at the last step, before its save (so that
+        the save records the MRE the final line reports, and ``best/`` can be chosen)."""
+        if self.every is None:
+            return False
+        return step == self.config.steps or (self.every > 0 and step % self.every == 0)
+
+    def flush(self) -> None:
+        """One fetch of the buffered window; stops the run if any step was non-finite."""
+        if not len(self.buffer):
+            return
+        rows = self.buffer.flush()
+        bad = [s for s, m in rows if m["finite"] < 1.0]
+        if bad:
+            self.ckpt.wait()
+            last = self.ckpt.latest_step()
+            where = f"step {last} in {self.run_dir.join(CHECKPOINTS)}" if last is not None else "none was saved"
+            raise TrainingDiverged(f"non-finite loss, gradient or train state at step {bad[0]}; stopped without "
+                                   f"saving it. Last good checkpoint: {where}")
+        window = summarize(rows, self.stage.window_last)
+        now = time.perf_counter()
+        window["img_per_s"] = len(rows) * self.config.data.batch_size / max(now - self.window_start, 1e-9)
+        self.window_start = now
+        self.last_window = window
+        for sink in self.sinks:
+            sink.train_window(rows[-1][0], window)
+
+    def validate(self) -> None:
+        report = self.stage.validate(self.state)
+        self.validation = (self.step, report)
+        for sink in self.sinks:
+            sink.validation(self.step, report)
+
+    def save(self) -> None:
+        validated = self.validation is not None and self.validation[0] == self.step
+        self.ckpt.save(self.step, self.state, self.batches,
+                       val_mre=self.validation[1].weighted_px if validated else None)
+
+    # -- 6: the end --------------------------------------------------------------------------
+    def finish(self) -> RunResult:
+        self.flush()
+        finished = self.step == self.config.steps
+        if finished and self.every is not None and (self.validation is None or self.validation[0] != self.step):
+            self.validate()  # a finished run resumed: its result still reports an MRE measured now
+        self.save()
+        self.ckpt.wait()
+        best = self.ckpt.best_step()
+        if finished:
+            self.stage.export(self.state, str(self.run_dir))
+            if best is not None:
+                self.stage.export(self.ckpt.restore(best, self.program.state), str(self.run_dir), best=True)
+        elif self.primary:
+            self.say(f"stopped at step {self.step}; checkpoint saved. Continue by resuming {self.run_dir}.")
+        step, report = self.validation or (None, None)
+        return RunResult(str(self.run_dir), self.step, finished, self.signal, self.last_window, report, step, best)
+
+    def close(self) -> None:
+        if self.ckpt is not None:
+            self.ckpt.close()
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,131 @@
+"""The run directory: what a training run writes, when it may write there, and whether a
+resumed run is the same run.
+
+Layout (every stage; a stage writes the exports it has):
+
+    train_config.json   the resolved config (file + overrides, schedule in steps, the
+                        absolute data path), written at the start and on every resume
+    metrics.jsonl       one line per metrics window and per validation
+    checkpoints/<step>  orbax: train state + data iterator state
+    model/, best/       teacher/student exports; backbone/, backbone_pytorch/: I-JEPA
+    damaged_checkpoints/<step>   checkpoints that could not be read back (set aside)
+
+A directory holding any of these is a run: a new run refuses it, and resuming requires
+one. Resuming compares the saved config with the new one (`check_resume`). Paths may be
+URLs (``gs://...``): they go through `etils.epath`, as orbax's own do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+from etils import epath
+
+from sonichu_jax.errors import ConfigError, InputError
+from sonichu_jax.fileio import write_json
+from sonichu_jax.train.checkpointing import DAMAGED_DIR
+
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbone", "backbone_pytorch", DAMAGED_DIR)
+
+# Config keys a resumed run may change: where and how often it writes, how it runs, and
+# the initial weights (a resumed run reads its weights from the checkpoint).
+RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers")
+SCHEDULE_KEYS = ("steps", "epochs")
+
+
+class RunDir:
+    def __init__(self, out_dir: str | os.PathLike):
+        out_dir = os.fspath(out_dir)
+        self.url = "://" in out_dir
+        self.path = epath.Path(out_dir if self.url else os.path.abspath(out_dir))
+
+    def __str__(self) -> str:
+        return os.fspath(self.path)
+
+    def join(self, name: str) -> str:
+        return os.fspath(self.path / name)
+
+    def entries(self) -> list[str]:
+        """The names of run outputs present in the directory."""
+        if not self.path.is_dir():
+            return []
+        return [name for name in RUN_ENTRIES if (self.path / name).exists()]
+
+    def check(self, resume: bool) -> dict | None:
+        """Refuse what would mix two runs; returns the saved config when resuming."""
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"run directory {self} is an existing file")
+        found = self.entries()
+        if not resume:
+            if found:
+                raise InputError(f"{self} already holds a run ({', '.join(found)}); resume it, "
+                                 "or choose another output directory")
+            return None
+        if not self.path.exists():
+            raise InputError(f"cannot resume {self}: it does not exist")
+        if CONFIG_FILE not in found:
+            raise InputError(f"cannot resume {self}: it holds no run ({CONFIG_FILE} is missing)")
+        try:
+            return json.loads((self.path / CONFIG_FILE).read_text())
+        except ValueError as exc:
+            raise InputError(f"cannot resume {self}: {CONFIG_FILE} is not valid JSON ({exc})") from None
+
+    def write_config(self, config: dict) -> None:
+        if self.url:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        else:
+            write_json(self.path / CONFIG_FILE, config)
+
+
+def export_to(out_dir: str, name: str, write: Callable[[str], None]) -> None:
+    """Let ``write(directory)`` write the export ``name`` of a run. On object storage
+    (``gs://``) it writes into a local temporary folder whose files are then copied up,
+    since exports are written with plain file operations."""
+    if "://" not in out_dir:
+        write(os.path.join(out_dir, name))
+        return
+    target = epath.Path(out_dir) / name
+    with tempfile.TemporaryDirectory() as tmp:
+        write(tmp)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in epath.Path(tmp).iterdir():  # an export is one flat folder of files
+            path.copy(target / path.name, overwrite=True)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+_ABSENT = "(absent)"
+
+
+def check_resume(saved: dict, new: dict, run: str) -> str | None:
+    """Compare a run's saved config with the config it is resumed with (both in their
+    JSON form). Architecture, data, optimiser, seed and batch changes, and a shorter
+    schedule, raise one `ConfigError` naming every differing key with both values; a
+    longer schedule returns the line that says so."""
+    old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
+    changed = {k: (old.get(k, _ABSENT), now.get(k, _ABSENT)) for k in old.keys() | now.keys()
+               if old.get(k, _ABSENT) != now.get(k, _ABSENT)}
+    refused = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE) and k not in SCHEDULE_KEYS}
+    before, after = old.get("steps"), now["steps"]
+    if isinstance(before, int) and after < before:
+        refused["steps"] = (before, after)
+    if refused:
+        listed = "; ".join(f"{k}: {a!r} (saved) vs {b!r} (now)" for k, (a, b) in sorted(refused.items()))
+        raise ConfigError(f"cannot resume {run} with a different config: {listed}")
+    if isinstance(before, int) and after > before:
+        return f"resuming with a longer schedule: {before} -> {after} steps; the schedules are recomputed for {after}"
+    return None

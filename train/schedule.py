@@ -1,0 +1,63 @@
+"""Schedules given in epochs, turned into steps from the run's actual training set.
+
+An epoch is ``examples // global batch`` steps (at least one), where ``examples`` is what
+the run trains on: for a teacher or a student the training records after the split and
+the pseudo-label selection (copies included), for I-JEPA the number of frames. Every
+``*_epochs`` field that is set (see `sonichu_jax.train.configlib.EPOCH_KEYS`) fills its
+``*_steps`` twin; the resolved config is what the run uses, saves and compares on resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sonichu_jax.errors import ConfigError
+from sonichu_jax.train.configlib import EPOCH_KEYS, get_path, has_path, replace_path, steps_twin
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    return max(1, examples // batch_size)
+
+
+def _in_steps(key: str, epochs: float, per_epoch: int) -> int:
+    steps = round(epochs * per_epoch)
+    if key in ("optim.warmup_epochs", "log.eval_every_epochs"):
+        return steps if epochs == 0 else max(1, steps)  # 0 keeps its meaning (none / at the end)
+    return max(1, steps)
+
+
+def epoch_fields(config: Any) -> list[str]:
+    """The schedule fields ``config`` gives in epochs."""
+    return [k for k in EPOCH_KEYS if has_path(config, k) and get_path(config, k) is not None]
+
+
+def in_steps(config: Any, examples: int | None) -> Any:
+    """``config`` with its schedule in steps, for code that builds a run without its data
+    (an ahead-of-time plan): resolved from ``examples`` when given; a config whose
+    schedule is in epochs cannot do without them."""
+    if examples is not None:
+        return resolve_schedule(config, examples)[0]
+    if epoch_fields(config):
+        raise ConfigError(f"{', '.join(epoch_fields(config))} count in epochs: the number of training examples "
+                          "is needed to turn them into steps")
+    return config
+
+
+def resolve_schedule(config: Any, examples: int) -> tuple[Any, int]:
+    """(config with every epoch field turned into steps, steps per epoch). The epoch
+    fields stay as given, for the record; the result is checked again in steps."""
+    per_epoch = steps_per_epoch(examples, config.data.batch_size)
+    given = epoch_fields(config)
+    for key in given:
+        config = replace_path(config, steps_twin(key), _in_steps(key, get_path(config, key), per_epoch))
+    steps_only = config
+    for key in given:
+        steps_only = replace_path(steps_only, key, None)
+    try:
+        steps_only.validate()
+    except ConfigError as exc:
+        if not given:
+            raise
+        raise ConfigError(f"{exc} ({', '.join(f'{k}={get_path(config, k):g}' for k in given)} at {per_epoch} "
+                          f"steps per epoch: {examples} examples / batch {config.data.batch_size})") from None
+    return config, per_epoch

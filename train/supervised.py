@@ -1,0 +1,171 @@
+"""The supervised trainer (teachers and the distilled student), built in two parts.
+
+`build_trainer` is pure construction: the graphdef and the abstract train state (from
+`jax.eval_shape`), their shardings on a mesh, the grouped optimiser, the jitted step and
+the abstract global batch. It allocates nothing and works for any mesh, also one over
+devices this process cannot address, so an ahead-of-time plan lowers and compiles
+exactly what a training run executes (`abstract_run`, then `Trainer.lower().compile()`).
+`Trainer.init_state` allocates a fresh state straight into its shardings; a resumed run
+restores into ``Trainer.state`` instead and never builds the initial weights.
+
+Used by `train-teacher`, `distill`, the tests (tests/train_util.py) and
+benchmarks/bench_train.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sonichu_jax.checkpoint import abstract_model
+from sonichu_jax.config import ModelConfig
+from sonichu_jax.errors import ConfigError
+from sonichu_jax.nn.sonichu import SonichuModel
+from sonichu_jax.train import mesh as mesh_lib
+from sonichu_jax.train.configlib import TeacherConfig
+from sonichu_jax.train.optim import GroupedAdamW
+from sonichu_jax.train.run_dir import export_to
+from sonichu_jax.train.schedule import in_steps
+from sonichu_jax.train.state import (
+    TrainState,
+    fresh_state,
+    merge_model,
+    split_model,
+    trainable_groups,
+)
+from sonichu_jax.train.step import BATCH_KEYS, make_train_step, max_keypoints
+from sonichu_jax.train.validation import make_eval_step
+
+
+def abstract_batch(cfg: ModelConfig, global_batch: int, mesh: jax.sharding.Mesh) -> dict:
+    """The shapes, dtypes and shardings of one global training batch (`BATCH_KEYS`)."""
+    b, k, (h, w) = global_batch, max_keypoints(cfg), cfg.image_size
+    shapes = {"image": ((b, h, w, 3), jnp.float32), "keypoints": ((b, k, 2), jnp.float32),
+              "valid": ((b, k), jnp.float32), "task_id": ((b,), jnp.int32), "has_label": ((b,), jnp.float32),
+              "is_pseudo": ((b,), jnp.float32)}
+    sharding = mesh_lib.batch_sharding(mesh)
+    return {key: jax.ShapeDtypeStruct(*shapes[key], sharding=sharding) for key in BATCH_KEYS}
+
+
+@dataclass
+class Trainer:
+    """A supervised run's program on a mesh; ``state``, ``batch`` and ``extra`` are
+    ShapeDtypeStructs carrying their shardings."""
+
+    config: TeacherConfig
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    optimizer: GroupedAdamW
+    state: TrainState
+    batch: dict
+    extra: tuple  # further step inputs, e.g. the frozen teachers of a distillation
+    step: Callable  # jitted ``step(state, batch, *extra) -> (state, metrics)``, state donated
+
+    def lower(self):
+        """The step lowered from the abstract inputs: ``.compile()`` it for memory and
+        cost analyses, or to run it."""
+        return self.step.lower(self.state, self.batch, *self.extra)
+
+    def shardings(self) -> TrainState:
+        return jax.tree.map(lambda x: x.sharding, self.state)
+
+    def init_state(self, make_model: Callable[..., SonichuModel], *model_args) -> TrainState:
+        """A fresh state written directly into its shardings by one jitted initialiser.
+        ``make_model(*model_args)`` must be traceable: ``SonichuModel(cfg, rngs=...)``, or
+        `nnx.merge` of loaded weights passed in ``model_args`` (arguments, not constants
+        baked into the program)."""
+        init = jax.jit(lambda *args: fresh_state(make_model(*args), self.optimizer), out_shardings=self.shardings())
+        return init(*model_args)
+
+    def eval_step(self):
+        """The jitted validation step (flip TTA as ``log.eval_tta`` says)."""
+        return make_eval_step(self.graphdef, self.config.model, self.mesh, self.config.log.eval_tta,
+                              self.shardings())
+
+    def export(self, state: TrainState, out_dir: str, name: str) -> None:
+        """Write the weights of ``state`` as the model checkpoint directory ``name`` of the
+        run directory ``out_dir`` (process 0)."""
+        gather = jax.jit(lambda p, r: (p, r), out_shardings=mesh_lib.replicated(self.mesh))
+        params, rest = jax.device_get(gather(state.params, state.rest))
+        if jax.process_index() == 0:
+            model = merge_model(self.graphdef, self.config.model, params, rest)
+            model.eval()
+            export_to(out_dir, name, model.save_pretrained)
+
+
+def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=None, extra: tuple = (),
+                  wrap: Callable | None = None) -> Trainer:
+    """The program of ``config`` on ``mesh``, allocating nothing. ``objective`` replaces
+    the supervised loss (`sonichu_jax.train.step.Supervised`); ``extra`` are the further
+    step inputs it reads (arrays or ShapeDtypeStructs, with shardings); ``wrap`` wraps
+    the step function before ``jit`` (tests count traces with it)."""
+    cfg, optim = config.model, config.optim
+    model = abstract_model(cfg)
+    model.train()
+    graphdef, params, _ = split_model(model)
+    groups = trainable_groups(cfg, optim.freeze_backbone)
+    optimizer = GroupedAdamW(optim, cfg, config.steps, groups, params)
+    abstract = jax.eval_shape(lambda: fresh_state(SonichuModel(cfg, rngs=nnx.Rngs(config.seed)), optimizer))
+    shardings = mesh_lib.state_shardings(mesh, abstract)
+    fn = make_train_step(graphdef, cfg, optimizer, optim.freeze_backbone, objective)
+    extra_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in extra)
+    step = jax.jit(
+        wrap(fn) if wrap is not None else fn,
+        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), *extra_shardings),
+        out_shardings=(shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+    extra = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(extra, extra_shardings))
+    return Trainer(config, mesh, graphdef, optimizer, mesh_lib.abstract_with_shardings(abstract, shardings),
+                   abstract_batch(cfg, config.data.batch_size, mesh), extra, step)
+
+
+def abstract_run(config: TeacherConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Trainer:
+    """A teacher run's step, abstract state and abstract batch on ``mesh``, without
+    allocating anything: ``abstract_run(config, mesh).lower().compile()``. ``examples``
+    (the training set's size) turns a schedule in epochs into steps. (The distillation
+    and I-JEPA stages have their own `abstract_run`.)"""
+    config = in_steps(config.validate(), examples)
+    mesh_lib.check_batch(config.data.batch_size, mesh)
+    return build_trainer(config, mesh)
+
+
+# -- initial weights -------------------------------------------------------------------------
+_BACKBONE_FIELDS = ("image_size", "patch_size", "in_channels", "width", "depth", "num_heads", "mlp_ratio",
+                    "qkv_bias", "pos_embed", "patch_padding")
+
+
+def _mismatch(a: ModelConfig, b: ModelConfig, fields: tuple[str, ...]) -> list[str]:
+    return [f"{f}: {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in fields if getattr(a, f) != getattr(b, f)]
+
+
+def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
+    """(make_model, args) for `Trainer.init_state`: scratch, a whole checkpoint, or a backbone."""
+    cfg, init = config.model, config.init
+    if init.kind == "scratch":
+        return (lambda: SonichuModel(cfg, rngs=nnx.Rngs(config.seed))), ()
+    if not init.path:
+        raise ConfigError(f"init.kind={init.kind!r} needs init.path (a checkpoint directory)")
+    other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype)
+    if init.kind == "pretrained":
+        fields = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "dtype")
+        diff = _mismatch(cfg, other.cfg, fields)
+        if diff:
+            raise ConfigError(f"init.path {init.path} does not match the configured model: " + "; ".join(diff))
+        graphdef, weights = nnx.split(other)
+        return (lambda w: nnx.merge(graphdef, w)), (weights,)
+    diff = _mismatch(cfg, other.cfg, _BACKBONE_FIELDS)
+    if diff:
+        raise ConfigError(f"backbone {init.path} does not match the configured encoder: " + "; ".join(diff))
+
+    def with_backbone(backbone_state: Any) -> SonichuModel:
+        model = SonichuModel(cfg, rngs=nnx.Rngs(config.seed))
+        nnx.update(model.backbone, backbone_state)
+        return model
+
+    return with_backbone, (nnx.state(other.backbone),)
