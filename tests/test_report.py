@@ -140,18 +140,20 @@ def test_demo_report_renders_in_chromium(demo_report, tmp_path):
     assert (image[:1500] < 200).mean() > 0.02
 
 
-def _copy_run(src, dst, data_source=None, with_model=True):
+def _copy_run(src, dst, with_model=True, forget_data=False):
     ignore = shutil.ignore_patterns("checkpoints", "best", *(() if with_model else ("model",)))
     shutil.copytree(src, dst, ignore=ignore)
-    if data_source is not None:  # as runs record it: the absolute --data path
+    if forget_data:  # as runs written before runs recorded their --data path
         config = json.loads((dst / "train_config.json").read_text())
-        config["data"]["source"] = str(data_source)
+        del config["data"]["source"]
         (dst / "train_config.json").write_text(json.dumps(config))
     return dst
 
 
 def test_single_teacher_run_is_scored_on_its_validation_split(quick_demo, tmp_path, capsys):
-    run = _copy_run(quick_demo.out / "teachers" / "t1_labels", tmp_path / "t1", quick_demo.out / "data" / "train")
+    run = _copy_run(quick_demo.out / "teachers" / "t1_labels", tmp_path / "t1")
+    recorded = json.loads((run / "train_config.json").read_text())["data"]["source"]
+    assert recorded == str(quick_demo.out / "data" / "train")  # the run recorded its --data, absolute
     out, summary = tmp_path / "t1.html", tmp_path / "t1.json"
     assert main(["report", str(run), "--out", str(out), "--json", str(summary), "--worst", "2", "--quiet"]) == 0
     result = json.loads(summary.read_text())["results"]["t1"]
@@ -167,7 +169,7 @@ def test_single_teacher_run_is_scored_on_its_validation_split(quick_demo, tmp_pa
 
 
 def test_run_without_recorded_data_needs_an_evaluation_set(quick_demo, tmp_path, capsys):
-    run = _copy_run(quick_demo.out / "teachers" / "t1_labels", tmp_path / "t1")
+    run = _copy_run(quick_demo.out / "teachers" / "t1_labels", tmp_path / "t1", forget_data=True)
     assert main(["report", str(run), "--out", str(tmp_path / "r.html"), "--quiet"]) == 2
     assert "does not record the data" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
