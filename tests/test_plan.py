@@ -1,0 +1,196 @@
+"""`sonichu-jax plan`: topologies, the fake-CPU path everywhere, and TPU slices compiled
+from this CPU machine when libtpu is installed (compile-only, no TPU needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sonichu_jax.errors import ConfigError, InputError
+from sonichu_jax.train.configlib import apply_overrides, load_config_file
+from sonichu_jax.train.plans import flops
+from sonichu_jax.train.plans.topology import CHIPS, parse, tpu_available
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- topology names ------------------------------------------------------------------------
+@pytest.mark.parametrize("name, expected", [
+    ("v5p:4x4x4", ("v5p", (4, 4, 4))),
+    ("v5p-64", ("v5p", (2, 4, 4))),  # Cloud TPU counts v5p TensorCores: 32 chips
+    ("v5p-8", ("v5p", (2, 2, 1))),
+    ("v4-32", ("v4", (2, 2, 4))),
+    ("v4-128", ("v4", (4, 4, 4))),
+    ("v5e-16", ("v5e", (4, 4))),
+    ("v5litepod-256", ("v5e", (16, 16))),
+    ("v6e-8", ("v6e", (2, 4))),
+    ("cpu:8", ("cpu", (8,))),
+])
+def test_topology_names(name, expected):
+    assert parse(name) == expected
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v7x:2x2x1", "unknown TPU generation 'v7x'.*known: v4, v5e, v5p, v6e.*examples: v5p:4x4x4"),
+    ("tpu", "not GEN:AxBxC or GEN-N; examples"),
+    ("v5p:4x4", "v5p slices have 3 axes"),
+    ("v5p-12", "only power-of-two slices"),
+    ("cpu:0", "cpu:N with N >= 1"),
+])
+def test_bad_topology_names_say_what_is_known(name, message):
+    with pytest.raises(InputError, match=message):
+        parse(name)
+
+
+def test_tpu_topology_without_libtpu_names_the_extra(monkeypatch):
+    from sonichu_jax.train.plans import topology
+
+    monkeypatch.setattr(topology, "tpu_available", lambda: False)
+    with pytest.raises(InputError, match=r"needs libtpu .*pip install 'sonichu-jax\[tpu\]'"):
+        topology.make_topology("v5p-64")
+
+
+def test_fit_check_and_estimates():
+    from sonichu_jax.train.plans.plan import Plan, estimate
+    from sonichu_jax.train.plans.topology import Topology
+
+    chip = CHIPS["v5e"]
+    plan = Plan(stage="pretrain", topology="v5e:4x4", device_kind="TPU v5 lite", devices=16, hosts=4,
+                mesh={"data": 16, "fsdp": 1}, global_batch=2048, batch_per_chip=128, steps=1000,
+                memory={"total": chip.hbm_bytes + 1}, model_flops=0.5 * chip.peak_flops)
+    plan = estimate(plan, Topology("v5e:4x4", chip, (), 4), step_seconds=2.0)
+    assert not plan.fits
+    assert plan.mfu == pytest.approx(0.25) and plan.img_per_s == pytest.approx(1024)
+    assert plan.run_hours == pytest.approx(2000 / 3600) and plan.chip_hours == pytest.approx(16 * 2000 / 3600)
+
+
+def test_model_flops_match_a_hand_count():
+    """ViT-B/16 at 256 px: 12 blocks of 256 tokens, width 768, MLP 3072."""
+    cfg = load_config_file("teacher_vitb").model
+    t, d = 256, 768
+    block = 2 * t * d * (3 * d + d + 2 * 4 * d) + 4 * t * t * d
+    assert flops.backbone_forward(cfg) == 12 * block + 2 * t * 16 * 16 * 3 * d
+
+
+# -- fake CPU devices: the command end to end ---------------------------------------------------
+def _plan_cli(*args, env=None, preexec_fn=None):
+    return subprocess.run([sys.executable, "-m", "sonichu_jax", "plan", "--quiet", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ, **(env or {})), preexec_fn=preexec_fn)
+
+
+def test_plan_on_fake_cpu_devices(tmp_path):
+    out = tmp_path / "plan.json"
+    r = _plan_cli("--config", "ijepa_tiny", "--topology", "cpu:8", "--set", "mesh.fsdp=2", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "pretrain" in r.stdout and "est. MFU" in r.stdout
+    plan = json.loads(out.read_text())["plans"][0]
+    assert (plan["devices"], plan["hosts"], plan["mesh"]) == (8, 1, {"data": 4, "fsdp": 2})
+    assert plan["batch_per_chip"] == 4
+    assert all(plan["memory"][k] > 0 for k in ("parameters", "optimiser", "batch", "temporaries", "total"))
+    # the compiler's FLOPs are the model's plus elementwise work
+    assert plan["model_flops"] <= plan["compiler_flops"] < 2 * plan["model_flops"]
+    assert plan["step_seconds"] is None and plan["mfu"] is None  # no cost model for CPUs
+
+
+def test_plan_refuses_a_batch_that_does_not_divide(tmp_path):
+    r = _plan_cli("--config", "teacher_tiny", "--topology", "cpu:3")
+    assert r.returncode == 2
+    assert "data.batch_size=16 does not divide over the mesh's batch axes on cpu:3: data=3 x fsdp=1" in r.stderr
+
+
+# Abstract state, shardings, batch and the lowered step of the card's configs on 8 CPU
+# devices, under an address-space limit far below what allocating them would take (the
+# I-JEPA state alone, replicated on 8 devices, is 11.5 GB): nothing is materialised.
+LOWER_CARD = textwrap.dedent("""
+    import sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    from sonichu_jax.train.configlib import load_config_file
+    from sonichu_jax.train.plans import make_topology
+    from sonichu_jax.train.plans.plan import build_mesh
+    from sonichu_jax.train.plans.stages import stage_program
+    for name in sys.argv[1:]:
+        config = load_config_file(name)
+        program = stage_program(config, build_mesh(config, make_topology("cpu:8")), 5)
+        program.jitted.lower(*program.args())
+        print(name, program.stage, flush=True)
+""")
+
+
+def test_card_plans_allocate_nothing():
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    r = subprocess.run([sys.executable, "-c", LOWER_CARD, "ijepa_vitb", "distill_vitb"], capture_output=True, text=True,
+                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), preexec_fn=limit)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["ijepa_vitb", "pretrain", "distill_vitb", "distill"]
+
+
+# -- TPU slices, compiled here when libtpu is installed -------------------------------------------
+tpu = pytest.mark.skipif(not tpu_available(), reason="libtpu not installed (pip install -e '.[tpu]')")
+TINY = {"ijepa": "ijepa_tiny", "teacher": "teacher_tiny", "distill": "distill_tiny"}
+TOPOLOGIES = ("v5e:2x2", "v5p:2x2x2")
+
+
+@pytest.fixture(scope="module")
+def tpu_plans():
+    from sonichu_jax.train.plans import make_plan, make_topology
+
+    cache = {}
+
+    def get(stage: str, topology: str, batch: int | None = None):
+        key = (stage, topology, batch)
+        if key not in cache:
+            config = load_config_file(TINY[stage])
+            if batch is not None:
+                config = apply_overrides(config, [f"data.batch_size={batch}"])
+            cache[key] = make_plan(config, make_topology(topology), num_teachers=2)
+        return cache[key]
+
+    return get
+
+
+@tpu
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize("stage", list(TINY))
+def test_tiny_steps_compile_for_tpu_slices(tpu_plans, stage, topology):
+    plan = tpu_plans(stage, topology)
+    chips, hosts = {"v5e:2x2": (4, 1), "v5p:2x2x2": (8, 2)}[topology]
+    assert (plan.devices, plan.hosts) == (chips, hosts)
+    assert plan.device_kind.startswith("TPU v5")
+    m = plan.memory
+    assert all(m[k] > 0 for k in ("parameters", "optimiser", "batch", "temporaries", "program"))
+    assert (m["teachers"] > 0) == (stage == "distill")
+    assert m["total"] >= m["parameters"] + m["optimiser"] + m["batch"] + m["temporaries"]
+    assert plan.fits and plan.hbm_bytes == CHIPS[topology.split(":")[0]].hbm_bytes
+    assert 0 < plan.step_seconds < 1 and 0 < plan.mfu < 1
+    assert plan.img_per_s == pytest.approx(plan.global_batch / plan.step_seconds)
+    assert plan.model_flops <= plan.compiler_flops < 2 * plan.model_flops
+    assert sum(plan.breakdown["by_kind"].values()) == pytest.approx(1.0)
+
+
+@tpu
+def test_doubled_batch_at_most_doubles_batch_and_temporaries(tpu_plans):
+    one, two = tpu_plans("teacher", "v5p:2x2x2"), tpu_plans("teacher", "v5p:2x2x2", batch=32)
+    assert two.memory["batch"] == 2 * one.memory["batch"]
+    assert one.memory["temporaries"] < two.memory["temporaries"] <= 2 * one.memory["temporaries"]
+    for part in ("parameters", "optimiser", "other_state"):
+        assert two.memory[part] == one.memory[part]
+    assert two.compiler_flops == pytest.approx(2 * one.compiler_flops, rel=0.05)
+
+
+@tpu
+def test_tpu_plan_refuses_a_batch_that_does_not_divide():
+    from sonichu_jax.train.plans import make_plan, make_topology
+
+    config = apply_overrides(load_config_file("teacher_tiny"), ["data.batch_size=20"])
+    with pytest.raises(ConfigError, match=r"data.batch_size=20 does not divide .* v5p:2x2x2: data=8 x fsdp=1 = 8 "
+                                          r"devices \(20 / 8 = 2.5\)"):
+        make_plan(config, make_topology("v5p:2x2x2"))
