@@ -22,7 +22,7 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class Chip:
-    """One TPU generation. HBM and peak bf16 matmul throughput per chip as published in
+    """One TPU generation. HBM size and bandwidth and peak bf16 matmul throughput per chip as published in
     the Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p,
     /v6e); ``cores`` TensorCores per chip (one JAX device per chip either way)."""
 
@@ -31,14 +31,15 @@ class Chip:
     cores: int
     hbm_bytes: int
     peak_flops: float  # bf16, per chip
+    hbm_bandwidth: float  # bytes/s
     chip_config: str = "default"  # libtpu's name for one-device-per-chip (megacore)
 
 
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", 3, 2, 32 * GIB, 275e12, chip_config="megacore"),
-    "v5e": Chip("v5e", 2, 1, 16 * GIB, 197e12),
-    "v5p": Chip("v5p", 3, 2, 95 * GIB, 459e12),
-    "v6e": Chip("v6e", 2, 1, 32 * GIB, 918e12),
+    "v4": Chip("v4", 3, 2, 32 * GIB, 275e12, 1200e9, chip_config="megacore"),
+    "v5e": Chip("v5e", 2, 1, 16 * GIB, 197e12, 819e9),
+    "v5p": Chip("v5p", 3, 2, 95 * GIB, 459e12, 2765e9),
+    "v6e": Chip("v6e", 2, 1, 32 * GIB, 918e12, 1640e9),
 }
 # Accepted spellings of a generation (Cloud TPU calls v5e slices "v5litepod").
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e"}
