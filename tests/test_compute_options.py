@@ -47,7 +47,7 @@ def _assert_same(variant: nnx.Module, reference: nnx.Module, inputs, apply):
                          ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_encoder_variant_matches_default_path(changes):
     """The context-encoder path: a kept subset of tokens, some of them padding."""
-    cfg = tiny(depth=2)
+    cfg = tiny(depth=1)
     images = jax.random.normal(jax.random.key(1), (3, *cfg.image_size, 3))
     keep = jnp.asarray(np.random.default_rng(0).integers(0, cfg.num_patches, (3, 10)))
     valid = jnp.arange(10)[None] < jnp.asarray([[10], [7], [3]])
@@ -83,8 +83,8 @@ def test_predictor_heads_major_attention_with_padding_matches():
     def apply(m, c):
         return jnp.where(tgt_valid[..., None], m(c, ctx_idx, tgt_idx, ctx_valid, tgt_valid), 0.0)
 
-    _assert_same(Predictor(cfg.replace(attention="heads_major"), 16, 2, rngs=nnx.Rngs(1)),
-                 Predictor(cfg, 16, 2, rngs=nnx.Rngs(0)), ctx, apply)
+    _assert_same(Predictor(cfg.replace(attention="heads_major"), 16, 1, rngs=nnx.Rngs(1)),
+                 Predictor(cfg, 16, 1, rngs=nnx.Rngs(0)), ctx, apply)
 
 
 def test_compute_options_are_validated():
