@@ -74,6 +74,39 @@ def test_fit_check_and_estimates():
     assert plan.time_source == "roofline" and plan.step_seconds == pytest.approx(3.0)
 
 
+def test_a_step_the_compiler_cannot_fit_is_refused_with_its_figures(monkeypatch):
+    """XLA's TPU compiler rematerialises to fit HBM and, when it cannot, fails the compile
+    with its own figures; the plan turns that into DoesNotFit (exit 2)."""
+    import jax
+
+    from sonichu_jax.train.plans import plan as plan_lib
+    from sonichu_jax.train.plans.topology import Topology
+
+    class Program:
+        stage = "pretrain"
+
+        def args(self):
+            return ()
+
+        class jitted:  # noqa: N801 - stands in for the jitted step
+            @staticmethod
+            def lower():
+                class Lowered:
+                    def compile(self):
+                        raise jax.errors.JaxRuntimeError(
+                            "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                            "temporaries (54.96G) exceeds available HBM (15.75G).")
+                return Lowered()
+
+    monkeypatch.setattr(plan_lib, "build_mesh", lambda config, topology: None)
+    monkeypatch.setattr(plan_lib, "stage_program", lambda config, mesh, n: Program())
+    config = apply_overrides(load_config_file("ijepa_vitb"), ["data.batch_size=8192"])
+    topology = Topology("v5e:4x4", CHIPS["v5e"], tuple(range(16)), 4)
+    with pytest.raises(plan_lib.DoesNotFit, match=r"pretrain on v5e:4x4 \(512 images per chip\) does not fit: Ran out "
+                                                   r"of memory on HBM.*\(54.96G\) exceeds available HBM \(15.75G\)"):
+        plan_lib.make_plan(config, topology)
+
+
 def test_model_flops_match_a_hand_count():
     """ViT-B/16 at 256 px: 12 blocks of 256 tokens, width 768, MLP 3072."""
     cfg = load_config_file("teacher_vitb").model

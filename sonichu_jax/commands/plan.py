@@ -75,33 +75,35 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from sonichu_jax.train.plans import NeedsFreshProcess, make_plan, make_topology
+    from sonichu_jax.train.plans import DoesNotFit, NeedsFreshProcess, make_plan, make_topology
     from sonichu_jax.train.plans.table import render, versions
 
     try:
         topologies = [make_topology(t) for t in args.topology]
     except NeedsFreshProcess:
         return _rerun_in_fresh_process(args, cpu_devices)
-    plans = []
+    plans, refused = [], []
     with tqdm(topologies, desc="compiling", unit="topology", disable=args.quiet) as bar:
         for topology in bar:
             bar.set_postfix_str(topology.name)
-            plans.append(make_plan(config, topology, args.teachers))
-    print(render(plans))
+            try:
+                plans.append(make_plan(config, topology, args.teachers))
+            except DoesNotFit as exc:  # the other topologies still get their plans
+                refused.append(str(exc))
+    if plans:
+        print(render(plans))
     if args.breakdown:
         from sonichu_jax.train.plans.breakdown import render as render_breakdown
 
         for plan in plans:
             print(f"\n{plan.topology}: {render_breakdown(plan.breakdown)}")
-    if args.json:
+    if args.json and plans:
         write_json(args.json, {"config": os.path.abspath(args.config) if os.path.isfile(args.config) else args.config,
                                "overrides": list(args.overrides), "versions": versions(),
                                "settings": to_dict(config), "plans": [p.to_dict() for p in plans]})
         print(f"wrote {args.json}", file=sys.stderr)
-    misfits = [p for p in plans if not p.fits]
-    if misfits:
-        worst = ", ".join(f"{p.topology} needs {p.memory['total'] / 2**30:.1f} GiB of {p.hbm_bytes / 2**30:.0f} GiB"
-                          for p in misfits)
-        print(f"sonichu-jax plan: error: the run does not fit in HBM: {worst}", file=sys.stderr)
-        return 2
-    return 0
+    refused += [f"{p.stage} on {p.topology} needs {p.memory['total'] / 2**30:.1f} GiB of HBM per chip, "
+                f"the chip has {p.hbm_bytes / 2**30:.0f} GiB" for p in plans if not p.fits]
+    for message in refused:
+        print(f"sonichu-jax plan: error: {message}", file=sys.stderr)
+    return 2 if refused else 0

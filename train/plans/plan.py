@@ -14,13 +14,19 @@ from dataclasses import asdict, dataclass, field
 
 import jax
 
-from sonichu_jax.errors import ConfigError
+from sonichu_jax.errors import ConfigError, SonichuError
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.plans.breakdown import breakdown
 from sonichu_jax.train.plans.stages import StageProgram, stage_program
 from sonichu_jax.train.plans.topology import Topology
 
 MEMORY_PARTS = ("parameters", "optimiser", "other_state", "teachers", "batch", "temporaries", "program")
+
+
+class DoesNotFit(SonichuError):
+    """The compiler could not fit the step in the chip's HBM, even rematerialising (its
+    own figures are in the message); exit code 2, as for a plan that compiles but does
+    not fit."""
 
 
 @dataclass
@@ -109,9 +115,16 @@ def make_plan(config, topology: Topology, num_teachers: int = 5) -> Plan:
     mesh = build_mesh(config, topology)
     program = stage_program(config, mesh, num_teachers)
     start = time.perf_counter()
-    compiled = program.jitted.lower(*program.args()).compile()
-    elapsed = time.perf_counter() - start
     n = len(topology.devices)
+    try:
+        compiled = program.jitted.lower(*program.args()).compile()
+    except jax.errors.JaxRuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        if not first.startswith("RESOURCE_EXHAUSTED"):
+            raise
+        raise DoesNotFit(f"{program.stage} on {topology.name} ({config.data.batch_size // n} images per chip) does "
+                         f"not fit: {first.removeprefix('RESOURCE_EXHAUSTED: ')}") from None
+    elapsed = time.perf_counter() - start
     cost = _cost(compiled)
     plan = Plan(
         stage=program.stage, topology=topology.name, device_kind=topology.devices[0].device_kind,
