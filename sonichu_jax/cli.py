@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "distill": "distill",
     "pretrain": "pretrain",
     "demo": "demo",
+    "plan": "plan",
 }
 
 # Exit codes: 0 done; 1 a run that failed (diverged) or a parity check that failed;

@@ -18,6 +18,12 @@ POS_EMBED_KINDS = ("sincos", "learned", "learned_cls_folded")
 HEAD_KINDS = ("classic", "simple")
 HEAD_SHARING = ("per_task", "shared_trunk")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# Compute options: how a model computes, not what. The same weights give the same
+# function under any of them; they are not part of the architecture.
+REMAT_KINDS = ("none", "block", "block_save_dots")
+ATTENTION_KINDS = ("auto", "xla", "cudnn", "heads_major")
+HEAD_CONV_KINDS = ("matmul", "conv")
+COMPUTE_FIELDS = ("dtype", "remat", "attention", "head_conv")
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "sonichu"
@@ -86,6 +92,14 @@ class ModelConfig:
     batch_norm_eps: float = 1e-5
     softargmax_beta: float = 1.0
     dtype: str = "float32"  # compute dtype; parameters are always float32
+    # Compute options (COMPUTE_FIELDS). remat: recompute each transformer block in the
+    # backward pass ("block"), or all but its matmuls ("block_save_dots"), to fit larger
+    # batches per chip. attention: jax.nn.dot_product_attention's implementation (auto
+    # picks cuDNN on GPUs where it can), or heads_major (einsums laid out per head). head_conv: the heads' 2x2 and 1x1 convolutions as
+    # shifted-copy matmuls (fast backward on CPU) or as XLA convolutions.
+    remat: str = "none"
+    attention: str = "auto"
+    head_conv: str = "matmul"
     tasks: tuple[TaskSpec, ...] = CARD_TASKS
 
     def __post_init__(self):
@@ -106,6 +120,9 @@ class ModelConfig:
             ("head_kind", self.head_kind, HEAD_KINDS),
             ("head_sharing", self.head_sharing, HEAD_SHARING),
             ("dtype", self.dtype, COMPUTE_DTYPES),
+            ("remat", self.remat, REMAT_KINDS),
+            ("attention", self.attention, ATTENTION_KINDS),
+            ("head_conv", self.head_conv, HEAD_CONV_KINDS),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")

@@ -14,6 +14,10 @@ import pytest
 # Set before any test module imports JAX, which reads these at import.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sonichu-jax-test-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# CPU only: with libtpu installed (the tpu extra, for the plan tests) JAX would otherwise
+# try to start a TPU backend in every process, slower and with warnings on stderr. Plans
+# for TPU slices compile from the CPU backend anyway.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REFERENCE_PATH = os.path.join(os.path.dirname(__file__), "..", "sonichu_jax", "reference", "modeling_sonichu.py")
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.nn.vit import Block, FixedEmbedding, layer_norm, sincos_2d_table
+from sonichu_jax.nn.vit import Block, FixedEmbedding, layer_norm, run_blocks, sincos_2d_table
 
 
 def predictor_config(cfg: ModelConfig, width: int, depth: int) -> ModelConfig:
@@ -61,7 +61,5 @@ class Predictor(nnx.Module):
                 ones(context_idx) if context_valid is None else context_valid,
                 ones(target_idx) if target_valid is None else target_valid,
             ], axis=1)
-        for block in self.blocks:
-            x = block(x, valid)
-        x = self.norm(x)[:, -target_idx.shape[1] :]
+        x = self.norm(run_blocks(self.blocks, x, valid, self.cfg.remat))[:, -target_idx.shape[1] :]
         return self.proj(x)

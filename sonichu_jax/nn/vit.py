@@ -37,10 +37,41 @@ class PatchEmbed(nnx.Module):
         return y.reshape(y.shape[0], -1, y.shape[-1])
 
 
+# jax.nn.dot_product_attention's implementation per ModelConfig.attention (None: JAX
+# picks, i.e. cuDNN flash attention on GPUs where the shapes allow, XLA otherwise).
+_ATTENTION_IMPLEMENTATION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+
+
+def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_heads: int,
+                          valid: jax.Array | None) -> jax.Array:
+    """Multi-head self-attention computed heads-major, (B, heads, T, head_dim), straight
+    from the fused qkv and proj kernels viewed per head: no activation is reshaped or
+    transposed between the projections and the two attention matmuls."""
+    b, t, d = x.shape
+    hd = d // num_heads
+    dtype = qkv.dtype or x.dtype
+    w = qkv.kernel[...].astype(dtype).reshape(d, 3, num_heads, hd)
+    q, k, v = (jnp.einsum("btd,dnh->bnth", x.astype(dtype), w[:, i]) for i in range(3))
+    if qkv.bias is not None:
+        bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, 1, hd)
+        q, k, v = q + bias[0], k + bias[1], v + bias[2]
+    # Logits leave the matmul in the compute dtype (what bfloat16 autocast does too): a
+    # float32 result would make its gradient float32 as well, and both backward matmuls
+    # then run at float32 speed. Mask and softmax stay float32.
+    logits = jnp.einsum("bnth,bnsh->bnts", q * jnp.asarray(hd**-0.5, dtype), k).astype(jnp.float32)
+    if valid is not None:
+        logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum("bnts,bnsh->bnth", probs, v)
+    wp = proj.kernel[...].astype(dtype).reshape(num_heads, hd, d)
+    return jnp.einsum("bnth,nhd->btd", out, wp) + proj.bias[...].astype(dtype)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         self.num_heads = cfg.num_heads
+        self.kind = cfg.attention
         self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, use_bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(cfg.width, cfg.width, dtype=dtype, rngs=rngs)
 
@@ -48,12 +79,13 @@ class Attention(nnx.Module):
         """``valid`` (B, T) bool, optional: tokens that may be attended to. Padding tokens
         (False) then change no other token's output, so a padded sequence encodes its real
         tokens exactly as the unpadded one would (I-JEPA's static-shape masks)."""
+        if self.kind == "heads_major":
+            return heads_major_attention(x, self.qkv, self.proj, self.num_heads, valid)
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         mask = None if valid is None else valid[:, None, None, :]
-        # jax.nn.dot_product_attention dispatches to cuDNN flash attention on GPUs.
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=_ATTENTION_IMPLEMENTATION[self.kind])
         return self.proj(out.reshape(b, t, d))
 
 
@@ -84,6 +116,23 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         x = x + self.attn(self.norm1(x), valid)
         return x + self.mlp(self.norm2(x))
+
+
+# What a rematerialised block keeps for the backward pass (ModelConfig.remat): nothing
+# but its input, or also the results of its matmuls (the elementwise work is redone).
+_REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def run_blocks(blocks, x: jax.Array, valid: jax.Array | None, remat: str) -> jax.Array:
+    """Apply transformer ``blocks`` in turn, each rematerialised as ``remat`` says."""
+    if remat == "none":
+        for block in blocks:
+            x = block(x, valid)
+        return x
+    apply = nnx.remat(lambda block, x, valid: block(x, valid), policy=_REMAT_POLICIES[remat])
+    for block in blocks:
+        x = apply(block, x, valid)
+    return x
 
 
 class VisionTransformer(nnx.Module):
@@ -126,9 +175,7 @@ class VisionTransformer(nnx.Module):
         return tokens + self.position_table().astype(tokens.dtype)
 
     def encode_tokens(self, tokens: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-        for block in self.blocks:
-            tokens = block(tokens, valid)
-        return self.norm(tokens)
+        return self.norm(run_blocks(self.blocks, tokens, valid, self.cfg.remat))
 
     def __call__(self, pixel_values: jax.Array, keep: jax.Array | None = None,
                  valid: jax.Array | None = None) -> jax.Array:

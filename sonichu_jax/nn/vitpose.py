@@ -29,18 +29,29 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
     return jnp.einsum("bhwk,ko->bhwo", cols, kernel.reshape(kh * kw * cin, cout))
 
 
+def stride1_conv(x: jax.Array, kernel: jax.Array, pad: int, kind: str) -> jax.Array:
+    """A stride-1 convolution (HWIO kernel) as shifted-copy matmuls (``kind="matmul"``,
+    see `conv_as_matmul`) or as XLA's convolution (``"conv"``: no copies, which suits
+    accelerators whose convolution gradients are fast): ModelConfig.head_conv."""
+    if kind == "conv":
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return conv_as_matmul(x, kernel, pad)
+
+
 class PointwiseConv(nnx.Module):
     """1x1 convolution with a bias, as a matmul (see `conv_as_matmul`); parameters are
     named and shaped like nnx.Conv's so checkpoints do not care."""
 
-    def __init__(self, in_features: int, out_features: int, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out_features: int, dtype, *, rngs: nnx.Rngs, conv: str = "matmul"):
         init = nnx.initializers.lecun_normal()
         self.kernel = nnx.Param(init(rngs.params(), (1, 1, in_features, out_features), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
         self.dtype = dtype
+        self.conv = conv
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = conv_as_matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), pad=0)
+        y = stride1_conv(x.astype(self.dtype), self.kernel[...].astype(self.dtype), 0, self.conv)
         return y + self.bias[...].astype(self.dtype)
 
 
@@ -56,17 +67,18 @@ class Deconv4x4(nnx.Module):
     shifted by (a, b), interleaved into the 2x larger map.
     """
 
-    def __init__(self, in_features: int, out_features: int, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out_features: int, dtype, *, rngs: nnx.Rngs, conv: str = "matmul"):
         init = nnx.initializers.lecun_normal()
         self.kernel = nnx.Param(init(rngs.params(), (4, 4, in_features, out_features), jnp.float32))
         self.dtype = dtype
+        self.conv = conv
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, _ = x.shape
         k = self.kernel[...].astype(self.dtype)
         cout = k.shape[-1]
         phases = [k[a::2, c::2] for a in (0, 1) for c in (0, 1)]  # each (2, 2, in, out)
-        y = conv_as_matmul(x.astype(self.dtype), jnp.concatenate(phases, axis=-1), pad=1)  # (B, h+1, w+1, 4*out)
+        y = stride1_conv(x.astype(self.dtype), jnp.concatenate(phases, axis=-1), 1, self.conv)  # (B, h+1, w+1, 4*out)
         rows = []
         for a in (0, 1):
             cols = [y[:, a : a + h, c : c + w, (2 * a + c) * cout : (2 * a + c + 1) * cout] for c in (0, 1)]
@@ -81,7 +93,7 @@ class DeconvTrunk(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         channels = [cfg.width] + [cfg.deconv_filters] * cfg.num_deconv
         self.deconvs = nnx.List(
-            [Deconv4x4(cin, cout, dtype, rngs=rngs) for cin, cout in zip(channels[:-1], channels[1:])]
+            [Deconv4x4(cin, cout, dtype, rngs=rngs, conv=cfg.head_conv) for cin, cout in zip(channels[:-1], channels[1:])]
         )
         # Normalisation statistics in float32 whatever the compute dtype.
         self.norms = nnx.List(
@@ -99,7 +111,7 @@ class DeconvTrunk(nnx.Module):
 
 def final_conv(in_features: int, num_keypoints: int, kernel: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
     if kernel == 1:
-        return PointwiseConv(in_features, num_keypoints, jnp.dtype(cfg.dtype), rngs=rngs)
+        return PointwiseConv(in_features, num_keypoints, jnp.dtype(cfg.dtype), rngs=rngs, conv=cfg.head_conv)
     pad = kernel // 2
     return nnx.Conv(
         in_features,

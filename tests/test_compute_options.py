@@ -1,0 +1,97 @@
+"""Compute options (ModelConfig.remat, .attention, .head_conv) change how a model computes,
+never what: each variant gives the default path's outputs and gradients (float32, tight
+tolerance), with the same parameter names and shapes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
+from sonichu_jax.errors import ConfigError
+from sonichu_jax.nn.predictor import Predictor
+from sonichu_jax.nn.vit import VisionTransformer
+from sonichu_jax.nn.vitpose import ClassicHead
+from tests.train_util import tiny
+
+
+def _value_and_grads(module: nnx.Module, inputs, apply):
+    """Output of ``apply(module, inputs)`` and the gradients of a loss of it with respect
+    to the module's parameters and ``inputs``; the module is merged inside the traced
+    function, as the training steps do."""
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def loss(p, x):
+        out = apply(nnx.merge(graphdef, p, rest), x)
+        return jnp.sum(jnp.sin(3.0 * out)), out  # a gradient that differs per element
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, inputs)
+    return out, grads
+
+
+def _assert_same(variant: nnx.Module, reference: nnx.Module, inputs, apply):
+    assert jax.tree.map(jnp.shape, nnx.state(variant)) == jax.tree.map(jnp.shape, nnx.state(reference))
+    nnx.update(variant, nnx.state(reference))
+    out_ref, grads_ref = _value_and_grads(reference, inputs, apply)
+    out, grads = _value_and_grads(variant, inputs, apply)
+    np.testing.assert_allclose(out, out_ref, rtol=1e-5, atol=1e-5)
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads_ref))
+    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("changes", [{"attention": "heads_major"}, {"remat": "block_save_dots"}],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_encoder_variant_matches_default_path(changes):
+    """The context-encoder path: a kept subset of tokens, some of them padding."""
+    cfg = tiny(depth=1)
+    images = jax.random.normal(jax.random.key(1), (3, *cfg.image_size, 3))
+    keep = jnp.asarray(np.random.default_rng(0).integers(0, cfg.num_patches, (3, 10)))
+    valid = jnp.arange(10)[None] < jnp.asarray([[10], [7], [3]])
+
+    def apply(m, x):
+        return jnp.where(valid[..., None], m(x, keep=keep, valid=valid), 0.0)
+
+    _assert_same(VisionTransformer(cfg.replace(**changes), rngs=nnx.Rngs(1)), VisionTransformer(cfg, rngs=nnx.Rngs(0)),
+                 images, apply)
+
+
+def test_head_conv_variant_matches_default_path():
+    cfg = tiny()
+    feats = jax.random.normal(jax.random.key(2), (2, *cfg.grid, cfg.width))
+
+    def apply(m, x):
+        m.eval()  # BatchNorm on its running statistics: a function of the parameters only
+        return m(x)
+
+    _assert_same(ClassicHead(cfg.replace(head_conv="conv"), 3, rngs=nnx.Rngs(1)), ClassicHead(cfg, 3, rngs=nnx.Rngs(0)),
+                 feats, apply)
+
+
+def test_predictor_heads_major_attention_with_padding_matches():
+    """I-JEPA's predictor on padded (static-shape) contexts and targets."""
+    cfg = tiny(width=32, num_heads=2)
+    rng = np.random.default_rng(0)
+    ctx = jnp.asarray(rng.normal(size=(3, 6, 32)), jnp.float32)
+    ctx_idx, tgt_idx = jnp.asarray(rng.integers(0, 16, (3, 6))), jnp.asarray(rng.integers(0, 16, (3, 4)))
+    ctx_valid = jnp.arange(6)[None] < jnp.asarray([[6], [4], [2]])
+    tgt_valid = jnp.arange(4)[None] < jnp.asarray([[4], [3], [1]])
+
+    def apply(m, c):
+        return jnp.where(tgt_valid[..., None], m(c, ctx_idx, tgt_idx, ctx_valid, tgt_valid), 0.0)
+
+    _assert_same(Predictor(cfg.replace(attention="heads_major"), 16, 1, rngs=nnx.Rngs(1)),
+                 Predictor(cfg, 16, 1, rngs=nnx.Rngs(0)), ctx, apply)
+
+
+def test_compute_options_are_validated():
+    with pytest.raises(ConfigError, match="attention must be one of"):
+        ModelConfig(attention="flash")
+    with pytest.raises(ConfigError, match="remat must be one of"):
+        ModelConfig(remat="everything")
+    with pytest.raises(ConfigError, match="head_conv must be one of"):
+        ModelConfig(head_conv="fft")
+    assert set(COMPUTE_FIELDS) == {"dtype", "remat", "attention", "head_conv"}

@@ -1,0 +1,87 @@
+"""Where the compiler's estimated step time goes: the TPU compiler annotates every
+top-level instruction of the compiled program with its cost model's cycle estimate
+(``estimated_cycles``); summed by kind and by the JAX operation they came from, they show
+what limits a step. Collectives carry no estimate; their bytes are counted instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+_COMPUTATION = re.compile(r"\n(?:ENTRY )?(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", re.S)
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%\S+ = (.*?) ([a-z][\w\-]*)\(")
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+_CALLS = re.compile(r"calls=(%[\w.\-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_ITEMSIZE = {"pred": 1, "bf16": 2}
+
+
+def _bytes_of(shape_text: str) -> int:
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape_text):
+        size = _ITEMSIZE.get(dtype) or int(re.sub(r"\D", "", dtype)) // 8
+        for d in filter(None, dims.split(",")):
+            size *= int(d)
+        total += size
+    return total
+
+
+def _fusion_kind(bodies: dict[str, str], name: str, depth: int = 0) -> str:
+    body = bodies.get(name, "")
+    if re.search(r" (convolution|dot)\(", body):
+        return "matmul"
+    if re.search(r" (gather|scatter|dynamic-slice|dynamic-update-slice)\(", body):
+        return "gather/scatter"
+    if re.search(r" reduce\(", body):
+        return "reduction"
+    if depth < 2:
+        for callee in _CALLS.findall(body):
+            kind = _fusion_kind(bodies, callee, depth + 1)
+            if kind != "elementwise":
+                return kind
+    return "elementwise"
+
+
+def _source(line: str) -> str:
+    """The JAX operation an instruction came from, e.g. ``transpose(jvp())/dot_general``."""
+    m = _OP_NAME.search(line)
+    return "/".join(m.group(1).split("/")[-2:]) if m else "?"
+
+
+def breakdown(hlo_text: str, top: int = 12) -> dict:
+    """{"by_kind": {kind: share of estimated cycles}, "top_ops": [(source op, kind, share)],
+    "collective_bytes": bytes per chip moved by collectives in one step}."""
+    bodies = {name: body for name, body in _COMPUTATION.findall(hlo_text)}
+    entry = hlo_text[hlo_text.index("\nENTRY"):]
+    by_kind, by_op, collective = Counter(), Counter(), 0
+    for line in entry[: entry.find("\n}\n")].splitlines():
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        shape, op = m.groups()
+        if op.removesuffix("-start") in COLLECTIVES:
+            collective += _bytes_of(shape)
+            continue
+        cycles = _CYCLES.search(line)
+        if not cycles:
+            continue
+        kind = _fusion_kind(bodies, _CALLS.search(line).group(1)) if op == "fusion" else (
+            "copy/transpose" if op in ("copy", "transpose") else op)
+        by_kind[kind] += int(cycles.group(1))
+        by_op[(_source(line), kind)] += int(cycles.group(1))
+    total = sum(by_kind.values()) or 1
+    return {
+        "by_kind": {k: v / total for k, v in by_kind.most_common()},
+        "top_ops": [(src, kind, v / total) for (src, kind), v in by_op.most_common(top)],
+        "collective_bytes": collective,
+    }
+
+
+def render(result: dict) -> str:
+    lines = ["est. cycles by kind: " + ", ".join(f"{k} {v:.1%}" for k, v in result["by_kind"].items() if v >= 0.005)]
+    lines += [f"  {share:6.1%}  {kind:<15} {src}" for src, kind, share in result["top_ops"]]
+    lines.append(f"collectives: {result['collective_bytes'] / 2**20:.1f} MiB per chip per step (not in the estimate)")
+    return "\n".join(lines)
