@@ -69,6 +69,15 @@ def official(tmp_path_factory):
     return (path, *official_checkpoint(path, 64, seed=5))
 
 
+@pytest.fixture(scope="module")
+def converted(official, tmp_path_factory):
+    """The official checkpoint converted to this project's layout: its target encoder as
+    the backbone, plus the predictor."""
+    out = tmp_path_factory.mktemp("converted") / "jepa"
+    assert main(["convert", str(official[0]), "--out", str(out), "--num-heads", "2"]) == 0  # shapes cannot tell
+    return out
+
+
 def pretrain_argv(frames, out, *sets: str) -> list[str]:
     return ["pretrain", "--config", "ijepa_tiny", "--frames", str(frames), "--out", str(out),
             *[arg for s in (*TINY, *sets) for arg in ("--set", s)]]
@@ -164,6 +173,40 @@ def test_another_grid_runs_over_unreadable_frames(data, tmp_path, capsys):
         check_whole_model(str(out / "backbone"))
 
 
+def test_a_converted_directory_and_the_parts(official, converted, tmp_path):
+    """A converted directory's one encoder starts both; ``init.parts`` picks networks; a
+    checkpoint without a predictor gets a fresh one with a note, or is refused."""
+    from sonichu_jax.train.configlib import apply_overrides, load_config_file
+    from sonichu_jax.train.ijepa_start import load_start
+
+    _, encoder, target, predictor = official
+    base = apply_overrides(load_config_file("ijepa_tiny"), TINY)
+    start = load_start(apply_overrides(base, [f"init.path={converted}"]))
+    want = torch_refs.ijepa_arrays(target)
+    for arrays in (start.encoder, start.target):
+        np.testing.assert_array_equal(arrays["blocks/0/attn/qkv/kernel"], want["blocks/0/attn/qkv/kernel"])
+    np.testing.assert_array_equal(start.predictor["embed/kernel"],
+                                  torch_refs.ijepa_arrays(predictor)["embed/kernel"])
+    assert any("holds one encoder" in line for line in start.lines)
+
+    start = load_start(apply_overrides(base, [f"init.path={official[0]}", "init.parts=('target_encoder',)"]))
+    assert start.predictor is None and start.encoder is start.target
+    np.testing.assert_array_equal(start.encoder["norm/scale"], torch_refs.ijepa_arrays(target)["norm/scale"])
+    assert "init: the predictor starts freshly initialised (init.parts leaves it out)" in start.lines
+
+    bare = tmp_path / "bare"
+    shutil.copytree(converted, bare)
+    for name in os.listdir(bare):
+        if name.startswith(("flax_predictor", "predictor_config")):
+            os.remove(bare / name)
+    start = load_start(apply_overrides(base, [f"init.path={bare}"]))
+    assert start.predictor is None and any("no predictor" in line for line in start.lines)
+    with pytest.raises(ConfigError, match="holds no predictor, and init.missing_predictor is error"):
+        load_start(apply_overrides(base, [f"init.path={bare}", "init.missing_predictor=error"]))
+    with pytest.raises(ConfigError, match="init.parts must name encoder and/or target_encoder"):
+        apply_overrides(base, ["init.parts=('predictor',)"])
+
+
 # -- unreadable frames -----------------------------------------------------------------------------
 def _pipeline(frames, max_bad_fraction: float, log):
     from sonichu_jax.data.ijepa_masks import MaskConfig, MultiBlockMaskSampler
@@ -202,9 +245,7 @@ def test_unreadable_frames_are_replaced_deterministically(data):
 
 
 # -- a teacher from a backbone-only checkpoint ----------------------------------------------------------
-def test_teacher_refuses_a_backbone_as_a_whole_model(official, data, tmp_path, capsys):
-    converted = tmp_path / "converted"
-    assert main(["convert", str(official[0]), "--out", str(converted)]) == 0
+def test_teacher_refuses_a_backbone_as_a_whole_model(converted, data, tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "run"
     argv = ["train-teacher", "--config", "teacher_tiny", "--data", data[0], "--out", str(out),
