@@ -83,6 +83,16 @@ def pretrain_argv(frames, out, *sets: str) -> list[str]:
             *[arg for s in (*TINY, *sets) for arg in ("--set", s)]]
 
 
+def refused(argv: list[str], out, capsys) -> str:
+    """The command exits 2 with one line on stderr (returned) and writes nothing."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert not out.exists()
+    return err[0]
+
+
 def restore(run_dir, config, step: int):
     from sonichu_jax.train import ijepa
     from sonichu_jax.train import mesh as mesh_lib
@@ -137,12 +147,8 @@ def test_step_zero_is_the_official_checkpoint(official, data, tmp_path, capsys):
 def test_another_architecture_is_refused_before_anything_is_written(official, data, tmp_path, capsys):
     out = tmp_path / "run"
     argv = pretrain_argv(data[1], out, f"init.path={official[0]}", "model.depth=2", "predictor.depth=2")
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1, err
     assert (f"init.path {official[0]} does not match the configured model: model.depth: 1 (checkpoint) vs 2; "
-            "predictor.depth: 1 (checkpoint) vs 2") in err[0]
-    assert not out.exists()
+            "predictor.depth: 1 (checkpoint) vs 2") in refused(argv, out, capsys)
 
 
 def test_another_grid_runs_over_unreadable_frames(data, tmp_path, capsys):
@@ -245,14 +251,17 @@ def test_unreadable_frames_are_replaced_deterministically(data):
 
 
 # -- a teacher from a backbone-only checkpoint ----------------------------------------------------------
-def test_teacher_refuses_a_backbone_as_a_whole_model(converted, data, tmp_path, capsys):
-    capsys.readouterr()
+def test_teacher_refuses_a_backbone_as_a_whole_model(converted, data, torch_ref, tmp_path, capsys):
+    from conftest import write_reference_checkpoint
+
+    from sonichu_jax.config import tiny_config
+    from sonichu_jax.train.supervised import check_whole_model
+
+    write_reference_checkpoint(torch_ref, tiny_config(), tmp_path / "whole")
+    check_whole_model(str(tmp_path / "whole"))  # a whole model passes
     out = tmp_path / "run"
     argv = ["train-teacher", "--config", "teacher_tiny", "--data", data[0], "--out", str(out),
             "--set", "init.kind=pretrained", "--set", f"init.path={converted}", "--set", "log.progress=false"]
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1, err
     assert (f"init.kind=pretrained needs a whole model, but init.path {converted} holds trained weights only for "
-            "its backbone, predictor (its 9 heads would start untrained); use init.kind=backbone") in err[0]
-    assert not out.exists()
+            "its backbone, predictor (its 9 heads would start untrained); use init.kind=backbone") in \
+        refused(argv, out, capsys)
