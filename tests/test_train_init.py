@@ -213,6 +213,20 @@ def test_a_converted_directory_and_the_parts(official, converted, tmp_path):
         apply_overrides(base, ["init.parts=('predictor',)"])
 
 
+def test_resume_accepts_a_new_init_and_bad_frame_fraction():
+    """init.* is read at step 0 only, and a run stopped by unreadable frames continues with
+    a raised data.max_bad_fraction; the rest of data.* still has to match."""
+    from sonichu_jax.train.configlib import apply_overrides, load_config_file, to_dict
+    from sonichu_jax.train.run_dir import check_resume
+
+    saved = apply_overrides(load_config_file("ijepa_tiny"), TINY)
+    changed = apply_overrides(saved, ["init.path=/x/jepa-latest.pth.tar", "init.parts=('target_encoder',)",
+                                      "init.missing_predictor=error", "data.max_bad_fraction=0.2"])
+    assert check_resume(to_dict(saved), to_dict(changed), "run") is None
+    with pytest.raises(ConfigError, match=r"data.crop_scale"):
+        check_resume(to_dict(saved), to_dict(apply_overrides(changed, ["data.crop_scale=(0.5, 1.0)"])), "run")
+
+
 # -- unreadable frames -----------------------------------------------------------------------------
 def _pipeline(frames, max_bad_fraction: float, log):
     from sonichu_jax.data.ijepa_masks import MaskConfig, MultiBlockMaskSampler
@@ -234,7 +248,7 @@ def test_unreadable_frames_are_replaced_deterministically(data):
     assert all(np.abs(b["image"]).reshape(8, -1).max(1).min() > 0 for b in batches)  # no blank slot
     assert "bad" not in batches[0]
     # the replacements are part of the order: the same again, and after a restore
-    again = _pipeline(frames, 0.5, said.append)
+    again = _pipeline(frames, 0.5, lambda text: None)
     for want in batches[:3]:
         np.testing.assert_array_equal(next(again)["image"], want["image"])
     state = again.get_state()
