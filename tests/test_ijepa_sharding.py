@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent(
                          optim=IJEPAOptimConfig(warmup_steps=1, start_lr=1e-3), steps=10)
     sampler = MultiBlockMaskSampler(config.masks, config.model.grid, seed=0)
     rng = np.random.default_rng(0)
-    batches = [{"image": rng.normal(size=(8, 64, 64, 3)).astype(np.float32), **sampler.sample(i, 8)} for i in range(3)]
+    batches = [{"image": rng.normal(size=(8, 64, 64, 3)).astype(np.float32), "skipped": np.zeros(8, np.int32),
+                **sampler.sample(i, 8)} for i in range(3)]
     meshes = {
         "single": jax.make_mesh((1, 1), mesh_lib.BATCH_AXES, devices=jax.devices()[:1],
                                 axis_types=(jax.sharding.AxisType.Auto,) * 2),

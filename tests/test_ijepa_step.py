@@ -37,7 +37,7 @@ def tiny(**changes) -> IJEPAConfig:
 
 def state_from_model(model: ijepa.IJEPA, config: IJEPAConfig):
     graphdef, params, rest = ijepa.split(model)
-    state = ijepa.IJEPAState(step=jnp.zeros((), jnp.int32), params=params,
+    state = ijepa.IJEPAState(step=jnp.zeros((), jnp.int32), frames_skipped=jnp.zeros((), jnp.int32), params=params,
                              target=jax.tree.map(jnp.copy, params["encoder"]), rest=rest,
                              opt_state=ijepa.adam(config.optim).init(params))
     return graphdef, state
@@ -47,22 +47,12 @@ def state_from_model(model: ijepa.IJEPA, config: IJEPAConfig):
 def load_official(model: ijepa.IJEPA, encoder, predictor) -> None:
     """Copy official-named PyTorch weights into our modules (the converter's own rules are
     tested in test_convert_layouts.py; here a plain map keeps this test independent)."""
-    renames = {"predictor_embed": "embed", "predictor_blocks": "blocks", "predictor_norm": "norm",
-               "predictor_proj": "proj"}
-    flat = []
-    for part, module in (("encoder", encoder), ("predictor", predictor)):
-        for name, tensor in module.state_dict().items():
-            if name.endswith("pos_embed"):
-                continue  # fixed sin-cos tables, computed on both sides
-            value = tensor.numpy()
-            keys = [renames.get(k, k) for k in name.split(".")]
-            if keys[-1] == "weight" and value.ndim == 4:
-                keys[-1], value = "kernel", value.transpose(2, 3, 1, 0)
-            elif keys[-1] == "weight" and value.ndim == 2:
-                keys[-1], value = "kernel", value.T
-            elif keys[-1] == "weight":
-                keys[-1] = "scale"
-            flat.append(((part, *[int(k) if k.isdigit() else k for k in keys]), value))
+    import torch_refs
+
+    flat = [((part, *[int(k) if k.isdigit() else k for k in path.split("/")]), value)
+            for part, module in (("encoder", encoder), ("predictor", predictor))
+            for path, value in torch_refs.ijepa_arrays(module).items()
+            if not path.endswith("pos_embed")]  # fixed sin-cos tables, computed on both sides
     state = nnx.state(model, nnx.Param)
     expected = {p for p, _ in nnx.to_flat_state(state)}
     assert {p for p, _ in flat} == expected
@@ -173,12 +163,39 @@ def test_weight_decay_groups():
     assert not any(k.endswith("pos_embed") for k in mask)  # fixed tables are not parameters
 
 
-def test_official_init_rescales_residual_branches():
-    model = ijepa.build_model(tiny(model=tiny_config(depth=3)), 0)
-    stds = [float(jnp.std(model.encoder.blocks[i].mlp.fc2.kernel[...])) for i in range(3)]
-    for i, s in enumerate(stds):
-        assert s == pytest.approx(0.02 / math.sqrt(2 * (i + 1)), rel=0.1)
-    assert float(jnp.abs(model.encoder.blocks[0].attn.qkv.bias[...]).max()) == 0.0
+def official_training_init(path: tuple) -> tuple[str, float]:
+    """What the official training runs start from, by parameter (``src/helper.py::init_model``
+    re-draws every ``nn.Linear`` weight at std 0.02 after the constructors, whose division of
+    ``attn.proj`` / ``mlp.fc2`` by sqrt(2 (layer + 1)) it thereby undoes; the patch
+    convolution and the mask token keep the constructors' std-0.02 draw): (kind, value)."""
+    name = path[-1]
+    if name == "bias":
+        return "constant", 0.0  # Linear and Conv2d biases
+    if name == "scale":
+        return "constant", 1.0  # LayerNorm weights
+    assert name in ("kernel", "mask_token"), path
+    return "normal", 0.02  # every Linear, the patch Conv2d, the mask token; no depth scaling
+
+
+def test_init_follows_the_official_training_runs():
+    """Every parameter group against the rule above: exact constants, and for each drawn
+    tensor its mean and standard deviation within five standard errors of N(0, 0.02) (a
+    kept depth scaling, 1/sqrt(2) or less, lies well outside at these sizes)."""
+    config = tiny(model=tiny_config(depth=3), predictor=PredictorConfig(width=32, depth=2))
+    state = jax.jit(lambda: ijepa.fresh_state(config))()
+    drawn = 0
+    for path, var in nnx.to_flat_state(state.params):
+        value = np.asarray(var.get_value(), np.float64)
+        kind, expected = official_training_init(path)
+        if kind == "constant":
+            assert (value == expected).all(), path
+            continue
+        n, drawn = value.size, drawn + 1
+        assert abs(value.mean()) <= 5 * expected / math.sqrt(n), path
+        assert abs(value.std() / expected - 1) <= 5 / math.sqrt(2 * n), (path, value.std())
+    assert drawn == 1 + 4 * 3 + 2 + 4 * 2 + 1  # patch conv, 3 encoder blocks, embed/proj, 2 blocks, mask token
+    for (path, t), (_, e) in zip(nnx.to_flat_state(state.target), nnx.to_flat_state(state.params["encoder"])):
+        np.testing.assert_array_equal(np.asarray(t.get_value()), np.asarray(e.get_value()), err_msg=str(path))
 
 
 # -- compiled once, deterministic ------------------------------------------------------------------

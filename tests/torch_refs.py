@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,6 +101,54 @@ class IJepaPredictor(ijepa_ref.Predictor):
 
     def forward(self, x, context_idx, target_idx):
         return super().forward(x, [context_idx], [target_idx])
+
+
+# official I-JEPA predictor names -> this project's (the encoder's names are the same)
+IJEPA_RENAMES = {"predictor_embed": "embed", "predictor_blocks": "blocks", "predictor_norm": "norm",
+                 "predictor_proj": "proj", "predictor_pos_embed": "pos_embed"}
+
+
+def ijepa_arrays(module: nn.Module) -> dict[str, np.ndarray]:
+    """An official-named I-JEPA network's tensors under this project's state paths
+    (``blocks/0/attn/qkv/kernel``): Linear weights transposed, Conv2d OIHW -> HWIO,
+    LayerNorm weight -> scale. A plain name map, independent of the converter's rules."""
+    out = {}
+    for name, tensor in module.state_dict().items():
+        value = tensor.numpy()
+        keys = [IJEPA_RENAMES.get(k, k) for k in name.split(".")]
+        if keys[-1] == "weight" and value.ndim == 4:
+            keys[-1], value = "kernel", value.transpose(2, 3, 1, 0)
+        elif keys[-1] == "weight" and value.ndim == 2:
+            keys[-1], value = "kernel", value.T
+        elif keys[-1] == "weight":
+            keys[-1] = "scale"
+        out["/".join(keys)] = value
+    return out
+
+
+def predictor_parity(cfg, width: int, depth: int, arrays: dict[str, np.ndarray], predictor: nn.Module,
+                     seed: int = 0) -> float:
+    """Relative L2 between this project's predictor, every variable from ``arrays`` (paths
+    within `Predictor`), and the official-shaped PyTorch ``predictor`` on the same indices:
+    the official call takes one context and two target blocks at once, ours one block per
+    call. Two images, each with its own context; random encoder features."""
+    import jax
+    from flax import nnx
+
+    from sonichu_jax.checkpoint import predictor_from_arrays
+
+    n = cfg.num_patches
+    rng = np.random.default_rng(seed)
+    ctx = np.stack([np.sort(rng.permutation(n)[: n // 2]) for _ in range(2)])
+    blocks = [np.stack([rng.permutation(n)[:4] for _ in range(2)]) for _ in range(2)]
+    tokens = rng.normal(size=(2, ctx.shape[1], cfg.width)).astype(np.float32)
+    with torch.no_grad():
+        theirs = predictor(torch.from_numpy(tokens), [torch.from_numpy(ctx)], [torch.from_numpy(b) for b in blocks])
+    ours = predictor_from_arrays(cfg, width, depth, {f"predictor/{k}": v for k, v in arrays.items()})
+    graphdef, state = nnx.split(ours)
+    run = jax.jit(lambda s, t, c, b: nnx.merge(graphdef, s)(t, c, b))
+    mine = np.concatenate([np.asarray(run(state, tokens, ctx, b)) for b in blocks])
+    return float(np.linalg.norm(mine - theirs.numpy()) / np.linalg.norm(theirs.numpy()))
 
 
 def ijepa_state(encoder: nn.Module, target_encoder: nn.Module, predictor: nn.Module) -> dict:

@@ -17,17 +17,18 @@ the target normalisation, the loss and the optimiser run in float32.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
+from sonichu_jax.errors import InputError
 from sonichu_jax.nn.predictor import Predictor
 from sonichu_jax.nn.vit import VisionTransformer
 from sonichu_jax.train import mesh as mesh_lib
@@ -36,7 +37,8 @@ from sonichu_jax.train.guard import keep_if_finite
 from sonichu_jax.train.optim import decays, path_keys
 from sonichu_jax.train.schedule import in_steps
 
-BATCH_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid")
+# "skipped": per image, the undecodable frames the pipeline replaced to fill its slot
+BATCH_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid", "skipped")
 TARGET_LN_EPS = 1e-5  # F.layer_norm's default in the official target path
 INIT_STD = 0.02
 
@@ -51,26 +53,31 @@ class IJEPA(nnx.Module):
 
 
 def ijepa_init(model: IJEPA, key: jax.Array) -> None:
-    """The official initialisation, in place: every Linear/Conv kernel and the mask token
-    ~ N(0, 0.02) (PyTorch's trunc_normal_ cuts at +-2 absolute, i.e. +-100 std: a plain
-    normal), biases 0, LayerNorms (1, 0); then block i's attn.proj and mlp.fc2 kernels
-    are divided by sqrt(2 (i + 1)) so that deep residual streams start small."""
-    params = nnx.state(model, nnx.Param)
-    flat = nnx.to_flat_state(params)
-    keys = jax.random.split(key, len(flat))
-    out = []
-    for k, (path, var) in zip(keys, flat):
+    """The initialisation the official training runs start from, in place.
+
+    The official module constructors draw every Linear/Conv weight and the mask token from
+    N(0, 0.02) (``trunc_normal_`` cuts at +-2 absolute, i.e. +-100 std: a plain normal),
+    biases 0, LayerNorms (1, 0), then divide block i's ``attn.proj`` and ``mlp.fc2`` by
+    sqrt(2 (i + 1)); but the training script's ``init_model`` (``src/helper.py``) then
+    re-draws every Linear weight at 0.02, which undoes that division. So: every kernel
+    (the patch convolution included) and the mask token N(0, 0.02), no depth scaling,
+    in the encoder and the predictor alike.
+
+    One normal draw covers every tensor: XLA compiles a threefry draw per call, and one
+    per tensor made the jitted initialiser five times slower to compile."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    drawn = [var.get_value().size for path, var in flat if path[-1] in ("kernel", "mask_token")]
+    noise = INIT_STD * jax.random.normal(key, (sum(drawn),), jnp.float32)
+    out, offset = [], 0
+    for path, var in flat:
         value = var.get_value()
-        name = path[-1]
-        if name == "bias":
+        if path[-1] == "bias":
             value = jnp.zeros_like(value)
-        elif name == "scale":
+        elif path[-1] == "scale":
             value = jnp.ones_like(value)
-        elif name in ("kernel", "mask_token"):
-            value = INIT_STD * jax.random.normal(k, value.shape, value.dtype)
-            if "blocks" in path and path[-2] in ("proj", "fc2"):
-                layer = int(path[path.index("blocks") + 1])
-                value = value / math.sqrt(2.0 * (layer + 1))
+        elif path[-1] in ("kernel", "mask_token"):
+            value = noise[offset : offset + value.size].reshape(value.shape).astype(value.dtype)
+            offset += value.size
         out.append((path, var.replace(value)))
     nnx.update(model, nnx.from_flat_state(out))
 
@@ -105,6 +112,7 @@ def schedules(optim: IJEPAOptimConfig, total_steps: int, step: jax.Array) -> dic
 @struct.dataclass
 class IJEPAState:
     step: jax.Array  # int32 scalar: iterations done
+    frames_skipped: jax.Array  # int32 scalar: undecodable frames replaced by other draws so far
     params: nnx.State  # trained: {"encoder": ..., "predictor": ...}
     target: nnx.State  # EMA of params["encoder"]
     rest: nnx.State  # non-trained variables: the fixed sin-cos tables
@@ -132,7 +140,8 @@ def fresh_state(config: IJEPAConfig) -> IJEPAState:
     """Step 0: the official initialisation; the target encoder starts as a copy of the
     context encoder. Traceable: it serves `jax.eval_shape` and the jitted allocation."""
     _, params, rest = split(build_model(config, config.seed))
-    return IJEPAState(step=jnp.zeros((), jnp.int32), params=params, target=jax.tree.map(jnp.copy, params["encoder"]),
+    zero = jnp.zeros((), jnp.int32)
+    return IJEPAState(step=zero, frames_skipped=zero, params=params, target=jax.tree.map(jnp.copy, params["encoder"]),
                       rest=rest, opt_state=adam(config.optim).init(params))
 
 
@@ -204,8 +213,11 @@ def make_train_step(graphdef, config: IJEPAConfig):
         mom = sched["momentum"]
         new_target = jax.tree.map(lambda t, p: mom * t + (1.0 - mom) * p, state.target, new_params["encoder"])
         grad_norm = optax.tree.norm(grads)
-        candidate = IJEPAState(step=state.step + 1, params=new_params, target=new_target, rest=state.rest,
-                               opt_state=opt_state)
+        skipped = state.frames_skipped
+        if "skipped" in batch:  # absent from batches made by hand (tests, benchmarks)
+            skipped = skipped + batch["skipped"].sum().astype(jnp.int32)
+        candidate = IJEPAState(step=state.step + 1, frames_skipped=skipped, params=new_params, target=new_target,
+                               rest=state.rest, opt_state=opt_state)
         new_state, finite, param_norm = keep_if_finite(state, candidate, loss, grad_norm)
         metrics = {
             "loss": loss,
@@ -218,6 +230,7 @@ def make_train_step(graphdef, config: IJEPAConfig):
             "context_len": batch["context_valid"].sum(-1).astype(jnp.float32).mean(),
             "target_len": batch["target_valid"].sum(-1).astype(jnp.float32).mean(),
             "param_norm": param_norm,
+            "frames_skipped": new_state.frames_skipped.astype(jnp.float32),
             "finite": finite,
         }
         return new_state, metrics
@@ -243,10 +256,52 @@ class Pretrainer:
     def lower(self):
         return self.step.lower(self.state, self.batch)
 
-    def init_state(self) -> IJEPAState:
-        """A fresh state written directly into its shardings by one jitted initialiser."""
+    def init_state(self, start=None) -> IJEPAState:
+        """The step-0 state, written directly into its shardings by one jitted initialiser:
+        fresh (the official initialisation), or with the weights of ``start`` (a
+        `sonichu_jax.train.ijepa_start.StartWeights`) and a fresh optimiser state. The
+        weights enter as arguments, each device receiving only its shards, and are donated
+        to the result, so no device ever holds them twice."""
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
-        return jax.jit(lambda: fresh_state(self.config), out_shardings=shardings)()
+        if start is None:
+            return jax.jit(lambda: fresh_state(self.config), out_shardings=shardings)()
+        placed = place_weights(self.state, start)
+        init = jax.jit(lambda loaded: state_from_weights(self.config, loaded), out_shardings=shardings,
+                       donate_argnums=0)
+        return init(placed)
+
+
+# -- a state from given weights (continuing from a published checkpoint) -------------------
+def state_key(path) -> str:
+    """``params/encoder/blocks/0/attn/qkv/kernel``: a leaf of an IJEPAState by name."""
+    return "/".join([path[0].name, *map(str, path_keys(path[1:]))])
+
+
+def place_weights(abstract: IJEPAState, start) -> dict[str, jax.Array]:
+    """The host arrays of ``start`` (state paths within each network) as device arrays
+    laid out as ``abstract`` says, keyed by `state_key`; the fixed tables come with their
+    network. The optimiser state and a predictor ``start`` lacks are left out."""
+    sources = {"params/encoder": start.encoder, "rest/encoder": start.encoder, "target": start.target,
+               "params/predictor": start.predictor, "rest/predictor": start.predictor}
+    placed = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+        key = state_key(path)
+        prefix, name = next(((p, key[len(p) + 1 :]) for p in sources if key.startswith(p + "/")), (None, None))
+        if prefix is None or sources[prefix] is None:
+            continue
+        value = np.asarray(sources[prefix][name], leaf.dtype)
+        if value.shape != leaf.shape:
+            raise InputError(f"initial weights {prefix}/{name}: shape {value.shape}, the model needs {leaf.shape}")
+        placed[key] = jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda index, v=value: v[index])
+    return placed
+
+
+def state_from_weights(config: IJEPAConfig, loaded: dict[str, jax.Array]) -> IJEPAState:
+    """Step 0 with the ``loaded`` leaves (by `state_key`), everything else fresh: AdamW's
+    zero moments, and a predictor the checkpoint does not give. Traced: the fresh draws
+    that ``loaded`` replaces are dead code that XLA removes."""
+    fresh = fresh_state(config)
+    return jax.tree_util.tree_map_with_path(lambda path, x: loaded.get(state_key(path), x), fresh)
 
 
 def abstract_batch(config: IJEPAConfig, sampler: MultiBlockMaskSampler, mesh: jax.sharding.Mesh) -> dict:
@@ -255,7 +310,7 @@ def abstract_batch(config: IJEPAConfig, sampler: MultiBlockMaskSampler, mesh: ja
     c, t = sampler.context_len, sampler.target_len
     shapes = {"image": ((b, h, w, 3), jnp.float32), "context_idx": ((b, c), jnp.int32),
               "context_valid": ((b, c), jnp.bool_), "target_idx": ((b, m, t), jnp.int32),
-              "target_valid": ((b, m, t), jnp.bool_)}
+              "target_valid": ((b, m, t), jnp.bool_), "skipped": ((b,), jnp.int32)}
     sharding = mesh_lib.batch_sharding(mesh)
     return {key: jax.ShapeDtypeStruct(*shapes[key], sharding=sharding) for key in BATCH_KEYS}
 

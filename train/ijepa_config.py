@@ -24,6 +24,8 @@ from sonichu_jax.train.configlib import (
 )
 
 LOSSES = ("smooth_l1", "l2")
+NETWORKS = ("encoder", "predictor", "target_encoder")  # the parts of an I-JEPA checkpoint
+MISSING_PREDICTOR = ("fresh", "error")
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,44 @@ class PretrainDataConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
     flip: bool = False  # the official recipe does not flip
     num_workers: int = 0  # grain worker processes per host (0 = in-process)
+    # undecodable frames are replaced by other draws and counted; more than this fraction
+    # of the frames stops the run (0: the first one does)
+    max_bad_fraction: float = 0.01
 
     def __post_init__(self):
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ConfigError(f"data.crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+
+
+@dataclass(frozen=True)
+class PretrainInitConfig:
+    """Where the weights start (docs/ijepa.md): from scratch (``path`` empty, the official
+    initialisation), or from an I-JEPA checkpoint: the official training checkpoint
+    (``jepa-latest.pth.tar``), a safetensors file with its names, or a directory written by
+    ``convert``. Only a run's step 0 reads it; the optimiser state starts fresh.
+
+    ``parts``: the networks taken from the checkpoint. An encoder left out starts as a copy
+    of the other one (``("target_encoder", "predictor")`` starts both encoders from the
+    EMA encoder); a predictor left out starts freshly initialised.
+    ``missing_predictor``: a checkpoint without a predictor gets a ``fresh`` one (with a
+    note), or is refused (``error``)."""
+
+    path: str = ""
+    parts: tuple[str, ...] = NETWORKS
+    missing_predictor: str = "fresh"
+
+    def __post_init__(self):
+        unknown = [p for p in self.parts if p not in NETWORKS]
+        if unknown or not {"encoder", "target_encoder"} & set(self.parts):
+            raise ConfigError(f"init.parts must name encoder and/or target_encoder, optionally predictor "
+                              f"(of {', '.join(NETWORKS)}), got {self.parts!r}")
+        if self.missing_predictor not in MISSING_PREDICTOR:
+            raise ConfigError(f"init.missing_predictor must be fresh or error, got {self.missing_predictor!r}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +120,7 @@ class PretrainLogConfig:
 class IJEPAConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(dtype="bfloat16"))
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    init: PretrainInitConfig = field(default_factory=PretrainInitConfig)
     masks: MaskConfig = field(default_factory=lambda: MaskConfig(context_len=128))
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     optim: IJEPAOptimConfig = field(default_factory=IJEPAOptimConfig)

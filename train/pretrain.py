@@ -3,14 +3,18 @@
 
 An epoch is the number of frames over the global batch. Exports:
 
-    backbone/           the EMA target encoder as a SonichuModel checkpoint (config.json +
-                        flax_model.safetensors; heads freshly initialised): what a teacher
-                        starts from with ``init.kind=backbone init.path=<out>/backbone``
+    backbone/           the EMA target encoder as a SonichuModel checkpoint (config.json,
+                        which says ``pretrained_parts: ["backbone"]``, + flax_model.safetensors;
+                        heads freshly initialised): what a teacher starts from with
+                        ``init.kind=backbone init.path=<out>/backbone``
     backbone_pytorch/   the same weights in the ``sonichu`` PyTorch safetensors layout
 
 The exported encoder is the EMA target encoder, as the official evaluation uses it
 (docs/ijepa.md). Checkpoints hold the encoder, predictor, EMA target, AdamW state and the
 grain iterator, which also fixes the masks (they are keyed by step).
+
+Step 0 is the official initialisation, or, with ``init.path``, the networks of an I-JEPA
+checkpoint (`sonichu_jax.train.ijepa_start`) with a fresh optimiser state.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import os
 
 import jax
-from flax import nnx
+import numpy as np
 
 from sonichu_jax.train import ijepa
 from sonichu_jax.train import mesh as mesh_lib
@@ -26,6 +30,7 @@ from sonichu_jax.train.configlib import with_absolute_path
 from sonichu_jax.train.ijepa_config import IJEPAConfig
 from sonichu_jax.train.loop import Program, RunResult, Stage, run
 from sonichu_jax.train.metrics_log import MetricsSink
+from sonichu_jax.train.optim import path_keys
 from sonichu_jax.train.run_dir import export_to
 
 BACKBONE_DIR = "backbone"
@@ -35,7 +40,7 @@ PYTORCH_DIR = "backbone_pytorch"
 class PretrainStage(Stage):
     name = "pretrain"
     batch_keys = ijepa.BATCH_KEYS
-    window_last = ("lr", "wd", "momentum")  # the schedules, at the window's end
+    window_last = ("lr", "wd", "momentum", "frames_skipped")  # schedules and a running count, at the window's end
     postfix = ("loss", "target_std", "img_per_s")
 
     def examples(self) -> int:
@@ -54,7 +59,15 @@ class PretrainStage(Stage):
         return Program(self.pretrainer.state, self.pretrainer.step)
 
     def initial_state(self):
-        return self.pretrainer.init_state()
+        if not self.config.init.path:
+            return self.pretrainer.init_state()
+        from sonichu_jax.train.ijepa_start import load_start
+
+        start = load_start(self.config)
+        if jax.process_index() == 0:
+            for line in start.lines:
+                print(line)
+        return self.pretrainer.init_state(start)
 
     def batches(self):
         from sonichu_jax.data.ijepa_pipeline import RandomResizedCrop, make_pretrain_pipeline
@@ -64,6 +77,7 @@ class PretrainStage(Stage):
         pipeline = make_pretrain_pipeline(
             self.records, crop, self.pretrainer.sampler, mesh_lib.local_batch_size(d.batch_size), self.config.seed,
             num_workers=d.num_workers, process_index=jax.process_index(), process_count=jax.process_count(),
+            max_bad_fraction=d.max_bad_fraction,
         )
         return iter(pipeline)
 
@@ -72,20 +86,45 @@ class PretrainStage(Stage):
         (``sonichu`` layout), process 0 only."""
         from sonichu_jax import checkpoint
 
-        gather = jax.jit(lambda t: t, out_shardings=mesh_lib.replicated(self.mesh))
-        target = jax.device_get(gather(state.target))
+        gather = jax.jit(lambda t, r: (t, r), out_shardings=mesh_lib.replicated(self.mesh))
+        target, rest = jax.device_get(gather(state.target, state.rest["encoder"]))
         if jax.process_index() != 0:
             return
-        model = checkpoint.init_model(self.config.model, seed=self.config.seed)
-        nnx.update(model.backbone, target)
-        model.eval()
-        export_to(out_dir, BACKBONE_DIR, model.save_pretrained)
+        model = backbone_model(self.config.model, {**host_arrays(target), **host_arrays(rest)}, self.config.seed)
+        export_to(out_dir, BACKBONE_DIR, lambda directory: save_backbone(model, directory))
         export_to(out_dir, PYTORCH_DIR, lambda directory: checkpoint.export_pytorch(model, directory, layout="sonichu"))
+
+
+def host_arrays(tree) -> dict[str, np.ndarray]:
+    """A fetched state tree by state path (``blocks/0/attn/qkv/kernel``)."""
+    return {"/".join(map(str, path_keys(p))): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def backbone_model(cfg, backbone: dict[str, np.ndarray], seed: int):
+    """A SonichuModel (eval mode) with ``backbone`` (every encoder variable by state path)
+    and new heads sampled on the host with the Flax initialisers' distributions (a jitted
+    random initialisation of the whole model compiles for seconds, to be overwritten)."""
+    from sonichu_jax import checkpoint
+
+    arrays = {f"backbone/{path}": value for path, value in backbone.items()}
+    shapes = checkpoint.expected_shapes(checkpoint.abstract_model(cfg))
+    heads = checkpoint.fresh_arrays({p: s for p, s in shapes.items() if p not in arrays}, seed=seed)
+    return checkpoint.model_from_arrays(cfg, {**arrays, **heads})
 
 
 def pretrain(config: IJEPAConfig, frames_dir: str | os.PathLike | None, out_dir: str | os.PathLike, *,
              resume: bool = False, stop_after: int | None = None, sinks: tuple[MetricsSink, ...] = ()) -> RunResult:
     """Pretrain (or continue) on the frames in ``frames_dir`` (default: ``data.source``);
     ``stop_after`` ends the call after that many steps as if preempted (checkpoint saved)."""
-    stage = PretrainStage(with_absolute_path(config, "data.source", frames_dir))
+    config = with_absolute_path(config, "data.source", frames_dir)
+    if config.init.path:  # stored absolute in train_config.json, as the data path
+        config = with_absolute_path(config, "init.path", None)
+    stage = PretrainStage(config)
     return run(stage, out_dir, resume=resume, stop_after=stop_after, sinks=sinks)
+
+
+def save_backbone(model, directory: str) -> None:
+    """A SonichuModel checkpoint whose config.json says that only the backbone is trained,
+    so that loading it as a whole model (``init.kind=pretrained``) is refused."""
+    model.save_pretrained(directory)
+    model.cfg.save(directory, pretrained_parts=["backbone"])

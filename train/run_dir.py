@@ -33,9 +33,11 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbone", "backbone_pytorch", DAMAGED_DIR)
 
-# Config keys a resumed run may change: where and how often it writes, how it runs, and
-# the initial weights (a resumed run reads its weights from the checkpoint).
-RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers")
+# Config keys a resumed run may change: where and how often it writes, how it runs, the
+# initial weights (a resumed run reads its weights from the checkpoint), and how many
+# unreadable frames an I-JEPA run tolerates (raised to continue a run they stopped).
+RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers",
+                     "data.max_bad_fraction")
 SCHEDULE_KEYS = ("steps", "epochs")
 
 

@@ -144,6 +144,23 @@ def _mismatch(a: ModelConfig, b: ModelConfig, fields: tuple[str, ...]) -> list[s
     return [f"{f}: {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in fields if getattr(a, f) != getattr(b, f)]
 
 
+def check_whole_model(path: str) -> None:
+    """``init.kind=pretrained`` takes the heads as trained: refuse, from the headers and
+    before loading, a checkpoint that holds only a backbone (an I-JEPA or timm encoder, a
+    converted backbone, a pretraining export), whose heads the loader would make up."""
+    from sonichu_jax.convert import open_checkpoint
+    from sonichu_jax.convert.loading import plan_model
+
+    ckpt = open_checkpoint(path)
+    parts = ckpt.config.get("pretrained_parts")
+    planned = plan_model(ckpt, read_values=False)
+    if planned.report.new_heads or (parts is not None and "heads" not in parts):
+        trained = f"trained weights only for its {', '.join(parts)}" if parts is not None else "no heads"
+        raise ConfigError(f"init.kind=pretrained needs a whole model, but init.path {path} holds {trained} "
+                          f"(its {len(planned.cfg.tasks)} heads would start untrained); use init.kind=backbone to "
+                          "start from its encoder with new heads")
+
+
 def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
     """(make_model, args) for `Trainer.init_state`: scratch, a whole checkpoint, or a backbone."""
     cfg, init = config.model, config.init
@@ -151,6 +168,8 @@ def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
         return (lambda: SonichuModel(cfg, rngs=nnx.Rngs(config.seed))), ()
     if not init.path:
         raise ConfigError(f"init.kind={init.kind!r} needs init.path (a checkpoint directory)")
+    if init.kind == "pretrained":
+        check_whole_model(init.path)
     other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype)
     if init.kind == "pretrained":
         fields = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "dtype")

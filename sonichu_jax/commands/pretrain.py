@@ -14,6 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", metavar="DIR",
                         help="folder of image files, searched recursively (default: data.source)")
     add_run_arguments(parser)
+    parser.epilog = ("Continue from a published I-JEPA checkpoint (the official jepa-latest.pth.tar or a directory "
+                     "written by convert): --set init.path=FILE; init.parts and init.missing_predictor choose the "
+                     "networks. Unreadable frames are replaced and counted up to data.max_bad_fraction. See "
+                     "docs/ijepa.md.")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,19 +1,28 @@
 """The I-JEPA input pipeline: unlabelled frames -> random resized crops -> batches with
 static-shape multi-block masks.
 
-``source -> [process_index::process_count] -> shuffle -> repeat -> random_map(crop)
--> batch(B) -> map_with_index(masks)``. The crop is the official (torchvision-style)
-RandomResizedCrop, then an optional horizontal flip; gray frames are replicated to three
-channels after the resize (three times less resize work). The masks are keyed by the
-batch index, so the grain iterator state (``get_state``/``set_state``, orbax via
-``grain.checkpoint``) restores the exact next images *and* masks.
+``frame indices of this host ([process_index::process_count]) -> shuffle -> repeat ->
+random_map(draw + crop) -> batch(B) -> map_with_index(masks) -> (main process) bad-frame
+check``. The crop is the official (torchvision-style) RandomResizedCrop, then an
+optional horizontal flip; gray frames are replicated to three channels after the resize
+(three times less resize work). The masks are keyed by the batch index, so the grain
+iterator state (``get_state``/``set_state``, orbax via ``grain.checkpoint``) restores the
+exact next images *and* masks.
+
+A frame that cannot be decoded does not end a run: its slot is filled by another frame
+drawn with the slot's own random generator (so the order stays deterministic and
+resumable), the batch says how many draws each slot skipped (``skipped``, which the train
+step counts), and the main process reports each bad file once. More bad files than
+``max_bad_fraction`` of the host's frames, or a slot that finds no decodable frame in
+`MAX_DRAWS` draws, stops the run with an `InputError` naming them.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import grain
@@ -27,6 +36,7 @@ from sonichu_jax.errors import InputError
 from sonichu_jax.preprocess import normalize, read_image
 
 CROP_TRIES = 10  # torchvision's attempts before the central-crop fallback
+MAX_DRAWS = 16  # frames tried for one slot; at 1 % bad frames all fail with probability 1e-32
 
 
 def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],
@@ -78,6 +88,62 @@ class RandomResizedCrop:
         return {"image": normalize(np.ascontiguousarray(x))}
 
 
+@dataclass(frozen=True)
+class FrameDraw:
+    """A frame index -> ``{"image", "skipped", "bad"}`` for grain's ``random_map``: the crop
+    of that frame or, when it cannot be read, of another frame of ``records`` drawn with the
+    same generator (up to `MAX_DRAWS` frames). ``skipped``: the frames that failed for this
+    slot; ``bad``: their indices, padded with -1 (`MAX_DRAWS` failures leave a zero image,
+    which `BadFrameCheck` refuses)."""
+
+    records: Sequence[Record]
+    crop: RandomResizedCrop
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        bad = np.full(MAX_DRAWS, -1, np.int32)
+        for draw in range(MAX_DRAWS):
+            try:
+                out = self.crop(self.records[index], rng)
+            except (InputError, cv2.error):
+                bad[draw] = index
+                index = int(rng.integers(len(self.records)))
+                continue
+            return {**out, "skipped": np.int32(draw), "bad": bad}
+        return {"image": np.zeros((*self.crop.image_size, 3), np.float32), "skipped": np.int32(MAX_DRAWS), "bad": bad}
+
+
+class BadFrameCheck:
+    """The main-process end of the pipeline: says once per file which frames could not be
+    read, and stops the run (`InputError`) when more than ``max_fraction`` of the host's
+    frames have failed or a slot found no readable frame. Drops the ``bad`` indices."""
+
+    def __init__(self, records: Sequence[Record], max_fraction: float, log: Callable[[str], None] | None = None):
+        self.records, self.max_fraction = records, max_fraction
+        self.log = log or _warn
+        self.seen: set[int] = set()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        bad = batch["bad"]
+        for index in sorted(set(bad[bad >= 0].tolist()) - self.seen):
+            self.seen.add(index)
+            self.log(f"skipping a frame that cannot be read: {self.records[index].image} "
+                     f"({len(self.seen)} of {len(self.records)} frames so far)")
+        exhausted = bool((batch["skipped"] >= MAX_DRAWS).any())
+        if exhausted or len(self.seen) > self.max_fraction * len(self.records):
+            examples = ", ".join(str(self.records[i].image) for i in sorted(self.seen)[:3])
+            why = f"no readable frame in {MAX_DRAWS} draws" if exhausted else \
+                f"more than data.max_bad_fraction={self.max_fraction:g} allows"
+            raise InputError(f"{len(self.seen)} of {len(self.records)} frames cannot be read ({why}), e.g. "
+                             f"{examples}; fix or remove them, or raise data.max_bad_fraction")
+        return {k: v for k, v in batch.items() if k != "bad"}
+
+
+def _warn(text: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)  # through an open progress bar
+
+
 def make_pretrain_pipeline(
     records: Sequence[Record],
     crop: RandomResizedCrop,
@@ -88,19 +154,25 @@ def make_pretrain_pipeline(
     num_workers: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    max_bad_fraction: float = 0.0,
+    log: Callable[[str], None] | None = None,
 ) -> grain.IterDataset:
     """Infinite batches ``{"image", "context_idx", "context_valid", "target_idx",
-    "target_valid"}`` of this host's ``batch_size`` frames (its slice of the records)."""
+    "target_valid", "skipped"}`` of this host's ``batch_size`` frames (its slice of the
+    records). Frames that cannot be read are replaced and reported through ``log``
+    (default: stderr) while at most ``max_bad_fraction`` of them fail (module doc)."""
     if len(records) < process_count:
         raise InputError(f"{len(records)} frames, fewer than the {process_count} processes sharing them")
+    mine = list(records)[process_index::process_count]
     ds = (
-        grain.MapDataset.source(list(records))[process_index::process_count]
+        grain.MapDataset.range(len(mine))
         .seed(seed)
         .shuffle()
         .repeat()
-        .random_map(crop)
+        .random_map(FrameDraw(mine, crop))
         .batch(batch_size, drop_remainder=True)
         .map_with_index(sampler)
     )
-    return finish_pipeline(ds, PipelineConfig(batch_size=batch_size, image_size=crop.image_size, seed=seed,
-                                      num_workers=num_workers))
+    it = finish_pipeline(ds, PipelineConfig(batch_size=batch_size, image_size=crop.image_size, seed=seed,
+                                            num_workers=num_workers))
+    return it.map(BadFrameCheck(mine, max_bad_fraction, log))
