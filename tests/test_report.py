@@ -178,7 +178,7 @@ def test_run_without_recorded_data_needs_an_evaluation_set(quick_demo, tmp_path,
 def test_run_stopped_early_gets_its_curves(quick_demo, tmp_path, capsys):
     run = _copy_run(quick_demo.out / "teachers" / "t2_pseudo", tmp_path / "t2", with_model=False)
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    (run / "metrics.jsonl").write_text("\n".join(lines[:2]) + '\n{"step": 60, "kind": "tr')  # killed mid-line
+    (run / "metrics.jsonl").write_text("\n".join(lines[:4]) + '\n{"step": 60, "kind": "tr')  # killed mid-line
     out = tmp_path / "r.html"
     assert main(["report", str(run), "--out", str(out), "--quiet"]) == 0
     page = Page(out.read_text())

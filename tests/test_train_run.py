@@ -43,6 +43,8 @@ def _one_line(capsys, argv, *words, code=2):
     ("distill", "data.batch_size=0", ["data.batch_size", "got 0"]),
     ("pretrain", "log.every_steps=0", ["log.every_steps", "got 0"]),
     ("pretrain", "steps=0", ["steps must be >= 1"]),
+    ("train-teacher", "log.profile_steps=300:401", ["log.profile_steps", "'300:401'", "within the run's 400 steps"]),
+    ("pretrain", "log.profile_steps=8:4", ["log.profile_steps", "START < STOP"]),
 ])
 def test_values_that_cannot_run_fail_before_anything(tmp_path, capsys, command, setting, words):
     out = tmp_path / "run"
@@ -97,7 +99,10 @@ def test_resume_comparison():
 
     saved = to_dict(apply_overrides(TeacherConfig(), ["steps=100", "data.source=/d"]))
     same = apply_overrides(TeacherConfig(), ["steps=100", "data.source=/d", "log.every_steps=7", "mesh.fsdp=2",
-                                             "data.num_workers=4", "checkpoint.keep=9"])
+                                             "data.num_workers=4", "checkpoint.keep=9", "log.tensorboard=false",
+                                             "log.profile_steps=10:20"])
+    assert check_resume(saved, to_dict(same), "run") is None
+    del saved["log"]["tensorboard"], saved["log"]["profile_steps"]  # a run saved before these existed
     assert check_resume(saved, to_dict(same), "run") is None
     longer = check_resume(saved, to_dict(apply_overrides(same, ["steps=150"])), "run")
     assert longer == "resuming with a longer schedule: 100 -> 150 steps; the schedules are recomputed for 150"

@@ -249,15 +249,34 @@ def _wait_for_step(metrics, step, proc, timeout=300):
     raise AssertionError("timed out waiting for the run")
 
 
+def _write_orphan_events(folder, steps):
+    """Events of ``steps`` in a file of their own, and a torn record at the end of the run's file."""
+    from tensorboardX import SummaryWriter
+
+    (run_file,) = folder.glob("events.out.tfevents.*")
+    writer = SummaryWriter(str(folder), filename_suffix=".orphans")
+    for step in steps:
+        writer.add_scalar("train/loss", 1.0, step)
+    writer.close()
+    with open(run_file, "ab") as fh:
+        fh.write(b"\x40\x00\x00\x00\x00\x00\x00\x00\x01\x02")
+
+
 def test_sigterm_then_resume_is_bit_exact_and_logs_each_step_once(femur_data, tmp_path):
     """Bit-exact on CPU: the same compiled program on the same inputs in the same order.
     SIGTERM: the step's checkpoint is saved and the exit code is 143. Then the state kill -9
-    leaves behind (complete metrics lines beyond the last checkpoint, a torn last line) is
-    made deterministically (a real kill -9 races the tiny run): the resume drops those
-    lines, so every step is logged once, as in the straight run."""
+    leaves behind (complete metrics lines and TensorBoard events beyond the last
+    checkpoint, a torn last line and record) is made deterministically (a real kill -9
+    races the tiny run): the resume drops them, so every step is logged once, in
+    metrics.jsonl and in the event files alike, as in the straight run. The straight run
+    writes no event files (log.tensorboard=false) and a profiler trace of steps 3 to 5,
+    which leaves its weights as they are."""
+    from train_util import assert_events_equal_jsonl
+
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     ref_out, cut_out = tmp_path / "ref", tmp_path / "cut"
-    ref = subprocess.Popen(_cli(ref_out, femur_data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ref_cli = _cli(ref_out, femur_data, "log.tensorboard=false", "log.profile_steps=3:5")
+    ref = subprocess.Popen(ref_cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cut = subprocess.Popen(_cli(cut_out, femur_data), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_step(cut_out / "metrics.jsonl", 6, cut)
     cut.send_signal(signal.SIGTERM)
@@ -269,6 +288,7 @@ def test_sigterm_then_resume_is_bit_exact_and_logs_each_step_once(femur_data, tm
         for step in range(saved[-1] + 2, saved[-1] + 7, 2):
             fh.write(json.dumps({"step": step, "kind": "train", "loss": 1.0}) + "\n")
         fh.write('{"step": ' + str(saved[-1] + 8))
+    _write_orphan_events(cut_out / "tensorboard", range(saved[-1] + 2, saved[-1] + 7, 2))
     resumed = subprocess.run(_cli(cut_out, femur_data) + ["--resume"], env=env, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -277,6 +297,10 @@ def test_sigterm_then_resume_is_bit_exact_and_logs_each_step_once(femur_data, tm
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == 24, steps  # (the stop may end a window early)
     assert all("grad_norm" in r for r in rows), rows  # the killed run's lines are gone
+    assert "train/loss" in assert_events_equal_jsonl(cut_out)  # ... and its events
+    assert not (ref_out / "tensorboard").exists()
+    traces = list((ref_out / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
     a, b = _weights(ref_out), _weights(cut_out)
     assert a.keys() == b.keys()
     for key in a:

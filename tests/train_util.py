@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import glob
+import json
+import os
+import struct
 
 import jax
 import numpy as np
@@ -81,3 +85,57 @@ def assert_finite_checkpoint(directory, step) -> None:
     for leaf in jax.tree.leaves(state["params"]):
         square_sum += np.square(np.asarray(leaf, np.float32)).sum(dtype=np.float32)
     assert np.isfinite(np.sqrt(square_sum)), f"parameter norm overflows in checkpoint {step}"
+
+
+# -- TensorBoard event files, read independently of the library ----------------------------
+# The tags each metrics.jsonl field is written under: the stable names the docs promise.
+JSONL_TAGS = {
+    "loss": "train/loss", "loss_real": "train/loss_real", "loss_teacher": "train/loss_teacher",
+    "lr": "schedule/lr", "wd": "schedule/weight_decay", "momentum": "schedule/ema_momentum",
+    "grad_norm": "norm/grad", "param_norm": "norm/param", "update_norm": "norm/update",
+    "img_per_s": "speed/img_per_s", "target_std": "ijepa/target_std", "pred_std": "ijepa/pred_std",
+    "context_len": "ijepa/context_tokens", "target_len": "ijepa/target_tokens",
+    "val_mre": "val/mre_weighted", "val_mre_unweighted": "val/mre_unweighted",
+}
+
+
+def event_scalars(folder) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every scalar in the event files of ``folder``, in file order.
+    The files are TFRecords: 8-byte length, 4-byte CRC, the Event payload, 4-byte CRC."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        data, pos = open(path, "rb").read(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + length])
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+            pos += 16 + length
+    return out
+
+
+def jsonl_scalars(path) -> dict[tuple[str, int], float]:
+    """{(tag, step): value} of every scalar in metrics.jsonl, under the tags above."""
+    out = {}
+    for line in open(path):
+        record = json.loads(line)
+        for key, value in record.items():
+            if key in JSONL_TAGS:
+                out[JSONL_TAGS[key], record["step"]] = value
+        for task, value in record.get("per_task", {}).items():
+            out[f"val/mre/{task}", record["step"]] = value
+    return out
+
+
+def assert_events_equal_jsonl(run_dir) -> set[str]:
+    """Every scalar of metrics.jsonl is in the event files under its tag and step, once,
+    with its value in float32 (the events' type); returns the tags."""
+    events = event_scalars(os.path.join(run_dir, "tensorboard"))
+    keys = [(tag, step) for tag, step, _ in events]
+    assert len(keys) == len(set(keys)), "a (tag, step) written twice"
+    expected = jsonl_scalars(os.path.join(run_dir, "metrics.jsonl"))
+    assert set(keys) == set(expected), set(keys) ^ set(expected)
+    for tag, step, value in events:
+        np.testing.assert_allclose(value, np.float32(expected[tag, step]), rtol=1e-7, err_msg=f"{tag} at {step}")
+    return {tag for tag, _ in keys}

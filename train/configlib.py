@@ -128,6 +128,8 @@ class LogConfig:
     eval_at_start: bool = True  # the untrained baseline, first line of the MRE history
     eval_tta: bool = True  # validate with flip TTA, as the card reports MRE
     progress: bool = True
+    tensorboard: bool = True  # event files in <run>/tensorboard/ beside metrics.jsonl
+    profile_steps: str = ""  # "START:STOP": a jax.profiler trace of those steps in <run>/profile/
 
 
 @dataclass(frozen=True)
@@ -192,9 +194,34 @@ def validate_run(config: Any) -> None:
     require(config.checkpoint.every_steps >= 1, "checkpoint.every_steps", config.checkpoint.every_steps, ">= 1")
     require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
     require(config.log.every_steps >= 1, "log.every_steps", config.log.every_steps, ">= 1")
+    check_profile_steps(config)
     require(config.mesh.fsdp >= 1, "mesh.fsdp", config.mesh.fsdp, ">= 1")
     require(config.mesh.data == -1 or config.mesh.data >= 1, "mesh.data", config.mesh.data, ">= 1, or -1 for all")
     validate_distributed(config.distributed)
+
+
+def profile_window(spec: str) -> tuple[int, int] | None:
+    """``log.profile_steps`` as (START, STOP): the steps START to STOP (1-based, both
+    traced); None when empty (no trace)."""
+    if not spec.strip():
+        return None
+    first, sep, last = spec.partition(":")
+    try:
+        return int(first), int(last)
+    except ValueError:
+        raise ConfigError(f"log.profile_steps must be START:STOP (two step numbers), got {spec!r}") from None
+
+
+def check_profile_steps(config: Any) -> None:
+    """START < STOP, within the run (checked once the run is in steps, when given in epochs)."""
+    spec = config.log.profile_steps
+    window = profile_window(spec)
+    if window is None:
+        return
+    start, stop = window
+    require(1 <= start < stop, "log.profile_steps", spec, "START:STOP with 1 <= START < STOP")
+    if config.epochs is None:
+        require(stop <= config.steps, "log.profile_steps", spec, f"within the run's {config.steps} steps")
 
 
 def check_warmup(config: Any, scale: float = 1.0) -> None:

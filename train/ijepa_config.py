@@ -114,6 +114,8 @@ class IJEPAOptimConfig:
 class PretrainLogConfig:
     every_steps: int = 50  # metrics leave the device once per this many steps
     progress: bool = True
+    tensorboard: bool = True  # event files in <run>/tensorboard/ beside metrics.jsonl
+    profile_steps: str = ""  # "START:STOP": a jax.profiler trace of those steps in <run>/profile/
 
 
 @dataclass(frozen=True)

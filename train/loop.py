@@ -12,10 +12,11 @@ its export. `run` does the rest, in this order:
    config with the saved one when resuming, print the banner;
    -- nothing has been written and nothing compiled up to here --
 4. build the program, then restore the newest intact checkpoint or allocate a fresh
-   state, write ``train_config.json``, open the sinks;
-5. loop: step; every ``log.every_steps`` one fetch of the window's metrics (NaN guard,
-   sinks); validation and checkpoint cadence; stop on SIGTERM/SIGINT
-   (`sonichu_jax.train.preemption`);
+   state, write ``train_config.json``, open the sinks (``metrics.jsonl``, the console,
+   TensorBoard) and the profiler window;
+5. loop: step (traced within ``log.profile_steps``); every ``log.every_steps`` one fetch
+   of the window's metrics (NaN guard, sinks); validation and checkpoint cadence; stop on
+   SIGTERM/SIGINT (`sonichu_jax.train.preemption`);
 6. finish: the last window, one final save (the final step validates first, so the MRE
    it reports was measured at that step), the exports (and ``best/`` when validation
    picked one).
@@ -37,12 +38,14 @@ from sonichu_jax.metrics import MREReport
 from sonichu_jax.train import distributed
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.checkpointing import Checkpointer
-from sonichu_jax.train.configlib import to_dict
+from sonichu_jax.train.configlib import profile_window, to_dict
 from sonichu_jax.train.guard import all_finite
 from sonichu_jax.train.metrics_log import ConsoleSink, JsonlSink, MetricsBuffer, MetricsSink, summarize
 from sonichu_jax.train.preemption import StopRequest
-from sonichu_jax.train.run_dir import CHECKPOINTS, METRICS_FILE, RunDir, check_resume
+from sonichu_jax.train.profiler import ProfileWindow
+from sonichu_jax.train.run_dir import CHECKPOINTS, METRICS_FILE, PROFILE_DIR, TENSORBOARD_DIR, RunDir, check_resume
 from sonichu_jax.train.schedule import resolve_schedule
+from sonichu_jax.train.tensorboard import open_tensorboard
 
 
 class Program(NamedTuple):
@@ -143,6 +146,7 @@ class _Run:
         self.ckpt: Checkpointer | None = None
         self.sinks: list[MetricsSink] = []
         self.console: ConsoleSink | None = None
+        self.profile = ProfileWindow(None, "")
         self.buffer = MetricsBuffer()
         self.validation: tuple[int, MREReport] | None = None
         self.last_window: dict | None = None
@@ -190,8 +194,12 @@ class _Run:
             self.run_dir.write_config(to_dict(self.config))
             self.console = ConsoleSink(self.stage.name, self.config.steps, self.step, self.stage.postfix,
                                        self.config.log.progress)
-            metrics = JsonlSink(self.run_dir.join(METRICS_FILE), self.step if restored else None)
-            self.sinks = [metrics, self.console]
+            keep_up_to = self.step if restored else None
+            self.sinks = [JsonlSink(self.run_dir.join(METRICS_FILE), keep_up_to), self.console]
+            if self.config.log.tensorboard:
+                self.sinks += open_tensorboard(self.run_dir.join(TENSORBOARD_DIR), keep_up_to, self.say)
+            window = profile_window(self.config.log.profile_steps)
+            self.profile = ProfileWindow(window, self.run_dir.join(PROFILE_DIR))
         self.sinks += self.extra_sinks
         self.every = self.stage.validation_every()
         if not restored and self.every is not None and self.stage.validate_at_start():
@@ -204,10 +212,12 @@ class _Run:
         self.window_start = time.perf_counter()
         with StopRequest(self.ckpt.manager) as stop:
             while self.step < limit:
+                self.profile.before_step(self.step + 1)
                 local = next(self.batches)
                 batch = mesh_lib.global_batch(self.mesh, {k: local[k] for k in self.stage.batch_keys})
                 self.state, metrics = self.program.step(self.state, batch, *self.program.extra)
                 self.step += 1
+                self.profile.after_step(self.step, self.state)
                 self.buffer.add(self.step, metrics)
                 for sink in self.sinks:
                     sink.step(self.step)
@@ -285,6 +295,7 @@ class _Run:
         return RunResult(str(self.run_dir), self.step, finished, self.signal, self.last_window, report, step, best)
 
     def close(self) -> None:
+        self.profile.close()
         if self.ckpt is not None:
             self.ckpt.close()
         for sink in self.sinks:

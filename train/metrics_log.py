@@ -7,9 +7,9 @@ whole window with one `jax.device_get` every ``log.every_steps`` steps.
 Whatever a run reports goes through one interface, `MetricsSink`: one call per metrics
 window (``train_window``), one per validation (``validation``) and a host-side ``step``
 after every step. `JsonlSink` writes
-``metrics.jsonl``, `ConsoleSink` owns the progress bar and prints tables through it;
-another sink (TensorBoard, a profiler window) is one more class with the same methods,
-passed to `sonichu_jax.train.loop.run`.
+``metrics.jsonl``, `ConsoleSink` owns the progress bar and prints tables through it,
+`sonichu_jax.train.tensorboard.TensorBoardSink` writes TensorBoard event files; another
+sink is one more class with the same methods, passed to `sonichu_jax.train.loop.run`.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class MetricsSink:
     """Receives what a run reports; every method may be left as is (does nothing)."""
 
     def step(self, step: int) -> None:
-        """After every train step, on the host, without waiting for the device (a profiler
-        window starts and stops here)."""
+        """After every train step, on the host, without waiting for the device (the
+        progress bar moves here)."""
 
     def train_window(self, step: int, metrics: dict[str, float]) -> None:
         """The mean metrics of the window of steps that ends at ``step``."""

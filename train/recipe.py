@@ -32,13 +32,14 @@ class Profile:
     pretrain_steps: int
     teacher_steps: int
     student_steps: int
+    eval_every: int  # teachers and student validate this often: the report draws a curve
 
 
 PROFILES = {
     "full": Profile(("HC", "fetal_femur", "FA"), n_train=160, n_unlabelled=80, n_test=40,
-                    pretrain_steps=300, teacher_steps=300, student_steps=300),
+                    pretrain_steps=300, teacher_steps=300, student_steps=300, eval_every=50),
     "quick": Profile(("HC", "fetal_femur"), n_train=64, n_unlabelled=32, n_test=16,
-                     pretrain_steps=30, teacher_steps=60, student_steps=60),
+                     pretrain_steps=30, teacher_steps=60, student_steps=60, eval_every=20),
 }
 
 # (name, init from the I-JEPA backbone, uses pseudo-labels, task weighting, seed): the
@@ -117,7 +118,7 @@ def train_teachers(out: str, profile: Profile, data: dict[str, str], backbone: s
             init=InitConfig("backbone", backbone) if from_backbone else InitConfig(),
             data=dataclasses.replace(config.data, weighting=weighting,
                                      pseudo_labels=(PseudoLabelSet(pseudo_path),) if use_pseudo else ()),
-            log=dataclasses.replace(config.log, eval_at_start=False),
+            log=dataclasses.replace(config.log, eval_at_start=False, eval_every_steps=profile.eval_every),
             seed=seed,
         )
         print(f"--- {name}: {'I-JEPA backbone' if from_backbone else 'random init'}, "
@@ -151,7 +152,7 @@ def distill_student(out: str, profile: Profile, data: dict[str, str], backbone: 
     config = dataclasses.replace(
         config, init=InitConfig("backbone", backbone),
         data=dataclasses.replace(config.data, pseudo_labels=(PseudoLabelSet(pseudo_path),)),
-        log=dataclasses.replace(config.log, eval_at_start=False), seed=10,
+        log=dataclasses.replace(config.log, eval_at_start=False, eval_every_steps=profile.eval_every), seed=10,
     )
     distill(config, teacher_dirs, data["train"], student_dir)
     return os.path.join(student_dir, "model")

@@ -6,6 +6,8 @@ Layout (every stage; a stage writes the exports it has):
     train_config.json   the resolved config (file + overrides, schedule in steps, the
                         absolute data path), written at the start and on every resume
     metrics.jsonl       one line per metrics window and per validation
+    tensorboard/        the same scalars as TensorBoard event files (log.tensorboard)
+    profile/            a jax.profiler trace of the steps of log.profile_steps
     checkpoints/<step>  orbax: train state + data iterator state
     model/, best/       teacher/student exports; backbone/, backbone_pytorch/: I-JEPA
     damaged_checkpoints/<step>   checkpoints that could not be read back (set aside)
@@ -31,7 +33,10 @@ from sonichu_jax.train.checkpointing import DAMAGED_DIR
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
-RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbone", "backbone_pytorch", DAMAGED_DIR)
+TENSORBOARD_DIR = "tensorboard"
+PROFILE_DIR = "profile"
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbone", "backbone_pytorch", DAMAGED_DIR,
+               TENSORBOARD_DIR, PROFILE_DIR)
 
 # Config keys a resumed run may change: where and how often it writes, how it runs, the
 # initial weights (a resumed run reads its weights from the checkpoint), and how many
