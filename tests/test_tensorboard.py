@@ -30,7 +30,8 @@ def test_teacher_and_student_events_equal_their_jsonl(quick_demo):
 def test_ijepa_events_equal_its_jsonl(quick_demo):
     tags = assert_events_equal_jsonl(quick_demo.out / "ijepa")
     assert tags == (TRAIN - {"norm/update"}) | {"schedule/weight_decay", "schedule/ema_momentum", "ijepa/target_std",
-                                                "ijepa/pred_std", "ijepa/context_tokens", "ijepa/target_tokens"}
+                                                "ijepa/pred_std", "ijepa/context_tokens", "ijepa/target_tokens",
+                                                "ijepa/frames_skipped"}
 
 
 def test_resume_drops_later_events_from_earlier_files(tmp_path):

@@ -94,7 +94,7 @@ JSONL_TAGS = {
     "lr": "schedule/lr", "wd": "schedule/weight_decay", "momentum": "schedule/ema_momentum",
     "grad_norm": "norm/grad", "param_norm": "norm/param", "update_norm": "norm/update",
     "img_per_s": "speed/img_per_s", "target_std": "ijepa/target_std", "pred_std": "ijepa/pred_std",
-    "context_len": "ijepa/context_tokens", "target_len": "ijepa/target_tokens",
+    "context_len": "ijepa/context_tokens", "target_len": "ijepa/target_tokens", "frames_skipped": "ijepa/frames_skipped",
     "val_mre": "val/mre_weighted", "val_mre_unweighted": "val/mre_unweighted",
 }
 

@@ -29,7 +29,7 @@ TAGS = {
     "grad_norm": "norm/grad", "param_norm": "norm/param", "update_norm": "norm/update",
     "img_per_s": "speed/img_per_s",
     "target_std": "ijepa/target_std", "pred_std": "ijepa/pred_std",
-    "context_len": "ijepa/context_tokens", "target_len": "ijepa/target_tokens",
+    "context_len": "ijepa/context_tokens", "target_len": "ijepa/target_tokens", "frames_skipped": "ijepa/frames_skipped",
 }
 NOT_LOGGED = ("finite",)
 
