@@ -303,7 +303,7 @@ def _parse_scalar(text: str, kind: type, key: str) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"--set {key}: expected a boolean, got {text!r}")
+        raise ConfigError(f"override {key}: expected a boolean, got {text!r}")
     if kind is str:
         return text
     try:
@@ -311,12 +311,12 @@ def _parse_scalar(text: str, kind: type, key: str) -> Any:
     except (ValueError, SyntaxError):
         if kind is float and text.strip().lower() in ("inf", "-inf", "nan"):
             return float(text)
-        raise ConfigError(f"--set {key}: cannot parse {text!r} as {kind.__name__}") from None
+        raise ConfigError(f"override {key}: cannot parse {text!r} as {kind.__name__}") from None
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise ConfigError(f"--set {key}: expected {kind.__name__}, got {text!r}")
+    raise ConfigError(f"override {key}: expected {kind.__name__}, got {text!r}")
 
 
 def _parse_value(text: str, annotation: Any, key: str) -> Any:
@@ -329,17 +329,17 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
         origin = typing.get_origin(annotation)
     if origin is tuple:
         if any(dataclasses.is_dataclass(a) for a in typing.get_args(annotation)):
-            raise ConfigError(f"--set {key}: a list of sections is set in the config file, not with --set")
+            raise ConfigError(f"override {key}: a list of sections is set in the config file, not by an override")
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
-            raise ConfigError(f"--set {key}: expected a tuple literal such as (256, 256), got {text!r}") from None
+            raise ConfigError(f"override {key}: expected a tuple literal such as (256, 256), got {text!r}") from None
         if not isinstance(value, (tuple, list)):
-            raise ConfigError(f"--set {key}: expected a tuple, got {text!r}")
+            raise ConfigError(f"override {key}: expected a tuple, got {text!r}")
         return tuple(value)
     if annotation in (bool, int, float, str):
         return _parse_scalar(text, annotation, key)
-    raise ConfigError(f"--set {key}: fields of type {annotation} cannot be set from the command line")
+    raise ConfigError(f"override {key}: fields of type {annotation} cannot be overridden")
 
 
 def _field_types(obj: Any) -> dict[str, Any]:
@@ -351,7 +351,7 @@ def apply_override(config: Any, assignment: str) -> Any:
     key, sep, text = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+        raise ConfigError(f"an override expects KEY=VALUE, got {assignment!r}")
     return _set_path(config, key.split("."), text, key)
 
 
@@ -378,7 +378,7 @@ def _set_path(obj: Any, parts: list[str], text: str, full_key: str) -> Any:
     try:
         return dataclasses.replace(obj, **changes)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"--set {full_key}: {exc}") from None
+        raise ConfigError(f"override {full_key}: {exc}") from None
 
 
 def apply_overrides(config: Any, assignments: list[str] | tuple[str, ...]) -> Any:

@@ -74,7 +74,7 @@ def _frames_for_task(records: Sequence[Record], task: str | None) -> list[Record
     for r in records:
         name = r.task or task
         if name is None:
-            raise InputError(f"{r.source_id or r.image}: no task; pass --task for frame folders")
+            raise InputError(f"{r.source_id or r.image}: no task; frames without a task need the task given")
         out.append(dataclasses.replace(r, task=name, keypoints=None, valid=None, is_pseudo=False))
     return out
 
