@@ -97,7 +97,9 @@ def test_resume_comparison():
 
     saved = to_dict(apply_overrides(TeacherConfig(), ["steps=100", "data.source=/d"]))
     same = apply_overrides(TeacherConfig(), ["steps=100", "data.source=/d", "log.every_steps=7", "mesh.fsdp=2",
-                                             "data.num_workers=4", "checkpoint.keep=9"])
+                                             "data.num_workers=4", "checkpoint.keep=9", "model.dtype=bfloat16",
+                                             "model.attention=heads_major", "model.remat=block",
+                                             "model.head_conv=conv"])  # compute options are not the state
     assert check_resume(saved, to_dict(same), "run") is None
     longer = check_resume(saved, to_dict(apply_overrides(same, ["steps=150"])), "run")
     assert longer == "resuming with a longer schedule: 100 -> 150 steps; the schedules are recomputed for 150"

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from etils import epath
 
+from sonichu_jax.config import COMPUTE_FIELDS
 from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.fileio import write_json
 from sonichu_jax.train.checkpointing import DAMAGED_DIR
@@ -33,9 +34,11 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbone", "backbone_pytorch", DAMAGED_DIR)
 
-# Config keys a resumed run may change: where and how often it writes, how it runs, and
-# the initial weights (a resumed run reads its weights from the checkpoint).
-RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers")
+# Config keys a resumed run may change: where and how often it writes, how it runs (the
+# compute options change how the step computes, never the train state), and the initial
+# weights (a resumed run reads its weights from the checkpoint).
+RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers",
+                     *(f"model.{name}" for name in COMPUTE_FIELDS))
 SCHEDULE_KEYS = ("steps", "epochs")
 
 
