@@ -60,7 +60,7 @@ def test_encoder_variant_matches_default_path(changes):
 
 
 def test_head_conv_variant_matches_default_path():
-    cfg = tiny()
+    cfg = tiny(num_deconv=1)
     feats = jax.random.normal(jax.random.key(2), (2, *cfg.grid, cfg.width))
 
     def apply(m, x):

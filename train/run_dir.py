@@ -34,12 +34,13 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbone", "backbone_pytorch", DAMAGED_DIR)
 
-# Config keys a resumed run may change: where and how often it writes, how it runs (the
-# compute options change how the step computes, never the train state), and the initial
-# weights (a resumed run reads its weights from the checkpoint).
-RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers",
-                     *(f"model.{name}" for name in COMPUTE_FIELDS))
+# Config keys a resumed run may change: where and how often it writes, how it runs, and
+# the initial weights (a resumed run reads its weights from the checkpoint).
+RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers")
 SCHEDULE_KEYS = ("steps", "epochs")
+
+# The compute options may change too: they change how the step computes, never the state.
+COMPUTE_KEYS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
 
 
 class RunDir:
@@ -122,7 +123,7 @@ def check_resume(saved: dict, new: dict, run: str) -> str | None:
     old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
     changed = {k: (old.get(k, _ABSENT), now.get(k, _ABSENT)) for k in old.keys() | now.keys()
                if old.get(k, _ABSENT) != now.get(k, _ABSENT)}
-    refused = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE) and k not in SCHEDULE_KEYS}
+    refused = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE + COMPUTE_KEYS) and k not in SCHEDULE_KEYS}
     before, after = old.get("steps"), now["steps"]
     if isinstance(before, int) and after < before:
         refused["steps"] = (before, after)
