@@ -60,7 +60,7 @@ def test_encoder_variant_matches_default_path(changes):
 
 
 def test_head_conv_variant_matches_default_path():
-    cfg = tiny()
+    cfg = tiny(num_deconv=1)
     feats = jax.random.normal(jax.random.key(2), (2, *cfg.grid, cfg.width))
 
     def apply(m, x):
@@ -95,3 +95,52 @@ def test_compute_options_are_validated():
     with pytest.raises(ConfigError, match="head_conv must be one of"):
         ModelConfig(head_conv="fft")
     assert set(COMPUTE_FIELDS) == {"dtype", "remat", "attention", "head_conv"}
+
+
+# -- compute options are not architecture -------------------------------------------------------
+COMPUTE = {"dtype": "bfloat16", "attention": "heads_major", "remat": "block", "head_conv": "conv"}
+
+
+def test_teachers_compute_as_the_student(tmp_path):
+    """Teachers saved with other compute options (one default, one with heads_major) load
+    with all four of the student's and keep their weights: the run's stacked teachers have
+    the graph (and shapes) the distillation plan compiles for that student."""
+    from conftest import numpy_model
+    from sonichu_jax.checkpoint import flat_state
+    from sonichu_jax.train.distill import abstract_teachers, load_teachers, stack_teachers
+    from sonichu_jax.train.mesh import make_mesh
+
+    cfg = tiny(depth=1)
+    saved = [numpy_model(cfg, seed=1), numpy_model(cfg.replace(attention="heads_major"), seed=2)]
+    paths = [str(tmp_path / f"t{i}") for i in range(2)]
+    for model, path in zip(saved, paths):
+        model.save_pretrained(path)
+    student = cfg.replace(**COMPUTE)
+    teachers = load_teachers(paths, student)
+    for model, original in zip(teachers, saved):
+        assert model.cfg == student
+        a, b = flat_state(model), flat_state(original)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    graphdef, params, rest = stack_teachers(teachers)
+    planned_graphdef, planned = abstract_teachers(student, 2, make_mesh(devices=jax.devices()[:1]))
+    assert graphdef == planned_graphdef
+    assert jax.tree.map(np.shape, {"params": params, "rest": rest}) == jax.tree.map(lambda x: x.shape, planned)
+
+
+def test_pretrained_init_ignores_compute_options(tmp_path):
+    """``init.kind=pretrained`` compares the architecture only: a checkpoint saved with
+    the default compute options starts a run configured with others; a different depth
+    is still refused."""
+    from conftest import numpy_model
+    from sonichu_jax.train.configlib import InitConfig, TeacherConfig
+    from sonichu_jax.train.supervised import model_initializer
+
+    cfg = tiny()
+    numpy_model(cfg).save_pretrained(tmp_path / "ckpt")
+    init = InitConfig(kind="pretrained", path=str(tmp_path / "ckpt"))
+    make_model, args = model_initializer(TeacherConfig(model=cfg.replace(**COMPUTE), init=init))
+    assert jax.tree.map(jnp.shape, nnx.state(make_model(*args))) == jax.tree.map(jnp.shape, nnx.state(numpy_model(cfg)))
+    with pytest.raises(ConfigError, match=r"does not match the configured model: depth: 3 vs 2"):
+        model_initializer(TeacherConfig(model=cfg.replace(depth=3, **COMPUTE), init=init))

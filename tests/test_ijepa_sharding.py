@@ -11,16 +11,17 @@ import textwrap
 
 SCRIPT = textwrap.dedent(
     """
+    import sys
     import jax, numpy as np
-    from sonichu_jax.config import tiny_config
-    from sonichu_jax.data.ijepa_masks import MaskConfig, MultiBlockMaskSampler
+    sys.path.insert(0, sys.argv[1])
+    from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
     from sonichu_jax.train import ijepa, mesh as mesh_lib
-    from sonichu_jax.train.ijepa_config import IJEPAConfig, IJEPAOptimConfig, PredictorConfig, PretrainDataConfig
+    from sonichu_jax.train.configlib import apply_overrides, load_config_file
+    from train_util import IJEPA_8_DEVICES
 
     assert jax.device_count() == 8
-    config = IJEPAConfig(model=tiny_config(depth=1), predictor=PredictorConfig(width=32, depth=1),
-                         masks=MaskConfig(min_keep=4, context_len=32), data=PretrainDataConfig(batch_size=8),
-                         optim=IJEPAOptimConfig(warmup_steps=1, start_lr=1e-3), steps=10)
+    # The run test_plan plans on cpu:8 (there with its schedule in epochs: the same 10 steps).
+    config = apply_overrides(load_config_file("ijepa_tiny"), IJEPA_8_DEVICES + ["steps=10"])
     sampler = MultiBlockMaskSampler(config.masks, config.model.grid, seed=0)
     rng = np.random.default_rng(0)
     batches = [{"image": rng.normal(size=(8, 64, 64, 3)).astype(np.float32), "skipped": np.zeros(8, np.int32),
@@ -60,6 +61,8 @@ SCRIPT = textwrap.dedent(
 
 def test_sharded_step_equals_single_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, tests_dir], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "OK" in proc.stdout

@@ -110,6 +110,9 @@ def test_resume_comparison():
         check_resume(saved, to_dict(apply_overrides(same, ["data.source=/other", "seed=3", "steps=50"])), "run")
     assert str(info.value) == ("cannot resume run with a different config: data.source: '/d' (saved) vs '/other' "
                                "(now); seed: 0 (saved) vs 3 (now); steps: 100 (saved) vs 50 (now)")
+    # the compute options change how the step computes, not the train state
+    compute = ["model.dtype=bfloat16", "model.attention=heads_major", "model.remat=block", "model.head_conv=conv"]
+    assert check_resume(saved, to_dict(apply_overrides(same, compute)), "run") is None
 
 
 def test_non_finite_checkpoint_is_damaged(tmp_path):

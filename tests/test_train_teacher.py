@@ -186,18 +186,22 @@ def test_damaged_checkpoint_is_set_aside(trained, femur_data, tmp_path, capsys):
 
 def test_a_longer_schedule_resumes_and_says_so(trained, femur_data, tmp_path, capsys):
     """11.4: more epochs (more steps) are allowed: said in one line, and the saved config
-    follows. (``stop_after=0``: the resume is checked, nothing is trained or compiled.)"""
+    follows; so are other compute options, whose state is the same. (``stop_after=0``:
+    the resume is checked and the checkpoint restored, nothing is trained or compiled.)"""
     from sonichu_jax.train.teacher import train_teacher
 
     _, run = trained
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    config = apply_overrides(load_config_file(TINY), FIXTURE_SETS + ["epochs=16"])
+    compute = ["model.dtype=bfloat16", "model.attention=heads_major", "model.remat=block", "model.head_conv=conv"]
+    config = apply_overrides(load_config_file(TINY), FIXTURE_SETS + ["epochs=16"] + compute)
     result = train_teacher(config, femur_data, copy, resume=True, stop_after=0)
     out = capsys.readouterr().out
     assert "resuming with a longer schedule: 120 -> 128 steps; the schedules are recomputed for 128" in out, out
     assert result.step == 120 and not result.finished and result.exit_code == 0
-    assert json.load(open(copy / "train_config.json"))["steps"] == 128
+    saved = json.load(open(copy / "train_config.json"))
+    assert saved["steps"] == 128 and (saved["model"]["attention"], saved["model"]["remat"]) == ("heads_major", "block")
+    assert "resumed from step 120" in out
 
 
 def test_nan_guard_names_a_finite_checkpoint(femur_data, tmp_path, capsys):

@@ -22,6 +22,13 @@ from sonichu_jax.train.supervised import build_trainer
 
 TASKS = synthetic_tasks(("HC", "fetal_femur"))
 
+# Settings over configs/ijepa_tiny.py of the I-JEPA run that test_ijepa_sharding trains on
+# 8 fake devices (data 4 x fsdp 2) and test_plan plans on cpu:8: one program, compiled once
+# per session (the persistent compilation cache conftest.py sets up is shared with the
+# tests' subprocesses).
+IJEPA_8_DEVICES = ["model.depth=1", "predictor.depth=1", "data.batch_size=8", "optim.warmup_steps=1",
+                   "optim.start_lr=1e-3", "mesh.fsdp=2"]
+
 
 def tiny(**changes):
     """Smaller than tiny_config (32x32 input, 4x4 tokens): the tests check the machinery,

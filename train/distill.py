@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sonichu_jax.checkpoint import abstract_model
-from sonichu_jax.config import ModelConfig
+from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
 from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.metrics import ENSEMBLE_METHODS, combine
 from sonichu_jax.nn.sonichu import SonichuModel
@@ -70,12 +71,23 @@ def resolve_teacher_dir(path: str) -> str:
     raise InputError(f"teacher {path} holds no config.json (nor model/config.json of a finished run)")
 
 
+def computing_as(model: SonichuModel, student: ModelConfig) -> SonichuModel:
+    """``model``'s weights computing as ``student`` does: its compute options
+    (`COMPUTE_FIELDS`: dtype, attention, remat, head_conv), not the ones saved with it."""
+    cfg = model.cfg.replace(**{name: getattr(student, name) for name in COMPUTE_FIELDS})
+    graphdef, _ = nnx.split(abstract_model(cfg))
+    model = nnx.merge(graphdef, nnx.state(model))
+    model.eval()
+    return model
+
+
 def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
-    """Load the teachers; they must share one architecture and the student's task table
-    (the batch's task index selects the same head in every model)."""
+    """Load the teachers, computing as the student does; they must share one architecture
+    and the student's task table (the batch's task index selects the same head in every
+    model)."""
     if not paths:
         raise InputError("distillation needs at least one teacher directory")
-    models = [SonichuModel.from_pretrained(resolve_teacher_dir(p), dtype=student.dtype) for p in paths]
+    models = [computing_as(SonichuModel.from_pretrained(resolve_teacher_dir(p)), student) for p in paths]
     first = models[0].cfg
     for path, model in zip(paths, models):
         if model.cfg.task_names != student.task_names:
@@ -166,14 +178,21 @@ def abstract_run(config: DistillConfig, mesh: jax.sharding.Mesh, teachers: int =
     size) turns a schedule in epochs into steps."""
     config = in_steps(config.validate(), examples)
     mesh_lib.check_batch(config.data.batch_size, mesh)
-    model = abstract_model(config.model)
+    graphdef, aux = abstract_teachers(config.model, teachers, mesh)
+    objective = Distillation(graphdef, config.model, config.distill)
+    return build_trainer(config, mesh, objective=objective, extra=(aux,))
+
+
+def abstract_teachers(cfg: ModelConfig, teachers: int, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, dict]:
+    """(graphdef, abstract stacked weights with their shardings) of ``teachers`` teachers
+    of architecture and compute options ``cfg``, as `load_teachers`, `stack_teachers` and
+    `teacher_shardings` give them to a run."""
+    model = abstract_model(cfg)
     model.eval()
     graphdef, params, rest = split_model(model)
     stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((teachers, *x.shape), x.dtype),
                            {"params": params, "rest": rest})
-    aux = mesh_lib.abstract_with_shardings(stacked, teacher_shardings(mesh, stacked))
-    objective = Distillation(graphdef, config.model, config.distill)
-    return build_trainer(config, mesh, objective=objective, extra=(aux,))
+    return graphdef, mesh_lib.abstract_with_shardings(stacked, teacher_shardings(mesh, stacked))
 
 
 def distill(config: DistillConfig, teachers: list[str] | None, data_spec: str | os.PathLike | None,

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from etils import epath
 
+from sonichu_jax.config import COMPUTE_FIELDS
 from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.fileio import write_json
 from sonichu_jax.train.checkpointing import DAMAGED_DIR
@@ -44,6 +45,9 @@ RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbon
 RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers",
                      "data.max_bad_fraction")
 SCHEDULE_KEYS = ("steps", "epochs")
+
+# The compute options may change too: they change how the step computes, never the state.
+COMPUTE_KEYS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
 
 
 class RunDir:
@@ -126,7 +130,7 @@ def check_resume(saved: dict, new: dict, run: str) -> str | None:
     old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
     changed = {k: (old.get(k, _ABSENT), now.get(k, _ABSENT)) for k in old.keys() | now.keys()
                if old.get(k, _ABSENT) != now.get(k, _ABSENT)}
-    refused = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE) and k not in SCHEDULE_KEYS}
+    refused = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE + COMPUTE_KEYS) and k not in SCHEDULE_KEYS}
     before, after = old.get("steps"), now["steps"]
     if isinstance(before, int) and after < before:
         refused["steps"] = (before, after)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.checkpoint import abstract_model
-from sonichu_jax.config import ModelConfig
+from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
 from sonichu_jax.errors import ConfigError
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
@@ -172,7 +172,7 @@ def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
         check_whole_model(init.path)
     other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype)
     if init.kind == "pretrained":
-        fields = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "dtype")
+        fields = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in COMPUTE_FIELDS)
         diff = _mismatch(cfg, other.cfg, fields)
         if diff:
             raise ConfigError(f"init.path {init.path} does not match the configured model: " + "; ".join(diff))

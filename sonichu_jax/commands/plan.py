@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config field, e.g. --set data.batch_size=4096 (repeatable)")
     parser.add_argument("--teachers", type=int, default=5, metavar="N",
                         help="number of frozen teachers of a distillation config (default 5, the card's)")
+    parser.add_argument("--examples", type=int, metavar="N",
+                        help="training examples (frames for I-JEPA) a schedule in epochs is counted over "
+                             "(default: the card's training set: 160,486 frames, 32,722 samples)")
     parser.add_argument("--json", metavar="FILE", help="write the plans as JSON")
     parser.add_argument("--breakdown", action="store_true",
                         help="also print where the estimated step time goes (cycles by kind and source op)")
@@ -52,10 +55,22 @@ def _rerun_in_fresh_process(args: argparse.Namespace, cpu_devices: int) -> int:
         argv += ["--topology", t]
     for o in args.overrides:
         argv += ["--set", o]
+    argv += (["--examples", str(args.examples)] if args.examples is not None else [])
     argv += (["--json", args.json] if args.json else []) + (["--quiet"] if args.quiet else [])
     argv += ["--breakdown"] if args.breakdown else []
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(cpu_devices))
     return subprocess.call(argv, env=env)
+
+
+def _schedule_note(config, plan) -> str:
+    """How a schedule in epochs became the plan's steps, and over which training set."""
+    from sonichu_jax.train.configlib import get_path
+    from sonichu_jax.train.schedule import epoch_fields
+
+    given = ", ".join(f"{key}={get_path(config, key):g}" for key in epoch_fields(config))
+    whose = "the card's training set; --examples N for yours" if plan.examples_assumed else "--examples"
+    return (f"steps: {plan.steps:,} from {given} over {plan.examples:,} training examples ({whose}) at a "
+            f"global batch of {plan.global_batch:,}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.teachers < 1:
         raise InputError(f"--teachers must be >= 1, got {args.teachers}")
+    if args.examples is not None and args.examples < 1:
+        raise InputError(f"--examples must be >= 1, got {args.examples}")
     if args.json:
         check_output_file(args.json, (".json",))
     config = apply_overrides(load_config_file(args.config), args.overrides)
@@ -87,11 +104,13 @@ def run(args: argparse.Namespace) -> int:
         for topology in bar:
             bar.set_postfix_str(topology.name)
             try:
-                plans.append(make_plan(config, topology, args.teachers))
+                plans.append(make_plan(config, topology, args.teachers, args.examples))
             except DoesNotFit as exc:  # the other topologies still get their plans
                 refused.append(str(exc))
     if plans:
         print(render(plans))
+        if plans[0].examples is not None:
+            print(_schedule_note(config, plans[0]))
     if args.breakdown:
         from sonichu_jax.train.plans.breakdown import render as render_breakdown
 

@@ -39,7 +39,9 @@ class Plan:
     mesh: dict  # axis -> size
     global_batch: int
     batch_per_chip: float
-    steps: int
+    steps: int  # the run's, in steps (a schedule in epochs counted over ``examples``)
+    examples: int | None = None  # training set size a schedule in epochs was counted over; None: in steps
+    examples_assumed: bool = False  # ``examples`` is the card's training set (CARD_EXAMPLES), not the user's
     memory: dict = field(default_factory=dict)  # MEMORY_PARTS + total, bytes per chip
     hbm_bytes: int | None = None
     fits: bool = True
@@ -60,18 +62,13 @@ class Plan:
 
 
 def build_mesh(config, topology: Topology) -> jax.sharding.Mesh:
-    """The run's (data, fsdp) mesh over the topology's devices; its global batch must
-    split evenly over every device and every host."""
+    """The run's (data, fsdp) mesh over the topology's devices, checked as the training
+    command checks it: the global batch must split evenly over every device."""
     try:
         mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices=list(topology.devices))
-    except ValueError as exc:
-        raise ConfigError(f"mesh on {topology.name}: {exc}") from None
-    batch, n = config.data.batch_size, len(topology.devices)
-    if batch % n:
-        raise ConfigError(
-            f"data.batch_size={batch} does not divide over the mesh's batch axes on {topology.name}: "
-            f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} = {n} devices ({batch} / {n} = {batch / n:g})"
-        )
+        mesh_lib.check_batch(config.data.batch_size, mesh)
+    except ConfigError as exc:
+        raise ConfigError(f"on {topology.name}: {exc}") from None
     return mesh
 
 
@@ -89,13 +86,13 @@ def memory_parts(program: StageProgram, stats) -> dict:
     """Per-chip bytes: the state by part (from its shardings), the batch, and the
     compiler's temporaries and program size; ``total`` is the compiled program's peak:
     arguments + outputs not aliased to a donated argument + temporaries + code."""
-    state = program.state
+    state = program.run.state
     parts = {
         "parameters": _shard_bytes(state.params),
         "optimiser": _shard_bytes(state.opt_state),
         "other_state": _shard_bytes(state) - _shard_bytes(state.params) - _shard_bytes(state.opt_state),
-        "teachers": _shard_bytes(program.aux) if program.aux is not None else 0,
-        "batch": _shard_bytes(program.batch),
+        "teachers": _shard_bytes(program.teachers),
+        "batch": _shard_bytes(program.run.batch),
         "temporaries": int(stats.temp_size_in_bytes),
         "program": int(stats.generated_code_size_in_bytes),
     }
@@ -110,14 +107,15 @@ def _cost(compiled) -> dict:
     return cost or {}
 
 
-def make_plan(config, topology: Topology, num_teachers: int = 5) -> Plan:
-    """Compile the step of ``config``'s stage over ``topology`` (abstract inputs only)."""
-    mesh = build_mesh(config, topology)
-    program = stage_program(config, mesh, num_teachers)
+def make_plan(config, topology: Topology, num_teachers: int = 5, examples: int | None = None) -> Plan:
+    """Compile the step of ``config``'s stage over ``topology`` (abstract inputs only).
+    ``examples`` (the training set's size) counts a schedule in epochs; without it such a
+    schedule is counted over the card's training set (`stages.CARD_EXAMPLES`)."""
+    program = stage_program(config, build_mesh(config, topology), num_teachers, examples)
     start = time.perf_counter()
     n = len(topology.devices)
     try:
-        compiled = program.jitted.lower(*program.args()).compile()
+        compiled = program.run.lower().compile()
     except jax.errors.JaxRuntimeError as exc:
         first = str(exc).splitlines()[0]
         if not first.startswith("RESOURCE_EXHAUSTED"):
@@ -128,8 +126,9 @@ def make_plan(config, topology: Topology, num_teachers: int = 5) -> Plan:
     cost = _cost(compiled)
     plan = Plan(
         stage=program.stage, topology=topology.name, device_kind=topology.devices[0].device_kind,
-        devices=n, hosts=topology.hosts, mesh=dict(mesh.shape), global_batch=config.data.batch_size,
-        batch_per_chip=config.data.batch_size / n, steps=config.steps,
+        devices=n, hosts=topology.hosts, mesh=dict(program.run.mesh.shape), global_batch=config.data.batch_size,
+        batch_per_chip=config.data.batch_size / n, steps=program.run.config.steps,
+        examples=program.examples, examples_assumed=program.examples_assumed,
         memory=memory_parts(program, compiled.memory_analysis()),
         compiler_flops=float(cost.get("flops", 0.0)), model_flops=program.model_flops / n,
         bytes_accessed=float(cost.get("bytes accessed", 0.0)), compile_seconds=elapsed,
