@@ -19,9 +19,8 @@ import numpy as np
 from sonichu_jax.config import TaskSpec
 from sonichu_jax.data.records import Record
 from sonichu_jax.errors import InputError
-from sonichu_jax.evaluation import predict_records
 from sonichu_jax.fileio import write_csv
-from sonichu_jax.metrics import ensemble, keypoint_errors
+from sonichu_jax.metrics import keypoint_errors
 
 
 def write_predictions_csv(path: str | os.PathLike, task: str, predictions: Sequence) -> None:
@@ -89,32 +88,6 @@ def match_predictions(
         for name, (spec, preds) in files.items()
     }
     return kept, columns, missing
-
-
-def predict_columns(
-    models: Mapping[str, tuple[Any, Any]],
-    records: Sequence[Record],
-    *,
-    tta: bool = True,
-    batch_size: int = 8,
-    ensemble_method: str | None = "median",
-    ensemble_name: str | None = None,
-    progress: bool = True,
-) -> dict[str, list[np.ndarray]]:
-    """Each model's (K_i, 2) pixel predictions of every record, plus their coordinate-wise
-    ensemble (named ``ensemble_name``, default ``"<method> ensemble"``) when there are two
-    models or more."""
-    columns = {
-        name: predict_records(model, prep, records, tta=tta, batch_size=batch_size, progress=progress)
-        for name, (model, prep) in models.items()
-    }
-    if ensemble_method and len(columns) >= 2:
-        stacked = list(columns.values())
-        columns[ensemble_name or f"{ensemble_method} ensemble"] = [
-            ensemble([preds[i][None] for preds in stacked], ensemble_method)[0].astype(np.float32)
-            for i in range(len(records))
-        ]
-    return columns
 
 
 def _finite(values) -> list[float | None]:

@@ -24,7 +24,7 @@ WORKER = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from sonichu_jax.cli import build_parser
-from sonichu_jax.commands.train_teacher import load_run_config
+from sonichu_jax.commands.run_options import load_run_config
 from sonichu_jax.train import distributed
 from sonichu_jax.train.configlib import TeacherConfig
 

@@ -204,6 +204,24 @@ def test_a_longer_schedule_resumes_and_says_so(trained, femur_data, tmp_path, ca
     assert "resumed from step 120" in out
 
 
+def test_resuming_a_finished_run_reports_without_logging_twice(trained, femur_data, tmp_path, capsys):
+    """A finished run resumed trains nothing: its result reports the MRE measured again at
+    the last step (the same weights, so the same number), and metrics.jsonl keeps one
+    validation line per step."""
+    from sonichu_jax.train.teacher import train_teacher
+
+    first, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = apply_overrides(load_config_file(TINY), FIXTURE_SETS)
+    result = train_teacher(config, femur_data, copy, resume=True)
+    assert "resumed from step 120" in capsys.readouterr().out
+    assert result.finished and result.step == result.validation_step == 120
+    np.testing.assert_allclose(result.val_mre, first.val_mre, rtol=1e-6)
+    val_steps = [json.loads(l)["step"] for l in open(copy / "metrics.jsonl") if '"val"' in l]
+    assert val_steps == sorted(set(val_steps)) and val_steps[-1] == 120, val_steps
+
+
 def test_nan_guard_names_a_finite_checkpoint(femur_data, tmp_path, capsys):
     """11.3: with lr=1e30 the parameters overflow while loss and gradients are still
     finite; the guard must catch that, save nothing non-finite, and name as last good a

@@ -281,7 +281,9 @@ class _Run:
         self.flush()
         finished = self.step == self.config.steps
         if finished and self.every is not None and (self.validation is None or self.validation[0] != self.step):
-            self.validate()  # a finished run resumed: its result still reports an MRE measured now
+            # A finished run resumed: its result reports an MRE measured now; the sinks
+            # already hold this step's validation from the run that finished it.
+            self.validation = (self.step, self.stage.validate(self.state))
         self.save()
         self.ckpt.wait()
         best = self.ckpt.best_step()

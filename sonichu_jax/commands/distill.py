@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sonichu_jax.commands.train_teacher import add_run_arguments, load_run_config, report
+from sonichu_jax.commands.run_options import add_run_arguments, load_run_config, report
 
 HELP = "distil several teachers (their coordinate-wise median) into one student"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sonichu_jax.commands.train_teacher import add_run_arguments, load_run_config
+from sonichu_jax.commands.run_options import add_run_arguments, load_run_config
 
 HELP = "I-JEPA pretraining of the encoder on unlabelled frames; exports a backbone for train-teacher"
 
