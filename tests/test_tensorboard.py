@@ -1,7 +1,8 @@
 """TensorBoard event files and the profiler window: the quick demo's runs (teachers with
 validation, the student, I-JEPA) wrote event files whose scalars and steps are those of
 their metrics.jsonl, read back without TensorBoard; a resumed run's earlier files lose
-what lies beyond its checkpoint; profiler windows that cannot be traced are refused.
+what lies beyond its checkpoint; profiler windows that cannot be traced are refused, and a
+trace that cannot start is a note.
 (A run with event files off and a profile window: test_train_teacher's SIGTERM test; a
 killed and resumed run's events: the same test.)"""
 
@@ -94,3 +95,24 @@ def test_writing_events_does_not_load_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
     assert event_scalars(tmp_path) == [("train/loss", 1, 1.0)]
+
+
+def test_a_trace_that_cannot_start_is_a_note(tmp_path):
+    """A profile already running in the process (a user's own) makes start_trace raise; the
+    window says so once and the run goes on untraced."""
+    import jax
+
+    from sonichu_jax.train.profiler import ProfileWindow
+
+    notes = []
+    window = ProfileWindow((2, 3), str(tmp_path / "ours"), notes.append)
+    jax.profiler.start_trace(str(tmp_path / "theirs"))
+    try:
+        for step in (1, 2, 3, 4):
+            window.before_step(step)
+            window.after_step(step, jax.numpy.zeros(()))
+    finally:
+        jax.profiler.stop_trace()
+    window.close()
+    assert len(notes) == 1 and "no profile of steps 2:3" in notes[0], notes
+    assert not (tmp_path / "ours").exists()

@@ -199,7 +199,7 @@ class _Run:
             if self.config.log.tensorboard:
                 self.sinks += open_tensorboard(self.run_dir.join(TENSORBOARD_DIR), keep_up_to, self.say)
             window = profile_window(self.config.log.profile_steps)
-            self.profile = ProfileWindow(window, self.run_dir.join(PROFILE_DIR))
+            self.profile = ProfileWindow(window, self.run_dir.join(PROFILE_DIR), self.say)
         self.sinks += self.extra_sinks
         self.every = self.stage.validation_every()
         if not restored and self.every is not None and self.stage.validate_at_start():

@@ -7,10 +7,13 @@ the trace would end before the device has done the work). It goes to
 tab (``tensorboard --logdir <run>/profile``) and ``<host>.trace.json.gz``, a Chrome trace
 that ui.perfetto.dev opens. Written by the primary process only. A call of the run that
 starts inside the window (a resume) traces the rest of it; a run stopped inside the window
-writes what it traced.
+writes what it traced. A trace that cannot start (another one is running in the process,
+say) is a note, not the end of the run.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 
@@ -18,15 +21,20 @@ import jax
 class ProfileWindow:
     """Called by the run driver around every step; does nothing without a window."""
 
-    def __init__(self, window: tuple[int, int] | None, log_dir: str):
+    def __init__(self, window: tuple[int, int] | None, log_dir: str, say: Callable[[str], None] = print):
         self.start, self.stop = window or (0, -1)
-        self.log_dir = log_dir
+        self.log_dir, self.say = log_dir, say
         self.tracing = self.done = False
 
     def before_step(self, step: int) -> None:
         """``step`` (1-based) is about to run."""
         if self.start <= step <= self.stop and not (self.tracing or self.done):
-            jax.profiler.start_trace(self.log_dir)
+            try:
+                jax.profiler.start_trace(self.log_dir)
+            except RuntimeError as exc:
+                self.done = True
+                self.say(f"no profile of steps {self.start}:{self.stop}: the trace could not start ({exc})")
+                return
             self.tracing = True
 
     def after_step(self, step: int, state) -> None:
