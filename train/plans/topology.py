@@ -9,6 +9,7 @@ v5p, chips on v5e and v6e) or ``cpu:N``.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import math
 import os
@@ -110,6 +111,17 @@ def tpu_available() -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
+def tpu_chips_here() -> bool:
+    """Whether this machine has TPU chips (v4 and v5e expose /dev/accel*, v5p and v6e VFIO groups)."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def accelerator_type(chip: Chip, shape: tuple[int, ...]) -> str:
+    """Cloud TPU's name of a slice of ``shape`` chips: ``v5p-16``, ``v5litepod-4``."""
+    cores = math.prod(shape) * chip.cores
+    return f"{'v5litepod' if chip.generation == 'v5e' else chip.generation}-{cores}"
+
+
 def make_topology(text: str) -> Topology:
     gen, shape = parse(text)
     if gen == "cpu":
@@ -122,6 +134,12 @@ def make_topology(text: str) -> Topology:
     # libtpu holds a lock file per process that would refuse a second process on the
     # machine (a test worker, a training job); compiling needs no exclusive chip access.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if not tpu_chips_here():
+        # Off a TPU VM libtpu asks the (absent) metadata server for the host's slice and
+        # prints half a screen of errors; these answers stand in for it. They do not
+        # shape the topology, which the call below spells out.
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type(chip, shape))
     from jax.experimental import topologies
 
     try:
