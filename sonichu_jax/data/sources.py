@@ -275,10 +275,44 @@ def load_csv(
             f"{', '.join(table)}; pass a task or a task_map"
         )
     spec = table[task]
-    root = image_root or os.path.dirname(os.path.abspath(path))
     records: list[Record] = []
     with _open_text(path, "CSV", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
+        layout = _CsvLayout.read(reader, path, image_column, image_root or os.path.dirname(os.path.abspath(path)))
+        wrong_k = len(layout.points) != spec.num_keypoints
+        n_rows = 0
+        for location, row in _csv_rows(reader, path, report):
+            if row is None or not any(cell.strip() for cell in row):
+                continue  # unparsable (already reported and counted) or blank
+            n_rows += 1
+            if wrong_k:
+                continue
+            record = layout.record(row, location, spec, report, check_bounds)
+            if record is None:
+                report.skipped += 1
+            else:
+                records.append(record)
+        if wrong_k and n_rows:
+            report.add(
+                path, "wrong_keypoint_count",
+                f"{len(layout.points)} point_*_xy columns, task {task} has {spec.num_keypoints} "
+                f"keypoints; all {n_rows} rows skipped",
+            )
+            report.skipped += n_rows
+    report.loaded = len(records)
+    return Source(records, report)
+
+
+class _CsvLayout:
+    """Which columns of a CSV hold what, and how one row becomes a record."""
+
+    def __init__(self, header: list[str], image: int, spacing: int | None, points: list[int], root: str, name: str):
+        self.header, self.image, self.spacing, self.points = header, image, spacing, points
+        self.root, self.name = root, name  # where relative image paths start; the file's name (in record ids)
+
+    @classmethod
+    def read(cls, reader, path: str, image_column: str | None, root: str) -> "_CsvLayout":
+        """The header row's layout (`InputError` when it has no image column)."""
         try:
             header = next(reader, None)
         except csv.Error as exc:
@@ -287,70 +321,45 @@ def load_csv(
             raise InputError(f"{path}: empty CSV file (no header row)")
         if problem := _not_utf8(",".join(header)):
             raise InputError(f"{path}:1: header row is {problem}")
-        img_col = _pick_column(header, image_column, IMAGE_COLUMN_CANDIDATES)
-        if img_col is None:
+        image = _pick_column(header, image_column, IMAGE_COLUMN_CANDIDATES)
+        if image is None:
             raise InputError(
                 f"{path}: no image-path column"
                 + (f" named {image_column!r}" if image_column else "")
                 + f"; columns: {', '.join(header)}; pass image_column="
             )
-        spacing_col = _pick_column(header, None, SPACING_COLUMN_CANDIDATES)
-        points = sorted(
-            (int(m.group(1)), i) for i, h in enumerate(header) if (m := _POINT_COLUMN.match(h.strip()))
+        points = sorted((int(m.group(1)), i) for i, h in enumerate(header) if (m := _POINT_COLUMN.match(h.strip())))
+        spacing = _pick_column(header, None, SPACING_COLUMN_CANDIDATES)
+        return cls(header, image, spacing, [i for _, i in points], root, os.path.basename(path))
+
+    def record(self, row: list[str], location: str, spec: TaskSpec, report: LoadReport,
+               check_bounds: bool) -> Record | None:
+        """The row's record, or None after reporting why it is skipped."""
+        if problem := _not_utf8(",".join(row)):
+            report.add(location, "malformed", problem)
+            return None
+        if len(row) != len(self.header):
+            report.add(location, "malformed", f"{len(row)} fields, header has {len(self.header)}")
+            return None
+        try:
+            parsed = [_parse_point(row[c]) for c in self.points]
+            spacing = None
+            if self.spacing is not None and row[self.spacing].strip():
+                spacing = _positive(row[self.spacing].strip(), self.header[self.spacing].strip())
+        except ValueError as exc:
+            report.add(location, "malformed", f"cannot parse row: {exc}")
+            return None
+        image_ref = row[self.image].strip()
+        if not image_ref:
+            report.add(location, "malformed", "empty image path")
+            return None
+        kps = np.array([p if p is not None else (np.nan, np.nan) for p in parsed], np.float32)
+        valid = np.array([p is not None for p in parsed], bool)
+        return _finish_record(
+            image=_resolve(image_ref, self.root), task=spec.name, kps=kps.reshape(-1, 2), valid=valid,
+            spec=spec, location=location, report=report, check_bounds=check_bounds,
+            spacing_mm=spacing, source_id=f"{self.name}:{image_ref}",
         )
-        point_cols = [i for _, i in points]
-        wrong_k = len(point_cols) != spec.num_keypoints
-        n_rows = 0
-        for location, row in _csv_rows(reader, path, report):
-            if row is None:  # unparsable, already reported and counted
-                continue
-            if not any(cell.strip() for cell in row):
-                continue  # blank line
-            n_rows += 1
-            if wrong_k:
-                continue
-            if problem := _not_utf8(",".join(row)):
-                report.add(location, "malformed", problem)
-                report.skipped += 1
-                continue
-            if len(row) != len(header):
-                report.add(location, "malformed", f"{len(row)} fields, header has {len(header)}")
-                report.skipped += 1
-                continue
-            try:
-                parsed = [_parse_point(row[c]) for c in point_cols]
-                spacing = None
-                if spacing_col is not None and row[spacing_col].strip():
-                    spacing = _positive(row[spacing_col].strip(), header[spacing_col].strip())
-            except ValueError as exc:
-                report.add(location, "malformed", f"cannot parse row: {exc}")
-                report.skipped += 1
-                continue
-            kps = np.array([p if p is not None else (np.nan, np.nan) for p in parsed], np.float32)
-            valid = np.array([p is not None for p in parsed], bool)
-            image_ref = row[img_col].strip()
-            if not image_ref:
-                report.add(location, "malformed", "empty image path")
-                report.skipped += 1
-                continue
-            record = _finish_record(
-                image=_resolve(image_ref, root), task=task, kps=kps.reshape(-1, 2), valid=valid,
-                spec=spec, location=location, report=report, check_bounds=check_bounds,
-                spacing_mm=spacing, source_id=f"{name}:{image_ref}",
-            )
-            if record is None:
-                report.skipped += 1
-            else:
-                records.append(record)
-        if wrong_k and n_rows:
-            report.add(
-                path, "wrong_keypoint_count",
-                f"{len(point_cols)} point_*_xy columns, task {task} has {spec.num_keypoints} "
-                f"keypoints; all {n_rows} rows skipped",
-            )
-            report.skipped += n_rows
-    report.loaded = len(records)
-    return Source(records, report)
 
 
 def load_csv_dir(
@@ -447,77 +456,83 @@ def load_manifest(
                 continue
             location = f"{path}:{line_no}"
             try:
-                if problem := _not_utf8(line):
-                    raise ValueError(problem)
-                entry = json.loads(line)
-                if not isinstance(entry, dict):
-                    raise ValueError("a line must be a JSON object")
-                image_ref = entry.get("image")
-                if not isinstance(image_ref, str) or not image_ref:
-                    raise ValueError("'image' must be a non-empty path string")
-                task = entry.get("task")
-                if task is not None and not isinstance(task, str):
-                    raise ValueError(f"'task' must be a task name or null, got {task!r}")
-                is_pseudo = entry.get("is_pseudo", False)
-                if not isinstance(is_pseudo, bool):
-                    raise ValueError(f"'is_pseudo' must be true or false, got {is_pseudo!r}")
-                raw_kps = entry.get("keypoints")
-                kps = present = None
-                if raw_kps is not None:
-                    kps, present = _manifest_keypoints(raw_kps)
-                    if "valid" in entry:
-                        given = entry["valid"]
-                        if not isinstance(given, list) or len(given) != len(kps) or not all(
-                            isinstance(v, bool) for v in given
-                        ):
-                            raise ValueError(f"'valid' must be {len(kps)} booleans")
-                        present = present & np.array(given, bool)
-                spacing = entry.get("spacing_mm")
-                spacing = None if spacing is None else _positive(spacing, "spacing_mm")
-                confidence = entry.get("confidence")
-                if confidence is not None:
-                    confidence = float(confidence)
-                    if not np.isfinite(confidence):
-                        raise ValueError(f"'confidence' must be a finite number, got {entry['confidence']!r}")
-                size = None
-                if entry.get("width") is not None or entry.get("height") is not None:
-                    size = _image_size_field(entry)
+                entry = _ManifestEntry.parse(line)
             except (ValueError, TypeError) as exc:
                 report.add(location, "malformed", f"cannot parse line: {exc}")
                 report.skipped += 1
                 continue
-            image = _resolve(image_ref, root)
-            fields = dict(
-                is_pseudo=is_pseudo,
-                spacing_mm=spacing,
-                source_id=str(entry.get("id") or f"{name}:{line_no}"),
-                confidence=confidence,
-            )
-            if task is not None and task not in table:
-                report.add(location, "unknown_task", f"task {task!r} is not one of {', '.join(table)}")
-                report.skipped += 1
-                continue
-            if kps is None:
-                if not os.path.isfile(image):
-                    report.add(location, "missing_image", f"image file not found: {image}")
-                    report.skipped += 1
-                    continue
-                records.append(Record(image=image, task=task, **fields))
-                continue
-            if task is None:
-                report.add(location, "malformed", "keypoints given without a task")
-                report.skipped += 1
-                continue
-            record = _finish_record(
-                image=image, task=task, kps=kps, valid=present, spec=table[task],
-                location=location, report=report, check_bounds=check_bounds, size=size, **fields,
-            )
+            record = entry.record(_resolve(entry.image, root), entry.id or f"{name}:{line_no}", location, table,
+                                  report, check_bounds)
             if record is None:
                 report.skipped += 1
             else:
                 records.append(record)
     report.loaded = len(records)
     return Source(records, report)
+
+
+class _ManifestEntry:
+    """One manifest line's fields, checked for type and range."""
+
+    @classmethod
+    def parse(cls, line: str) -> "_ManifestEntry":
+        """Raises ValueError or TypeError naming the field at fault."""
+        if problem := _not_utf8(line):
+            raise ValueError(problem)
+        fields = json.loads(line)
+        if not isinstance(fields, dict):
+            raise ValueError("a line must be a JSON object")
+        entry = cls()
+        entry.image = fields.get("image")
+        if not isinstance(entry.image, str) or not entry.image:
+            raise ValueError("'image' must be a non-empty path string")
+        entry.task = fields.get("task")
+        if entry.task is not None and not isinstance(entry.task, str):
+            raise ValueError(f"'task' must be a task name or null, got {entry.task!r}")
+        entry.is_pseudo = fields.get("is_pseudo", False)
+        if not isinstance(entry.is_pseudo, bool):
+            raise ValueError(f"'is_pseudo' must be true or false, got {entry.is_pseudo!r}")
+        entry.kps = entry.valid = None
+        if fields.get("keypoints") is not None:
+            entry.kps, entry.valid = _manifest_keypoints(fields["keypoints"])
+            if "valid" in fields:
+                given = fields["valid"]
+                if not isinstance(given, list) or len(given) != len(entry.kps) or not all(
+                    isinstance(v, bool) for v in given
+                ):
+                    raise ValueError(f"'valid' must be {len(entry.kps)} booleans")
+                entry.valid = entry.valid & np.array(given, bool)
+        spacing = fields.get("spacing_mm")
+        entry.spacing = None if spacing is None else _positive(spacing, "spacing_mm")
+        entry.confidence = fields.get("confidence")
+        if entry.confidence is not None:
+            entry.confidence = float(entry.confidence)
+            if not np.isfinite(entry.confidence):
+                raise ValueError(f"'confidence' must be a finite number, got {fields['confidence']!r}")
+        entry.size = None
+        if fields.get("width") is not None or fields.get("height") is not None:
+            entry.size = _image_size_field(fields)
+        entry.id = str(fields["id"]) if fields.get("id") else None
+        return entry
+
+    def record(self, image: str, source_id: str, location: str, table: Mapping[str, TaskSpec],
+               report: LoadReport, check_bounds: bool) -> Record | None:
+        """The line's record, or None after reporting why it is skipped."""
+        fields = dict(is_pseudo=self.is_pseudo, spacing_mm=self.spacing, source_id=source_id,
+                      confidence=self.confidence)
+        if self.task is not None and self.task not in table:
+            report.add(location, "unknown_task", f"task {self.task!r} is not one of {', '.join(table)}")
+            return None
+        if self.kps is None:
+            if not os.path.isfile(image):
+                report.add(location, "missing_image", f"image file not found: {image}")
+                return None
+            return Record(image=image, task=self.task, **fields)
+        if self.task is None:
+            report.add(location, "malformed", "keypoints given without a task")
+            return None
+        return _finish_record(image=image, task=self.task, kps=self.kps, valid=self.valid, spec=table[self.task],
+                              location=location, report=report, check_bounds=check_bounds, size=self.size, **fields)
 
 
 def manifest_line(record: Record, root: str | None = None, size: tuple[int, int] | None = None) -> str:
