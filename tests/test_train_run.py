@@ -135,6 +135,27 @@ def test_non_finite_checkpoint_is_damaged(tmp_path):
     assert (tmp_path / "damaged_checkpoints" / "2").is_dir() and not (tmp_path / "checkpoints" / "2").exists()
 
 
+@pytest.mark.parametrize("target", [{"w": (3,), "v": (2,)}, {"w": (4,)}], ids=["another tree", "another shape"])
+def test_checkpoint_of_another_state_is_refused_not_set_aside(tmp_path, target):
+    """A readable checkpoint that does not fit the state the run builds (an older version's
+    train state, say) is an error naming it; setting it aside would restart from scratch."""
+    import grain
+
+    from sonichu_jax.errors import InputError
+    from sonichu_jax.train.checkpointing import Checkpointer
+    from sonichu_jax.train.configlib import CheckpointConfig
+
+    it = iter(grain.MapDataset.range(8).to_iter_dataset())
+    ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig(keep=5, keep_best=False, async_save=False))
+    ckpt.save(1, {"w": jnp.ones(3)}, it)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=device) for k, shape in target.items()}
+    with pytest.raises(InputError, match=r"cannot resume from the checkpoint at step 1 .*another train state"):
+        ckpt.restore_latest(abstract, it, lambda s: True, print)
+    ckpt.close()
+    assert (tmp_path / "checkpoints" / "1").is_dir() and not (tmp_path / "damaged_checkpoints").exists()
+
+
 def test_resumed_metrics_keep_each_step_once(tmp_path):
     from sonichu_jax.train.metrics_log import JsonlSink
 

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
+from sonichu_jax.errors import InputError
 from sonichu_jax.train.configlib import CheckpointConfig
 
 VAL_METRIC = "val_mre"
@@ -33,6 +34,12 @@ DAMAGED_DIR = "damaged_checkpoints"
 def _absolute(directory: str | os.PathLike) -> str:
     directory = os.fspath(directory)
     return directory if "://" in directory else os.path.abspath(directory)
+
+
+# How orbax says that a readable checkpoint does not fit the restore target (its tree or a
+# shape), as opposed to files it cannot read: such a checkpoint is not damaged, and
+# setting it aside would restart the run from scratch.
+_OTHER_STATE = ("tree structures do not match", "is not compatible with the stored shape")
 
 
 def _first_sentence(exc: Exception) -> str:
@@ -96,7 +103,13 @@ class Checkpointer:
             try:
                 state = self.restore(step, target, data_iter)
                 problem = None if is_finite(state) else "it holds non-finite values"
-            except Exception as exc:  # noqa: BLE001 - whatever stops a read-back makes it damaged
+            except Exception as exc:  # noqa: BLE001 - whatever stops a read-back makes it damaged ...
+                if any(phrase in str(exc) for phrase in _OTHER_STATE):  # ... unless it reads as another state
+                    raise InputError(
+                        f"cannot resume from the checkpoint at step {step} ({self.directory / str(step)}): it holds "
+                        f"another train state than this run builds ({_first_sentence(exc)}), written by another "
+                        "version of sonichu-jax or another configuration; the checkpoints are left as they are"
+                    ) from None
                 problem = _first_sentence(exc)
             if problem is None:
                 return state, step
