@@ -135,6 +135,39 @@ def test_non_finite_checkpoint_is_damaged(tmp_path):
     assert (tmp_path / "damaged_checkpoints" / "2").is_dir() and not (tmp_path / "checkpoints" / "2").exists()
 
 
+def test_truncated_checkpoint_is_set_aside_and_its_failed_reads_stay_quiet(tmp_path, caplog):
+    """The reads orbax started on a truncated checkpoint fail unawaited; asyncio would log
+    each one when it is collected. Those records are dropped; others are not."""
+    import gc
+    import logging
+
+    import grain
+
+    from sonichu_jax.train.checkpointing import Checkpointer
+    from sonichu_jax.train.configlib import CheckpointConfig
+
+    it = iter(grain.MapDataset.range(8).to_iter_dataset())
+    ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig(keep=5, keep_best=False, async_save=False))
+    state = {f"w{i}": jnp.full((4096,), float(i)) for i in range(8)}
+    ckpt.save(1, state, it)
+    ckpt.save(2, state, it)
+    for path in (tmp_path / "checkpoints" / "2").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            os.truncate(path, path.stat().st_size // 2)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    said = []
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        _, step = ckpt.restore_latest(target, it, lambda s: True, said.append)
+        gc.collect()
+        damaged = str(tmp_path / "checkpoints" / "2")
+        logging.getLogger("asyncio").error("Future exception was never retrieved\nfuture: <Future %s>", damaged)
+        logging.getLogger("asyncio").error("Future exception was never retrieved\nfuture: <Future elsewhere>")
+    ckpt.close()
+    assert step == 1 and len(said) == 1 and "step 2" in said[0], said
+    logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert logged == ["Future exception was never retrieved\nfuture: <Future elsewhere>"], logged
+
+
 @pytest.mark.parametrize("target", [{"w": (3,), "v": (2,)}, {"w": (4,)}], ids=["another tree", "another shape"])
 def test_checkpoint_of_another_state_is_refused_not_set_aside(tmp_path, target):
     """A readable checkpoint that does not fit the state the run builds (an older version's

@@ -15,6 +15,7 @@ to the newest intact one.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable
 
@@ -40,6 +41,25 @@ def _absolute(directory: str | os.PathLike) -> str:
 # shape), as opposed to files it cannot read: such a checkpoint is not damaged, and
 # setting it aside would restart the run from scratch.
 _OTHER_STATE = ("tree structures do not match", "is not compatible with the stored shape")
+
+
+class _UnreadReads(logging.Filter):
+    """A failed restore leaves orbax's other reads of that checkpoint failed and never
+    awaited; when they are garbage-collected asyncio logs each one ("Future exception was
+    never retrieved", a screen of tensorstore spec). The checkpoint was reported once
+    already, so those records are dropped."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Future exception was never retrieved") and self.path in message)
+
+
+def _quiet_about(path) -> None:
+    logging.getLogger("asyncio").addFilter(_UnreadReads(str(path)))
 
 
 def _first_sentence(exc: Exception) -> str:
@@ -113,6 +133,7 @@ class Checkpointer:
                 problem = _first_sentence(exc)
             if problem is None:
                 return state, step
+            _quiet_about(self.directory / str(step))
             aside = self._set_aside(step)
             say(f"checkpoint at step {step} ({self.directory / str(step)}) is damaged ({problem}); "
                 f"moved to {aside}, trying an older one")
