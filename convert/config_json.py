@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sonichu_jax.config import CHECKPOINT_KEYS, FIELD_TYPES, MODEL_TYPE, TaskSpec, check_field, task_table
+from sonichu_jax.config import (
+    CHECKPOINT_KEYS, COMPUTE_FIELDS, FIELD_TYPES, MODEL_TYPE, TaskSpec, check_field, task_table,
+)
 from sonichu_jax.errors import ConfigError
 
 # Hugging Face names of our architecture fields.
@@ -49,7 +51,10 @@ def read_config_json(data: Any) -> ConfigJson:
     patch = data.get("patch_size")
     if not out.ours and isinstance(patch, list) and len(patch) == 2 and patch[0] == patch[1]:
         data = {**data, "patch_size": patch[0]}  # Hugging Face writes [p, p]
-    out.fields = {k: check_field(k, v) for k, v in data.items() if k in FIELD_TYPES}
+    # In another project's config.json "dtype" is the dtype the weights were stored in, not
+    # ours to compute in; the compute options are only read from our own configs.
+    usable = FIELD_TYPES.keys() - (set() if out.ours else set(COMPUTE_FIELDS))
+    out.fields = {k: check_field(k, v) for k, v in data.items() if k in usable}
     for key, ours in COMMON_KEYS.items():
         if key in data and ours not in out.fields:
             out.fields[ours] = FIELD_TYPES[ours](key, data[key])  # the message names the file's key

@@ -19,7 +19,7 @@ import numpy as np
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.convert.directory import PREDICTOR_CONFIG, PREDICTOR_WEIGHTS
 from sonichu_jax.convert.files import Checkpoint, open_checkpoint
-from sonichu_jax.convert.infer import infer_config
+from sonichu_jax.convert.infer import infer_config, tensor_view
 from sonichu_jax.convert.layout import Options, convert_tensors
 from sonichu_jax.convert.layouts import IJEPA, detect_layout
 from sonichu_jax.convert.loading import state_defaults
@@ -70,11 +70,11 @@ def _convert(ckpt: Checkpoint, cfg: ModelConfig, grid, encoder: str, predictor: 
 
 def _official(ckpt: Checkpoint, image_size, num_heads) -> IJepaWeights:
     overrides = {k: v for k, v in (("image_size", image_size), ("num_heads", num_heads)) if v is not None}
-    parts = {n.split(".")[0] for n in ckpt.source.keys()}
+    parts = {n.split(".")[0] for n in tensor_view(ckpt.source, IJEPA, read_values=False).shapes}
     target = "target_encoder" if "target_encoder" in parts else "encoder"
     inferred = infer_config(ckpt.source, IJEPA, ckpt.config, options=Options(encoder=target), overrides=overrides)
     cfg, grid, predictor = inferred.cfg, inferred.source_grid, inferred.predictor
-    notes = [n for n in inferred.notes if "heads" not in n]
+    notes = [n for n in inferred.notes if "freshly initialised" not in n]  # an encoder has no keypoint heads
     arrays = _convert(ckpt, cfg, grid, target, predictor, notes)
     if "encoder" in parts and target == "target_encoder":
         context = _within(_convert(ckpt, cfg, grid, "encoder", None, notes), "backbone/")

@@ -102,12 +102,3 @@ def is_head_path(path: str) -> bool:
     """Whether a Flax path belongs to the keypoint heads (a task head or the shared trunk)."""
     return path.startswith(("heads/", "trunk/"))
 
-
-def count(shapes: Shapes) -> int:
-    total = 0
-    for shape in shapes.values():
-        n = 1
-        for s in shape:
-            n *= s
-        total += n
-    return total

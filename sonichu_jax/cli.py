@@ -12,6 +12,7 @@ import argparse
 import importlib
 import signal
 import sys
+import threading
 
 from sonichu_jax import __version__
 from sonichu_jax.errors import SonichuError
@@ -67,7 +68,9 @@ def _raise_terminated(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Python lets only the main thread install handlers (main() may run in another one).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(args._run(args) or 0)
     except SonichuError as exc:
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sonichu-jax {args.command}: terminated; nothing half-written was kept", file=sys.stderr)
         return 128 + signal.SIGTERM
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -171,8 +171,7 @@ def evaluate(
     rank = {spec.name: i for i, spec in enumerate(task_table)}
     records.sort(key=lambda r: rank[r.task])  # stable: the card's task order, then file order
 
-    loaded = {name: (SonichuModel.from_pretrained(path), SonichuPreprocessor.from_pretrained(path))
-              for name, path in zip(model_names, models)}
+    loaded = {name: _model_and_preprocessor(path) for name, path in zip(model_names, models)}
     scored = {name: (records, preds) for name, preds in predict_columns(
         loaded, records, tta=tta, batch_size=batch_size, ensemble_method=ensemble_method, progress=progress).items()}
     for name, (spec, _) in zip(file_names, prediction_files.values()):
@@ -187,6 +186,11 @@ def evaluate(
         columns={name: score(recs, preds) for name, (recs, preds) in scored.items()},
         scored=scored,
     )
+
+
+def _model_and_preprocessor(path: str) -> tuple[SonichuModel, SonichuPreprocessor]:
+    model = SonichuModel.from_pretrained(path)
+    return model, SonichuPreprocessor.from_pretrained(path, model.cfg)
 
 
 def column_names(paths: Sequence[str]) -> list[str]:

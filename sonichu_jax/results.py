@@ -18,6 +18,7 @@ import numpy as np
 
 from sonichu_jax.config import TaskSpec
 from sonichu_jax.data.records import Record
+from sonichu_jax.data.sources import POINT_COLUMN, load_csv
 from sonichu_jax.errors import InputError
 from sonichu_jax.fileio import write_csv
 from sonichu_jax.metrics import keypoint_errors
@@ -46,7 +47,7 @@ def _csv_task(path: str) -> tuple[str, int]:
             tasks = {row.get("task", "").strip() for row in reader} - {""}
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read prediction file {path}: {exc}") from None
-    k = sum(1 for c in columns if c.strip().lower().startswith("point_") and c.strip().lower().endswith("_xy"))
+    k = sum(1 for c in columns if POINT_COLUMN.match(c.strip()))  # the columns load_csv reads
     if len(tasks) > 1:
         raise InputError(f"{path}: a prediction CSV holds one task, this one has {', '.join(sorted(tasks))}")
     task = tasks.pop() if tasks else os.path.splitext(os.path.basename(path))[0]
@@ -58,8 +59,6 @@ def _csv_task(path: str) -> tuple[str, int]:
 def load_predictions(path: str | os.PathLike) -> tuple[TaskSpec, dict[str, np.ndarray]]:
     """A prediction CSV -> (its task, {real image path: (K, 2) pixels}). Rows with a
     missing point are left out (they predict nothing to score)."""
-    from sonichu_jax.data.sources import load_csv
-
     path = os.fspath(path)
     if not path.lower().endswith(".csv"):
         raise InputError(f"prediction file {path} must be a .csv written by predict")

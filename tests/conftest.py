@@ -60,6 +60,8 @@ def quick_demo(tmp_path_factory):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(["demo", "--quick", "--out", str(out)])
+    # every test that looks at the run would fail on a missing file; say why once, here
+    assert code == 0, stdout.getvalue()[-3000:]
     return types.SimpleNamespace(out=out, code=code, stdout=stdout.getvalue())
 
 

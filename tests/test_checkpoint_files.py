@@ -323,3 +323,15 @@ def test_head_count_guess_follows_the_vit_family():
                                    block="blocks.{i}.", fc1="mlp.fc1.weight", qkv_bias="attn.qkv.bias",
                                    class_slot=False, hints={"image_size": 224}, notes=notes)
         assert fields["num_heads"] == heads and "num_heads" in notes[0]
+
+
+def test_compute_options_are_read_only_from_our_own_config():
+    """A publisher's "dtype" is the storage dtype of its weights, not ours to compute in."""
+    from sonichu_jax.convert.config_json import read_config_json
+
+    ours = {**tiny_config().to_dict(), "dtype": "bfloat16"}
+    assert read_config_json(ours).fields["dtype"] == "bfloat16"
+    foreign = {**ours, "architectures": ["SonichuModel"], "attention": "heads_major"}
+    parsed = read_config_json(foreign)
+    assert not parsed.ours and parsed.fields["width"] == tiny_config().width
+    assert not {"dtype", "attention"} & set(parsed.fields), parsed.fields

@@ -363,4 +363,6 @@ def test_inspect_card_sized_checkpoint_without_jax(torch_ref, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     info = json.loads(out[: out.index("SECONDS")])
     assert info["parameters"] == 127_823_188 and info["mapping"]["not_used"][0]["key"] == "aux_head.*"
-    assert out.split("SECONDS")[1].split()[2:] == ["False", "RC", "0"]
+    seconds, *rest = out.split("SECONDS")[1].split()
+    assert rest[1:] == ["False", "RC", "0"]
+    assert float(seconds) < 30, seconds  # README promises < 5 s here; CI machines are slower and shared

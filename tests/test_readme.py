@@ -43,3 +43,6 @@ def test_readme_python_block_runs(index, placeholders, monkeypatch, tmp_path):
         pixels = namespace["pixels"]
         assert isinstance(pixels, np.ndarray) and pixels.shape == (2, 2)
         assert np.all((pixels >= 0) & (pixels <= (120, 90)))
+    if "report" in namespace:  # loading with a new head: HC kept, NEW made fresh and reported
+        assert namespace["model"].cfg.task_names == ("HC", "NEW")
+        assert namespace["report"] and "NEW" in namespace["report"][0].summary()

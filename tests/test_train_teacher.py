@@ -290,7 +290,7 @@ def test_sigterm_then_resume_is_bit_exact_and_logs_each_step_once(femur_data, tm
     leaves behind (complete metrics lines and TensorBoard events beyond the last
     checkpoint, a torn last line and record) is made deterministically (a real kill -9
     races the tiny run): the resume drops them, so every step is logged once, in
-    metrics.jsonl and in the event files alike, as in the straight run. The straight run
+    metrics.jsonl and in the event files alike. The straight run
     writes no event files (log.tensorboard=false) and a profiler trace of steps 3 to 5,
     which leaves its weights as they are."""
     from train_util import assert_events_equal_jsonl

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not files and not missing:
         raise InputError(f"no images found in {', '.join(args.inputs)}")
     model = SonichuModel.from_pretrained(args.model, dtype=args.dtype)
-    prep = SonichuPreprocessor.from_pretrained(args.model)
+    prep = SonichuPreprocessor.from_pretrained(args.model, model.cfg)
 
     names, rows = [], []
     failed = [(m, "no such file or directory") for m in missing]

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no images found in {', '.join(args.inputs)}")
     model = SonichuModel.from_pretrained(args.model, dtype=args.dtype, rename=args.rename)
     model.cfg.task(args.task)
-    prep = SonichuPreprocessor.from_pretrained(args.model)
+    prep = SonichuPreprocessor.from_pretrained(args.model, model.cfg)
     overlay_names = dict(zip(files, relative_names(files)))
 
     done, failed = [], [(m, "no such file or directory") for m in missing]

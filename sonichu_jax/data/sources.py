@@ -66,7 +66,7 @@ IMAGE_COLUMN_CANDIDATES = (
 )
 SPACING_COLUMN_CANDIDATES = ("spacing_mm", "pixel_spacing_mm", "pixel_spacing", "spacing")
 MANIFEST_NAME = "manifest.jsonl"
-_POINT_COLUMN = re.compile(r"^point_(\d+)_xy$", re.IGNORECASE)
+POINT_COLUMN = re.compile(r"^point_(\d+)_xy$", re.IGNORECASE)
 # Text files are opened with errors="surrogateescape": a byte that is not UTF-8 becomes
 # one of these code points, so the line it is on can be reported instead of the whole
 # file failing with a UnicodeDecodeError.
@@ -328,7 +328,7 @@ class _CsvLayout:
                 + (f" named {image_column!r}" if image_column else "")
                 + f"; columns: {', '.join(header)}; pass image_column="
             )
-        points = sorted((int(m.group(1)), i) for i, h in enumerate(header) if (m := _POINT_COLUMN.match(h.strip())))
+        points = sorted((int(m.group(1)), i) for i, h in enumerate(header) if (m := POINT_COLUMN.match(h.strip())))
         spacing = _pick_column(header, None, SPACING_COLUMN_CANDIDATES)
         return cls(header, image, spacing, [i for _, i in points], root, os.path.basename(path))
 

@@ -118,7 +118,7 @@ def score_runs(runs: Sequence[Run], records: Sequence[Record], *, tta: bool = Tr
             continue
         model = SonichuModel.from_pretrained(run.model_dir)
         indices = [i for i, r in enumerate(records) if r.task in model.cfg.task_names]
-        preds = predict_records(model, SonichuPreprocessor.from_pretrained(run.model_dir),
+        preds = predict_records(model, SonichuPreprocessor.from_pretrained(run.model_dir, model.cfg),
                                 [records[i] for i in indices], tta=tta, batch_size=batch_size, progress=progress)
         columns.append(Column(run.name, run.kind, 2 if tta else 1, indices, preds))
     teachers = [c for c in columns if c.kind == "teacher"]
