@@ -35,6 +35,7 @@ from sonichu_jax.convert import (
 )
 from sonichu_jax.convert.loading import Tasks
 from sonichu_jax.convert.rename import RuleSpec
+from sonichu_jax.errors import InputError
 from sonichu_jax.nn.predictor import Predictor
 from sonichu_jax.nn.sonichu import SonichuModel
 
@@ -63,10 +64,14 @@ def expected_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _filled(module: nnx.Module, arrays: dict[str, np.ndarray], prefix: str = "") -> nnx.Module:
-    """``module`` with every variable whose path (under ``prefix``) is in ``arrays`` replaced."""
+    """``module`` with every variable replaced by ``arrays[prefix + path]``; a variable
+    without a value is an error (an abstract module would otherwise keep shapes only)."""
     graphdef, state = nnx.split(module)
-    flat = [(p, v.replace(jnp.asarray(arrays[prefix + path_str(p)])) if prefix + path_str(p) in arrays else v)
-            for p, v in nnx.to_flat_state(state)]
+    flat = list(nnx.to_flat_state(state))
+    missing = [prefix + path_str(p) for p, _ in flat if prefix + path_str(p) not in arrays]
+    if missing:
+        raise InputError(f"no value for {len(missing)} variables, e.g. {', '.join(missing[:3])}")
+    flat = [(p, v.replace(jnp.asarray(arrays[prefix + path_str(p)]))) for p, v in flat]
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

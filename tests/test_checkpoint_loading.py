@@ -176,3 +176,16 @@ def test_sincos_table_matches_closed_form():
 def test_convert_package_needs_no_jax():
     code = "import sys, sonichu_jax.convert, sonichu_jax.config; assert 'jax' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_variable_without_a_value_is_an_error():
+    """Building a model from arrays never keeps an abstract (shape-only) variable."""
+    from sonichu_jax.checkpoint import abstract_model, expected_shapes, model_from_arrays
+    from sonichu_jax.config import tiny_config
+    from sonichu_jax.errors import InputError
+
+    cfg = tiny_config()
+    arrays = {p: np.zeros(s, np.float32) for p, s in expected_shapes(abstract_model(cfg)).items()}
+    del arrays["backbone/norm/scale"]
+    with pytest.raises(InputError, match="no value for 1 variables, e.g. backbone/norm/scale"):
+        model_from_arrays(cfg, arrays)

@@ -105,10 +105,11 @@ def backbone_model(cfg, backbone: dict[str, np.ndarray], seed: int):
     and new heads sampled on the host with the Flax initialisers' distributions (a jitted
     random initialisation of the whole model compiles for seconds, to be overwritten)."""
     from sonichu_jax import checkpoint
+    from sonichu_jax.convert.shapes import is_head_path
 
     arrays = {f"backbone/{path}": value for path, value in backbone.items()}
     shapes = checkpoint.expected_shapes(checkpoint.abstract_model(cfg))
-    heads = checkpoint.fresh_arrays({p: s for p, s in shapes.items() if p not in arrays}, seed=seed)
+    heads = checkpoint.fresh_arrays({p: s for p, s in shapes.items() if is_head_path(p)}, seed=seed)
     return checkpoint.model_from_arrays(cfg, {**arrays, **heads})
 
 
