@@ -21,7 +21,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # Compute options: how a model computes, not what. The same weights give the same
 # function under any of them; they are not part of the architecture.
 REMAT_KINDS = ("none", "block", "block_save_dots")
-ATTENTION_KINDS = ("auto", "xla", "cudnn", "heads_major")
+ATTENTION_KINDS = ("auto", "xla", "cudnn", "heads_major", "splash")
 HEAD_CONV_KINDS = ("matmul", "conv")
 COMPUTE_FIELDS = ("dtype", "remat", "attention", "head_conv")
 
@@ -94,8 +94,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; parameters are always float32
     # Compute options (COMPUTE_FIELDS). remat: recompute each transformer block in the
     # backward pass ("block"), or all but its matmuls ("block_save_dots"), to fit larger
-    # batches per chip. attention: jax.nn.dot_product_attention's implementation (auto
-    # picks cuDNN on GPUs where it can), or heads_major (einsums laid out per head). head_conv: the heads' 2x2 and 1x1 convolutions as
+    # batches per chip. attention: auto (the fastest for the platform compiled for:
+    # nn.vit.AUTO_ATTENTION), jax.nn.dot_product_attention's xla or cudnn, heads_major
+    # (einsums laid out per head) or splash (Pallas TPU kernel). head_conv: the heads' 2x2 and 1x1 convolutions as
     # shifted-copy matmuls (fast backward on CPU) or as XLA convolutions.
     remat: str = "none"
     attention: str = "auto"

@@ -1,6 +1,7 @@
 """Compute options (ModelConfig.remat, .attention, .head_conv) change how a model computes,
 never what: each variant gives the default path's outputs and gradients (float32, tight
-tolerance), with the same parameter names and shapes."""
+tolerance), with the same parameter names and shapes. Pallas's splash attention runs in
+interpret mode here (no TPU), which executes the kernel's own code on CPU."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _assert_same(variant: nnx.Module, reference: nnx.Module, inputs, apply):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("changes", [{"attention": "heads_major"}, {"remat": "block_save_dots"}],
+@pytest.mark.parametrize("changes", [{"attention": "heads_major"}, {"attention": "splash"}, {"remat": "block_save_dots"}],
                          ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_encoder_variant_matches_default_path(changes):
     """The context-encoder path: a kept subset of tokens, some of them padding."""
@@ -71,7 +72,8 @@ def test_head_conv_variant_matches_default_path():
                  feats, apply)
 
 
-def test_predictor_heads_major_attention_with_padding_matches():
+@pytest.mark.parametrize("attention", ["heads_major", "splash"])
+def test_predictor_attention_variant_with_padding_matches(attention):
     """I-JEPA's predictor on padded (static-shape) contexts and targets."""
     cfg = tiny(width=32, num_heads=2)
     rng = np.random.default_rng(0)
@@ -83,8 +85,65 @@ def test_predictor_heads_major_attention_with_padding_matches():
     def apply(m, c):
         return jnp.where(tgt_valid[..., None], m(c, ctx_idx, tgt_idx, ctx_valid, tgt_valid), 0.0)
 
-    _assert_same(Predictor(cfg.replace(attention="heads_major"), 16, 1, rngs=nnx.Rngs(1)),
+    _assert_same(Predictor(cfg.replace(attention=attention), 16, 1, rngs=nnx.Rngs(1)),
                  Predictor(cfg, 16, 1, rngs=nnx.Rngs(0)), ctx, apply)
+
+
+def _numpy_attention(q, k, v, valid):
+    """Softmax attention in float64 numpy: the independent reference."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    logits = np.einsum("bnth,bnsh->bnts", q, k)
+    if valid is not None:
+        logits = np.where(np.asarray(valid)[:, None, None, :], logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return np.einsum("bnts,bnsh->bnth", probs / probs.sum(-1, keepdims=True), v)
+
+
+# (batch, heads, tokens, head dim): the predictor's 32-wide heads and the encoder's 64-wide
+# ones, token counts that the kernel pads to 128 and 256 (with and without padding tokens).
+@pytest.mark.parametrize("shape, padded", [((2, 3, 40, 32), True), ((1, 2, 130, 64), False)], ids=str)
+def test_splash_kernel_matches_softmax_attention(shape, padded):
+    """Values against float64 numpy; gradients (q, k, v) against the plain float32 path,
+    over the real queries (the outputs at padding positions are meaningless)."""
+    from sonichu_jax.nn.vit import softmax_attention, splash_attention
+
+    b, _, t, hd = shape
+    rng = np.random.default_rng(t)
+    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
+    q = q * hd**-0.5
+    valid = jnp.asarray(np.arange(t)[None] < rng.integers(t // 4, t, (b, 1))) if padded else None
+    real = jnp.ones((b, 1, t, 1), bool) if valid is None else valid[:, None, :, None]
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.where(real, jnp.sin(3.0 * fn(q, k, v, valid)), 0.0))
+
+    out = jax.jit(splash_attention)(q, k, v, valid)
+    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, _numpy_attention(q, k, v, valid), 0),
+                               rtol=1e-5, atol=1e-5)
+    grads = jax.jit(jax.grad(loss(splash_attention), argnums=(0, 1, 2)))(q, k, v)
+    expected = jax.jit(jax.grad(loss(softmax_attention), argnums=(0, 1, 2)))(q, k, v)
+    for g, e in zip(grads, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * float(jnp.abs(e).max()))
+
+
+def test_auto_attention_resolves_for_the_platform_compiled_for():
+    """`auto` follows the mesh a step is traced under, not the default backend: the plan
+    traces on a CPU host for TPU devices."""
+    from sonichu_jax.nn import vit
+    from sonichu_jax.train.mesh import make_mesh, on_mesh
+
+    assert vit.resolve_attention("auto", "tpu") == "splash"
+    assert vit.resolve_attention("auto", "cpu") == "heads_major"
+    assert vit.resolve_attention("auto", "gpu") == "auto"  # jax.nn.dot_product_attention picks (cuDNN)
+    assert vit.resolve_attention("xla", "tpu") == "xla"
+    assert vit.target_platform() == jax.default_backend() == "cpu"  # no mesh: the default backend
+    seen = []
+    mesh = make_mesh(devices=jax.devices()[:1])
+    jax.eval_shape(on_mesh(lambda: seen.append(vit.target_platform()), mesh))
+    tpu = jax.sharding.AbstractDevice(device_kind="TPU v5", num_cores=None, platform="tpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("data",), abstract_device=tpu)):
+        seen.append(vit.target_platform())
+    assert seen == ["cpu", "tpu"]
 
 
 def test_compute_options_are_validated():

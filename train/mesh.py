@@ -65,6 +65,17 @@ def abstract_with_shardings(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def on_mesh(fn, mesh: jax.sharding.Mesh):
+    """``fn`` traced under ``mesh`` (as JAX's abstract mesh): the model reads from it the
+    platform it compiles for and the batch axes a per-device kernel runs over
+    (`nn.vit.target_platform`, `splash_attention`)."""
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return traced
+
+
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
     """The global batch splits evenly over every device of ``mesh`` (any mesh, also one
     over devices this process cannot address, as an ahead-of-time plan builds)."""

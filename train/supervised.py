@@ -115,7 +115,7 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
     fn = make_train_step(graphdef, cfg, optimizer, optim.freeze_backbone, objective)
     extra_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in extra)
     step = jax.jit(
-        wrap(fn) if wrap is not None else fn,
+        mesh_lib.on_mesh(wrap(fn) if wrap is not None else fn, mesh),
         in_shardings=(shardings, mesh_lib.batch_sharding(mesh), *extra_shardings),
         out_shardings=(shardings, mesh_lib.replicated(mesh)),
         donate_argnums=0,

@@ -40,13 +40,70 @@ class PatchEmbed(nnx.Module):
 # jax.nn.dot_product_attention's implementation per ModelConfig.attention (None: JAX
 # picks, i.e. cuDNN flash attention on GPUs where the shapes allow, XLA otherwise).
 _ATTENTION_IMPLEMENTATION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+# What `auto` becomes on the platform a step compiles for (docs/scaling.md has the
+# measurements); elsewhere (GPUs) it stays jax.nn.dot_product_attention's own choice.
+AUTO_ATTENTION = {"tpu": "splash", "cpu": "heads_major"}
+
+
+def target_platform() -> str:
+    """The platform the traced computation compiles for: that of the mesh it is traced
+    under (the training steps set it, `train.mesh.on_mesh`, also when a plan compiles
+    for a TPU slice on a CPU host), else the default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
+
+
+def resolve_attention(kind: str, platform: str) -> str:
+    return AUTO_ATTENTION.get(platform, kind) if kind == "auto" else kind
+
+
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """(B, heads, T, head_dim) scaled q, k, v -> the same shape; padding keys masked."""
+    # Logits leave the matmul in the compute dtype (what bfloat16 autocast does too): a
+    # float32 result would make its gradient float32 as well, and both backward matmuls
+    # then run at float32 speed. Mask and softmax stay float32.
+    logits = jnp.einsum("bnth,bnsh->bnts", q, k).astype(jnp.float32)
+    if valid is not None:
+        logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    return jnp.einsum("bnts,bnsh->bnth", jax.nn.softmax(logits, axis=-1).astype(q.dtype), v)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """`softmax_attention` as Pallas's TPU splash attention kernel, which keeps the logits
+    on chip (interpreted off TPU, for tests). Tokens are padded to a multiple of 128 (the
+    kernel's lanes); segment ids keep padding keys out of every real token's softmax.
+    Under a mesh the kernel runs per device on its share of the batch (`shard_map`)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    b, n, t, _ = q.shape
+    size = -(-t // 128) * 128
+    block = size if size <= 1024 else 512
+    size = -(-size // block) * block
+    segments = jnp.ones((b, t), jnp.int32) if valid is None else valid.astype(jnp.int32)
+    segments = jnp.pad(segments, ((0, 0), (0, size - t)))  # padding: segment 0, never a real token's
+    q, k, v = (jnp.pad(a, ((0, 0), (0, 0), (0, size - t), (0, 0))) for a in (q, k, v))
+    blocks = splash.BlockSizes(block, block, block, block, block, block, block, block)
+    platform = target_platform()
+
+    def per_device(q, k, v, segments):
+        kernel = splash.make_splash_mha(splash.MultiHeadMask([splash.FullMask((size, size))] * n), block_sizes=blocks,
+                                        head_shards=1, q_seq_shards=1, interpret=platform != "tpu")
+        return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=splash.SegmentIds(s, s)))(q, k, v, segments)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        batch = jax.sharding.PartitionSpec(mesh.axis_names)
+        per_device = jax.shard_map(per_device, in_specs=batch, out_specs=batch, check_vma=False)
+    return per_device(q, k, v, segments)[:, :, :t]
 
 
 def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_heads: int,
-                          valid: jax.Array | None) -> jax.Array:
+                          valid: jax.Array | None, core=softmax_attention) -> jax.Array:
     """Multi-head self-attention computed heads-major, (B, heads, T, head_dim), straight
     from the fused qkv and proj kernels viewed per head: no activation is reshaped or
-    transposed between the projections and the two attention matmuls."""
+    transposed between the projections and ``core`` (softmax or splash attention)."""
     b, t, d = x.shape
     hd = d // num_heads
     dtype = qkv.dtype or x.dtype
@@ -55,14 +112,7 @@ def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_h
     if qkv.bias is not None:
         bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, 1, hd)
         q, k, v = q + bias[0], k + bias[1], v + bias[2]
-    # Logits leave the matmul in the compute dtype (what bfloat16 autocast does too): a
-    # float32 result would make its gradient float32 as well, and both backward matmuls
-    # then run at float32 speed. Mask and softmax stay float32.
-    logits = jnp.einsum("bnth,bnsh->bnts", q * jnp.asarray(hd**-0.5, dtype), k).astype(jnp.float32)
-    if valid is not None:
-        logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum("bnts,bnsh->bnth", probs, v)
+    out = core(q * jnp.asarray(hd**-0.5, dtype), k, v, valid)
     wp = proj.kernel[...].astype(dtype).reshape(num_heads, hd, d)
     return jnp.einsum("bnth,nhd->btd", out, wp) + proj.bias[...].astype(dtype)
 
@@ -79,13 +129,15 @@ class Attention(nnx.Module):
         """``valid`` (B, T) bool, optional: tokens that may be attended to. Padding tokens
         (False) then change no other token's output, so a padded sequence encodes its real
         tokens exactly as the unpadded one would (I-JEPA's static-shape masks)."""
-        if self.kind == "heads_major":
-            return heads_major_attention(x, self.qkv, self.proj, self.num_heads, valid)
+        kind = resolve_attention(self.kind, target_platform())
+        if kind in ("heads_major", "splash"):
+            core = splash_attention if kind == "splash" else softmax_attention
+            return heads_major_attention(x, self.qkv, self.proj, self.num_heads, valid, core)
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         mask = None if valid is None else valid[:, None, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=_ATTENTION_IMPLEMENTATION[self.kind])
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=_ATTENTION_IMPLEMENTATION[kind])
         return self.proj(out.reshape(b, t, d))
 
 

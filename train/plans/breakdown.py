@@ -1,7 +1,8 @@
 """Where the compiler's estimated step time goes: the TPU compiler annotates every
 top-level instruction of the compiled program with its cost model's cycle estimate
 (``estimated_cycles``); summed by kind and by the JAX operation they came from, they show
-what limits a step. Collectives carry no estimate; their bytes are counted instead.
+what limits a step. Collectives carry no estimate; their bytes are counted instead, and
+so are Pallas kernels' FLOPs and bytes, which the cost model does not price either.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _ITEMSIZE = {"pred": 1, "bf16": 2}
+_KERNEL = re.compile(r"%([\w\-]+?)(?:\.\d+)? = (.*?) custom-call\(.*?custom_call_target=\"tpu_custom_call\""
+                     r"(?:, operand_layout_constraints=\{(.*?)\}, frontend_attributes)?")
+# Matmuls of (q rows x k rows x head dim) in each of Pallas's splash attention kernels
+# (jax.experimental.pallas.ops.tpu.splash_attention): the forward pass computes the
+# logits and probs x v; the backward dq kernel recomputes the logits, then dprobs and dq;
+# the dkv kernel recomputes the logits, then dv, dprobs and dk.
+_KERNEL_MATMULS = {"splash_mha_fwd": 2, "splash_mha_dq": 3, "splash_mha_dkv": 4}
 
 
 def _bytes_of(shape_text: str) -> int:
@@ -27,6 +35,30 @@ def _bytes_of(shape_text: str) -> int:
             size *= int(d)
         total += size
     return total
+
+
+def _dims(shape_text: str) -> list[list[int]]:
+    """Floating-point arrays' dimensions, in order."""
+    return [[int(d) for d in dims.split(",") if d] for dtype, dims in _ARRAY.findall(shape_text) if dtype[0] in "bf"]
+
+
+def pallas_kernels(hlo_text: str) -> dict:
+    """Pallas TPU kernels of a compiled program, per chip per step: {"calls", "flops",
+    "bytes"}, bytes = every operand read and result written once (the splash kernels
+    run one block per sequence, `nn.vit.splash_attention`); FLOPs for the splash
+    kernels, counted from their q and k operands (others count bytes only)."""
+    calls, flops, nbytes = 0, 0.0, 0
+    for name, results, operands in _KERNEL.findall(hlo_text):
+        calls += 1
+        nbytes += _bytes_of(results) + _bytes_of(operands)
+        matmuls = next((n for prefix, n in _KERNEL_MATMULS.items() if name.startswith(prefix)), 0)
+        if matmuls:
+            q, k = _dims(operands)[:2]  # (..., q rows, head dim), (..., k rows, head dim)
+            size = 1
+            for d in q:
+                size *= d
+            flops += 2.0 * matmuls * size * k[-2]
+    return {"calls": calls, "flops": flops, "bytes": nbytes}
 
 
 def _fusion_kind(bodies: dict[str, str], name: str, depth: int = 0) -> str:
@@ -77,6 +109,7 @@ def breakdown(hlo_text: str, top: int = 12) -> dict:
         "by_kind": {k: v / total for k, v in by_kind.most_common()},
         "top_ops": [(src, kind, v / total) for (src, kind), v in by_op.most_common(top)],
         "collective_bytes": collective,
+        "kernels": pallas_kernels(hlo_text),
     }
 
 
@@ -84,4 +117,8 @@ def render(result: dict) -> str:
     lines = ["est. cycles by kind: " + ", ".join(f"{k} {v:.1%}" for k, v in result["by_kind"].items() if v >= 0.005)]
     lines += [f"  {share:6.1%}  {kind:<15} {src}" for src, kind, share in result["top_ops"]]
     lines.append(f"collectives: {result['collective_bytes'] / 2**20:.1f} MiB per chip per step (not in the estimate)")
+    k = result.get("kernels") or {}
+    if k.get("calls"):
+        lines.append(f"Pallas kernels (not in the cycles above; in the estimate by their roofline): {k['calls']} calls, "
+                     f"{k['flops'] / 1e12:.3f} TFLOP, {k['bytes'] / 2**30:.2f} GiB per chip per step")
     return "\n".join(lines)
