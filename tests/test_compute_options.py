@@ -101,7 +101,8 @@ def _numpy_attention(q, k, v, valid):
 
 # (batch, heads, tokens, head dim): the predictor's 32-wide heads and the encoder's 64-wide
 # ones, token counts that the kernel pads to 128 and 256 (with and without padding tokens).
-@pytest.mark.parametrize("shape, padded", [((2, 3, 40, 32), True), ((1, 2, 130, 64), False)], ids=str)
+@pytest.mark.parametrize("shape, padded", [((2, 3, 40, 32), True), ((1, 2, 130, 64), False), ((2, 1, 128, 64), False)],
+                         ids=str)
 def test_splash_kernel_matches_softmax_attention(shape, padded):
     """Values against float64 numpy; gradients (q, k, v) against the plain float32 path,
     over the real queries (the outputs at padding positions are meaningless)."""

@@ -70,27 +70,41 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array
     return jnp.einsum("bnts,bnsh->bnth", jax.nn.softmax(logits, axis=-1).astype(q.dtype), v)
 
 
+def splash_length(tokens: int) -> tuple[int, int]:
+    """(padded length, block) of a sequence in the splash kernel: whole sequences of up to
+    1024 tokens in one block, padded to the kernel's 128 lanes; longer ones in blocks of 512."""
+    size = -(-tokens // 128) * 128
+    block = size if size <= 1024 else 512
+    return -(-size // block) * block, block
+
+
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None) -> jax.Array:
     """`softmax_attention` as Pallas's TPU splash attention kernel, which keeps the logits
-    on chip (interpreted off TPU, for tests). Tokens are padded to a multiple of 128 (the
-    kernel's lanes); segment ids keep padding keys out of every real token's softmax.
-    Under a mesh the kernel runs per device on its share of the batch (`shard_map`)."""
+    on chip (interpreted off TPU, for tests). Tokens are padded to `splash_length`;
+    segment ids keep padding keys out of every real token's softmax. Under a mesh the
+    kernel runs per device on its share of the batch (`shard_map`)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     b, n, t, _ = q.shape
-    size = -(-t // 128) * 128
-    block = size if size <= 1024 else 512
-    size = -(-size // block) * block
-    segments = jnp.ones((b, t), jnp.int32) if valid is None else valid.astype(jnp.int32)
-    segments = jnp.pad(segments, ((0, 0), (0, size - t)))  # padding: segment 0, never a real token's
+    size, block = splash_length(t)
+    segments = None  # every token attends to every token
+    if valid is not None or size > t:  # padding: segment 0, never a real token's
+        segments = jnp.ones((b, t), jnp.int32) if valid is None else valid.astype(jnp.int32)
+        segments = jnp.pad(segments, ((0, 0), (0, size - t)))
     q, k, v = (jnp.pad(a, ((0, 0), (0, 0), (0, size - t), (0, 0))) for a in (q, k, v))
-    blocks = splash.BlockSizes(block, block, block, block, block, block, block, block)
+    # q, k and v with the tokens minor: 128 lanes of tokens rather than 32 or 64 of
+    # head_dim (the lanes of a TPU array) halve to quarter the bytes they take in HBM.
+    # One backward kernel computes dq, dk and dv from one read of its inputs.
+    minor = splash.QKVLayout.SEQ_MINOR
+    blocks = splash.BlockSizes(block, block, block, block, block, block, use_fused_bwd_kernel=True,
+                               q_layout=minor, k_layout=minor, v_layout=minor)
     platform = target_platform()
 
     def per_device(q, k, v, segments):
         kernel = splash.make_splash_mha(splash.MultiHeadMask([splash.FullMask((size, size))] * n), block_sizes=blocks,
                                         head_shards=1, q_seq_shards=1, interpret=platform != "tpu")
-        return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=splash.SegmentIds(s, s)))(q, k, v, segments)
+        ids = lambda s: None if s is None else splash.SegmentIds(s, s)  # noqa: E731
+        return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=ids(s)))(q, k, v, segments)
 
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty:
@@ -100,11 +114,15 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array 
 
 
 def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_heads: int,
-                          valid: jax.Array | None, core=softmax_attention) -> jax.Array:
+                          valid: jax.Array | None, splash: bool = False) -> jax.Array:
     """Multi-head self-attention computed heads-major, (B, heads, T, head_dim), straight
     from the fused qkv and proj kernels viewed per head: no activation is reshaped or
-    transposed between the projections and ``core`` (softmax or splash attention)."""
+    transposed between the projections and the softmax (or ``splash``) attention."""
     b, t, d = x.shape
+    if splash:  # pad the tokens the kernel needs before the projections: no copies of q, k, v
+        size = splash_length(t)[0]
+        x = jnp.pad(x, ((0, 0), (0, size - t), (0, 0)))
+        valid = jnp.pad(jnp.ones((b, t), bool) if valid is None else valid, ((0, 0), (0, size - t)))
     hd = d // num_heads
     dtype = qkv.dtype or x.dtype
     w = qkv.kernel[...].astype(dtype).reshape(d, 3, num_heads, hd)
@@ -112,9 +130,9 @@ def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_h
     if qkv.bias is not None:
         bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, 1, hd)
         q, k, v = q + bias[0], k + bias[1], v + bias[2]
-    out = core(q * jnp.asarray(hd**-0.5, dtype), k, v, valid)
+    out = (splash_attention if splash else softmax_attention)(q * jnp.asarray(hd**-0.5, dtype), k, v, valid)
     wp = proj.kernel[...].astype(dtype).reshape(num_heads, hd, d)
-    return jnp.einsum("bnth,nhd->btd", out, wp) + proj.bias[...].astype(dtype)
+    return (jnp.einsum("bnth,nhd->btd", out, wp) + proj.bias[...].astype(dtype))[:, :t]
 
 
 class Attention(nnx.Module):
@@ -131,8 +149,7 @@ class Attention(nnx.Module):
         tokens exactly as the unpadded one would (I-JEPA's static-shape masks)."""
         kind = resolve_attention(self.kind, target_platform())
         if kind in ("heads_major", "splash"):
-            core = splash_attention if kind == "splash" else softmax_attention
-            return heads_major_attention(x, self.qkv, self.proj, self.num_heads, valid, core)
+            return heads_major_attention(x, self.qkv, self.proj, self.num_heads, valid, kind == "splash")
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]

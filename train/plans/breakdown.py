@@ -19,20 +19,26 @@ _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _ITEMSIZE = {"pred": 1, "bf16": 2}
 _KERNEL = re.compile(r"%([\w\-]+?)(?:\.\d+)? = (.*?) custom-call\(.*?custom_call_target=\"tpu_custom_call\""
-                     r"(?:, operand_layout_constraints=\{(.*?)\}, frontend_attributes)?")
+                     r"(?:, operand_layout_constraints=\{(.*?)\}, frontend_attributes)?"
+                     r"(?:=\{kernel_metadata=\{\s*\"xprof_metadata\":\"([^\n]*))?")
 # Matmuls of (q rows x k rows x head dim) in each of Pallas's splash attention kernels
 # (jax.experimental.pallas.ops.tpu.splash_attention): the forward pass computes the
-# logits and probs x v; the backward dq kernel recomputes the logits, then dprobs and dq;
-# the dkv kernel recomputes the logits, then dv, dprobs and dk.
-_KERNEL_MATMULS = {"splash_mha_fwd": 2, "splash_mha_dq": 3, "splash_mha_dkv": 4}
+# logits and probs x v; the fused backward kernel (as nn.vit.splash_attention runs it)
+# recomputes the logits, then dv, dprobs, dk and dq.
+_KERNEL_MATMULS = {"splash_mha_fwd": 2, "splash_mha_dkv": 5}
 
 
-def _bytes_of(shape_text: str) -> int:
+def _bytes_of(shape_text: str, lanes: bool = False) -> int:
+    """Bytes of the arrays in ``shape_text``; with ``lanes``, as TPU HBM holds them: the
+    minor dimension of a matrix rounded up to the 128 lanes of a tile."""
     total = 0
     for dtype, dims in _ARRAY.findall(shape_text):
         size = _ITEMSIZE.get(dtype) or int(re.sub(r"\D", "", dtype)) // 8
-        for d in filter(None, dims.split(",")):
-            size *= int(d)
+        shape = [int(d) for d in dims.split(",") if d]
+        if lanes and len(shape) > 1:
+            shape[-1] = -(-shape[-1] // 128) * 128
+        for d in shape:
+            size *= d
         total += size
     return total
 
@@ -44,20 +50,20 @@ def _dims(shape_text: str) -> list[list[int]]:
 
 def pallas_kernels(hlo_text: str) -> dict:
     """Pallas TPU kernels of a compiled program, per chip per step: {"calls", "flops",
-    "bytes"}, bytes = every operand read and result written once (the splash kernels
-    run one block per sequence, `nn.vit.splash_attention`); FLOPs for the splash
-    kernels, counted from their q and k operands (others count bytes only)."""
+    "bytes"}. Bytes: every operand read and result written once, as HBM holds them (the
+    splash kernels run one block per sequence, `nn.vit.splash_attention`); FLOPs for
+    the splash kernels, counted from their q and k operands (others count bytes only)."""
     calls, flops, nbytes = 0, 0.0, 0
-    for name, results, operands in _KERNEL.findall(hlo_text):
+    for name, results, operands, metadata in _KERNEL.findall(hlo_text):
         calls += 1
-        nbytes += _bytes_of(results) + _bytes_of(operands)
+        nbytes += _bytes_of(results, lanes=True) + _bytes_of(operands, lanes=True)
         matmuls = next((n for prefix, n in _KERNEL_MATMULS.items() if name.startswith(prefix)), 0)
         if matmuls:
-            q, k = _dims(operands)[:2]  # (..., q rows, head dim), (..., k rows, head dim)
+            q, k = _dims(operands)[:2]  # (..., rows, head dim), or (..., head dim, rows) for SEQ_MINOR (2)
             size = 1
             for d in q:
                 size *= d
-            flops += 2.0 * matmuls * size * k[-2]
+            flops += 2.0 * matmuls * size * k[-1 if '\\"k_layout\\": 2' in metadata else -2]
     return {"calls": calls, "flops": flops, "bytes": nbytes}
 
 
