@@ -5,7 +5,9 @@ Times ViT-B blocks (width 768, 12 heads of 64; 256 tokens, a 256 px image) over 
 forward only (inference) and forward + backward (a training step's gradient), for each
 implementation that runs on the default backend: `xla` and `heads_major` everywhere,
 `cudnn` on GPUs, `splash` on TPUs (off TPU it is interpreted, for tests only). The median
-of --repeats timed calls after one compile; same weights for every implementation.
+of --repeats timed calls after one compile, in wall-clock and in this process's CPU
+time (all its threads; the fairer comparison on a machine shared with other work); the
+same weights for every implementation.
 
     python benchmarks/bench_attention.py [--batch 8] [--depth 2] [--dtype float32] [--repeats 5]
 """
@@ -29,17 +31,19 @@ def kinds() -> list[str]:
     return ["xla", "heads_major", *extra]
 
 
-def time_call(fn, args, repeats: int) -> float:
+def time_call(fn, args, repeats: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of one call."""
     jax.block_until_ready(fn(*args))  # compile
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
-def measure(kind: str, cfg: ModelConfig, batch: int, repeats: int) -> tuple[float, float]:
+def measure(kind: str, cfg: ModelConfig, batch: int, repeats: int):
     model = VisionTransformer(cfg.replace(attention=kind), rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tokens = jax.random.normal(jax.random.key(1), (batch, cfg.num_patches, cfg.width), jnp.dtype(cfg.dtype))
@@ -65,10 +69,10 @@ def main() -> None:
     cfg = ModelConfig(depth=args.depth, dtype=args.dtype)
     print(f"{jax.default_backend()} ({jax.devices()[0].device_kind}), ViT-B blocks x{args.depth}, "
           f"batch {args.batch}, {cfg.num_patches} tokens, {args.dtype}; median of {args.repeats}")
-    print(f"{'attention':<12} {'forward ms':>11} {'fwd+bwd ms':>11}")
+    print(f"{'attention':<12} {'forward ms':>11} {'CPU ms':>9} {'fwd+bwd ms':>11} {'CPU ms':>9}")
     for kind in kinds():
-        fwd, grad = measure(kind, cfg, args.batch, args.repeats)
-        print(f"{kind:<12} {fwd * 1e3:>11.1f} {grad * 1e3:>11.1f}")
+        (fwd, fwd_cpu), (grad, grad_cpu) = measure(kind, cfg, args.batch, args.repeats)
+        print(f"{kind:<12} {fwd * 1e3:>11.1f} {fwd_cpu * 1e3:>9.1f} {grad * 1e3:>11.1f} {grad_cpu * 1e3:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@ def _assert_same(variant: nnx.Module, reference: nnx.Module, inputs, apply):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("changes", [{"attention": "heads_major"}, {"attention": "splash"}, {"remat": "block_save_dots"}],
+# The splash encoder is slow (its kernels interpreted); the predictor test below covers the same path.
+@pytest.mark.parametrize("changes", [{"attention": "heads_major"},
+                                     pytest.param({"attention": "splash"}, marks=pytest.mark.slow),
+                                     {"remat": "block_save_dots"}],
                          ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_encoder_variant_matches_default_path(changes):
     """The context-encoder path: a kept subset of tokens, some of them padding."""
@@ -125,6 +128,36 @@ def test_splash_kernel_matches_softmax_attention(shape, padded):
     expected = jax.jit(jax.grad(loss(softmax_attention), argnums=(0, 1, 2)))(q, k, v)
     for g, e in zip(grads, expected):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * float(jnp.abs(e).max()))
+
+
+SHARDED_SPLASH = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from sonichu_jax.nn.vit import softmax_attention, splash_attention
+from sonichu_jax.train.mesh import make_mesh, on_mesh
+mesh = make_mesh(data=2, fsdp=2)
+batch = NamedSharding(mesh, P(("data", "fsdp")))
+rng = np.random.default_rng(0)
+q, k, v = (jnp.asarray(rng.normal(size=(4, 2, 24, 32)), jnp.float32) for _ in range(3))
+valid = jnp.asarray(np.arange(24)[None] < np.array([[24], [5], [17], [9]]))
+loss = lambda fn: lambda q, k, v: jnp.sum(jnp.where(valid[:, None, :, None], jnp.sin(fn(q, k, v, valid)), 0.0))
+sharded = jax.jit(on_mesh(jax.grad(loss(splash_attention), (0, 1, 2)), mesh), in_shardings=(batch,) * 3)(q, k, v)
+plain = jax.grad(loss(softmax_attention), (0, 1, 2))(q, k, v)
+print(max(float(jnp.abs(a - b).max() / jnp.abs(b).max()) for a, b in zip(sharded, plain)))
+"""
+
+
+def test_splash_runs_per_device_on_a_mesh():
+    """On a mesh of 4 (fake CPU) devices the kernel runs on each device's share of the
+    batch (shard_map), each sequence with its own padding: gradients as the plain path's."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r = subprocess.run([sys.executable, "-c", SHARDED_SPLASH], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 1e-5
 
 
 def test_auto_attention_resolves_for_the_platform_compiled_for():
