@@ -17,7 +17,7 @@ from sonichu_jax.convert.files import (
 from sonichu_jax.convert.ijepa import IJepaWeights, load_ijepa
 from sonichu_jax.convert.infer import Inferred, infer_config
 from sonichu_jax.convert.inspection import inspect_checkpoint
-from sonichu_jax.convert.layout import (
+from sonichu_jax.convert.engine import (
     Layout,
     Options,
     Plan,
@@ -29,9 +29,9 @@ from sonichu_jax.convert.layout import (
 )
 from sonichu_jax.convert.layouts import LAYOUTS, detect_layout
 from sonichu_jax.convert.loading import ModelPlan, plan_model, read_model, state_defaults
-from sonichu_jax.convert.report import ConversionError, ConversionReport
+from sonichu_jax.convert.conversion_report import ConversionError, ConversionReport
 from sonichu_jax.convert.safetensors_io import SafetensorsSource, SafetensorsWriter, write_safetensors
-from sonichu_jax.convert.sources import ShardedSource, open_source
+from sonichu_jax.convert.weight_files import ShardedSource, open_source
 from sonichu_jax.convert.torch_io import TorchSource
 
 __all__ = [

@@ -16,11 +16,11 @@ import numpy as np
 from sonichu_jax.config import CONFIG_NAME, ModelConfig
 from sonichu_jax.convert.files import FLAX_WEIGHTS_NAME, PREPROCESSOR_NAME, TORCH_WEIGHTS_NAME, WEIGHT_NAMES, open_checkpoint
 from sonichu_jax.convert.infer import hf_vitpose_config
-from sonichu_jax.convert.layout import Plan, export_tensors, run_plan
+from sonichu_jax.convert.engine import Plan, export_tensors, run_plan
 from sonichu_jax.convert.layouts import LAYOUTS
 from sonichu_jax.convert.loading import ModelPlan, plan_model
 from sonichu_jax.convert.rename import RuleSpec
-from sonichu_jax.convert.report import ConversionError
+from sonichu_jax.convert.conversion_report import ConversionError
 from sonichu_jax.convert.safetensors_io import SafetensorsWriter, write_safetensors
 from sonichu_jax.errors import InputError
 from sonichu_jax.fileio import atomic_dir, write_json

@@ -15,7 +15,7 @@ import numpy as np
 
 from sonichu_jax.config import ModelConfig, card_config
 from sonichu_jax.convert import infer
-from sonichu_jax.convert.layout import Layout, Options, strip_prefix
+from sonichu_jax.convert.engine import Layout, Options, strip_prefix
 from sonichu_jax.convert.rules import Ignore, Refuse, Rule
 from sonichu_jax.convert.transforms import (
     CLASS_SLOT_ALWAYS,

@@ -22,9 +22,9 @@ import numpy as np
 from sonichu_jax.config import CARD_TASKS, CONFIG_NAME, ModelConfig, TaskSpec
 from sonichu_jax.convert.files import Checkpoint
 from sonichu_jax.convert.infer import Inferred, infer_config
-from sonichu_jax.convert.layout import Layout, Options, Plan, plan_conversion, run_plan
+from sonichu_jax.convert.engine import Layout, Options, Plan, plan_conversion, run_plan
 from sonichu_jax.convert.layouts import detect_layout
-from sonichu_jax.convert.report import ConversionError, ConversionReport
+from sonichu_jax.convert.conversion_report import ConversionError, ConversionReport
 from sonichu_jax.convert.shapes import is_head_path, model_shapes, predictor_shapes
 from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.posembed import sincos_2d

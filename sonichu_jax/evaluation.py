@@ -18,7 +18,7 @@ from sonichu_jax.inference import predict_pixels
 from sonichu_jax.metrics import MREReport, compute_mre, ensemble, table_dict
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.preprocess import SonichuPreprocessor
-from sonichu_jax.results import image_errors, load_predictions, match_predictions
+from sonichu_jax.prediction_csv import image_errors, load_predictions, match_predictions
 
 
 def predict_records(
@@ -127,7 +127,7 @@ def evaluate(
     progress: bool = True,
     warn: Callable[[str], None] = _warn,
 ) -> Evaluation:
-    """Score model directories and prediction CSVs (`sonichu_jax.results`) on the labelled
+    """Score model directories and prediction CSVs (`sonichu_jax.prediction_csv`) on the labelled
     records of ``data`` (restricted to ``tasks``), in the card's task order.
 
     Everything that can be checked without weights is checked first: the models' task
