@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from sonichu_jax.metrics import compute_mre, ensemble, format_table, image_mre, keypoint_errors, table_dict
+from sonichu_jax.evaluation import compute_mre, ensemble, format_table, image_mre, keypoint_errors, table_dict
 
 
 def test_image_mre_by_hand():

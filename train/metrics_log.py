@@ -23,7 +23,7 @@ import numpy as np
 from etils import epath
 
 from sonichu_jax.fileio import atomic_path
-from sonichu_jax.metrics import MREReport, format_table
+from sonichu_jax.evaluation import MREReport, format_table
 
 
 class MetricsBuffer:

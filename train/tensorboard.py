@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from etils import epath
 
 from sonichu_jax.fileio import atomic_path
-from sonichu_jax.metrics import MREReport
+from sonichu_jax.evaluation import MREReport
 from sonichu_jax.train.metrics_log import MetricsSink
 
 # metrics.jsonl key -> tag, grouped by kind. ``finite`` (the NaN guard's verdict) is left
