@@ -17,25 +17,12 @@ from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.preprocess import SonichuPreprocessor, find_images
 
 
-
 def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
     """Pad the leading axis to ``size`` with copies of the last row (keeps values realistic
     for BatchNorm-free inference and never produces NaN)."""
     if len(batch) == size:
         return batch
     return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
-
-
-def predict_normalised(
-    model: SonichuModel, pixel_values: np.ndarray, task: str, *, tta: bool = True, batch_size: int = 8
-) -> np.ndarray:
-    """(N, H, W, 3) preprocessed images -> (N, K, 2) normalised xy."""
-    out = []
-    for start in range(0, len(pixel_values), batch_size):
-        chunk = pixel_values[start : start + batch_size]
-        coords = model.predict(pad_batch(chunk, batch_size), task, tta=tta)
-        out.append(np.asarray(coords)[: len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.task(task).num_keypoints, 2), np.float32)
 
 
 def predict_pixels(
