@@ -1,16 +1,7 @@
-"""Train checkpoints with orbax: train state + grain iterator state, saved together.
-
-One `ocp.CheckpointManager` keeps the last ``keep`` checkpoints plus the one with the lowest
-validation MRE (saved with ``metrics={"val_mre": ...}``). Saves are asynchronous; orbax
-writes each step into a temporary directory and renames it only once every process has
-finished, so a save killed half-way is never listed as a checkpoint (and is cleaned up by
-the next manager on that directory). Directories are passed to orbax as given, so
-``gs://`` paths work wherever orbax's do.
-
-A checkpoint that cannot be read back (truncated or corrupt files), or that reads back
-with non-finite values, is damaged: `Checkpointer.restore_latest` says which one, moves
-it out of the way (``damaged_checkpoints/<step>`` beside ``checkpoints/``) and falls back
-to the newest intact one.
+"""Train checkpoints with orbax: train state + grain iterator state, saved together
+(asynchronously, atomically) by one `ocp.CheckpointManager` that keeps the last ``keep``
+plus the one with the lowest validation MRE. `Checkpointer.restore_latest` sets a
+damaged checkpoint aside (``damaged_checkpoints/<step>``) and falls back to an older one.
 """
 
 from __future__ import annotations
