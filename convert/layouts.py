@@ -32,6 +32,7 @@ from sonichu_jax.convert.transforms import (
 )
 from sonichu_jax.convert.files import TORCH_WEIGHTS_NAME
 from sonichu_jax.convert.safetensors_io import write_safetensors
+from sonichu_jax.convert.summary import human_count, top_level
 from sonichu_jax.errors import InputError
 from sonichu_jax.fileio import write_json
 
@@ -285,8 +286,6 @@ def layout_coverage(names, layout: Layout) -> tuple[int, list[str]]:
 
 def _no_layout(names: list[str], shapes: dict) -> InputError:
     """The error for names no layout recognises: what the file holds and the nearest layout."""
-    from sonichu_jax.convert.summary import human_count, top_level
-
     prefix = strip_prefix(names)
     stripped = [n[len(prefix) :] for n in names]
     groups = top_level({n: shapes.get(n, ()) for n in stripped})

@@ -55,7 +55,7 @@ def load_tree(path: str):
     """The unpickled object of a torch file, or InputError saying why it cannot be read.
     Never repeats torch's advice to turn ``weights_only`` off."""
     try:
-        import torch
+        import torch  # optional, and seconds to import: only when a pickle is opened
     except ImportError:
         raise InputError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch), "
                          "or convert it to safetensors first") from None
@@ -114,7 +114,7 @@ class TorchSource:
         return _DTYPE_NAMES.get(kind, kind)
 
     def get(self, name: str) -> np.ndarray:
-        import torch
+        import torch  # loaded already by load_tree; kept out of the module's imports
 
         tensor = self._tensors[name].detach()
         if tensor.dtype == torch.bfloat16:

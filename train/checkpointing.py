@@ -14,6 +14,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from sonichu_jax.errors import InputError
@@ -140,8 +141,6 @@ class Checkpointer:
                 aside = aside.parent / f"{step}.{len(list(aside.parent.iterdir()))}"
             (self.directory / str(step)).rename(aside)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
         self.manager.reload()
         return aside

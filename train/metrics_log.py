@@ -12,9 +12,10 @@ import time
 import jax
 import numpy as np
 from etils import epath
+from tqdm import tqdm
 
-from sonichu_jax.fileio import atomic_path
 from sonichu_jax.evaluation import MREReport, format_table
+from sonichu_jax.fileio import atomic_path
 
 
 class MetricsBuffer:
@@ -128,8 +129,6 @@ class ConsoleSink(MetricsSink):
         self.postfix = postfix
         self.bar = None
         if progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, desc=name, unit="step")
 
     def say(self, text: str) -> None:

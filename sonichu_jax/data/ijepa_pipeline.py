@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import cv2
 import grain
 import numpy as np
+from tqdm import tqdm
 
 from sonichu_jax.data.augment import to_unit_float
 from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
@@ -127,8 +128,6 @@ class BadFrameCheck:
 
 
 def _warn(text: str) -> None:
-    from tqdm import tqdm
-
     tqdm.write(text, file=sys.stderr)  # through an open progress bar
 
 
