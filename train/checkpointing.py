@@ -29,12 +29,6 @@ def _absolute(directory: str | os.PathLike) -> str:
     return directory if "://" in directory else os.path.abspath(directory)
 
 
-# How orbax says that a readable checkpoint does not fit the restore target (its tree or a
-# shape), as opposed to files it cannot read: such a checkpoint is not damaged, and
-# setting it aside would restart the run from scratch.
-_OTHER_STATE = ("tree structures do not match", "is not compatible with the stored shape")
-
-
 class _UnreadReads(logging.Filter):
     """A failed restore leaves orbax's other reads of that checkpoint failed and never
     awaited; when they are garbage-collected asyncio logs each one ("Future exception was
@@ -57,6 +51,14 @@ def _quiet_about(path) -> None:
 def _first_sentence(exc: Exception) -> str:
     text = (str(exc).strip().splitlines() or [""])[0].split(". See ")[0]
     return f"{type(exc).__name__}: {text[:200]}"
+
+
+class _OtherState(Exception):
+    pass
+
+
+def _shapes(tree) -> list[tuple[int, ...]]:
+    return sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
 class Checkpointer:
@@ -113,15 +115,18 @@ class Checkpointer:
         damaged one on the way is reported through ``say`` and set aside."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                # orbax's metadata says, before any array is read, whether this is the run's state
+                stored = _shapes(self.manager.item_metadata(step)["state"].tree)
+                if stored != _shapes(target):
+                    raise _OtherState(f"{len(stored)} arrays, not the shapes of the run's {len(_shapes(target))}")
                 state = self.restore(step, target, data_iter)
                 problem = None if is_finite(state) else "it holds non-finite values"
-            except Exception as exc:  # noqa: BLE001 - whatever stops a read-back makes it damaged ...
-                if any(phrase in str(exc) for phrase in _OTHER_STATE):  # ... unless it reads as another state
-                    raise InputError(
-                        f"cannot resume from the checkpoint at step {step} ({self.directory / str(step)}): it holds "
-                        f"another train state than this run builds ({_first_sentence(exc)}), written by another "
-                        "version of sonichu-jax or another configuration; the checkpoints are left as they are"
-                    ) from None
+            except _OtherState as exc:
+                raise InputError(
+                    f"cannot resume from the checkpoint at step {step} ({self.directory / str(step)}): it holds "
+                    f"another train state than this run builds ({exc}), written by another version of sonichu-jax "
+                    "or another configuration; the checkpoints are left as they are") from None
+            except Exception as exc:  # noqa: BLE001 - whatever stops a read-back makes it damaged
                 problem = _first_sentence(exc)
             if problem is None:
                 return state, step
