@@ -1,15 +1,7 @@
 """From an opened checkpoint to the arrays of a Sonichu model: layout, config, task table,
-and the decision what is loaded, what is new and what is an error. numpy only: the caller
-(`sonichu_jax.checkpoint`) builds the Flax model from the result.
-
-The rules (docs/checkpoints.md, "Unexpected and missing tensors"):
-- tensors the model does not use are skipped and reported, grouped by prefix; ``strict``
-  refuses them;
-- a missing backbone tensor is always an error;
-- a head with no tensor at all in the checkpoint is *new* (freshly initialised) when the
-  checkpoint holds no heads (a backbone: I-JEPA, timm, a converted backbone directory) or
-  when the caller asked for tasks; otherwise, and for a head only partly present, an error.
-"""
+and what is loaded, what is new (a head absent from a backbone checkpoint, or asked for)
+and what is an error (docs/checkpoints.md, "Unexpected and missing tensors"). numpy only:
+`SonichuModel.from_pretrained` builds the Flax model from the result."""
 
 from __future__ import annotations
 

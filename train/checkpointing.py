@@ -116,7 +116,7 @@ class Checkpointer:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 # orbax's metadata says, before any array is read, whether this is the run's state
-                stored = _shapes(self.manager.item_metadata(step)["state"].tree)
+                stored = _shapes(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state").tree)
                 if stored != _shapes(target):
                     raise _OtherState(f"{len(stored)} arrays, not the shapes of the run's {len(_shapes(target))}")
                 state = self.restore(step, target, data_iter)

@@ -1,11 +1,6 @@
-"""A run report: one self-contained HTML page of what training runs did.
-
-`write_report(paths, out)` finds the runs under ``paths``, evaluates every finished run's
-model (and the teachers' median) on one set of images, and writes ``out``: the runs, the
-per-task MRE table (models as rows, with their forward passes per image), the per-image
-error distribution per task, every run's training curves, and the worst images of each
-model with label, prediction and error drawn. A run without a model yet gets its curves.
-"""
+"""A run report: one self-contained HTML page of what training runs did: the runs, the
+per-task MRE table of every finished run's model (and the teachers' median), the error
+distribution, the training curves, and each model's worst images drawn."""
 
 from __future__ import annotations
 
