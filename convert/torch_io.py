@@ -5,7 +5,8 @@ never needs it for safetensors. Files are always unpickled with ``weights_only=T
 which refuses any pickled object that could run code. numpy arrays and
 ``argparse.Namespace`` objects, which training scripts often keep beside the weights
 (mmpose's dataset metadata, saved command-line arguments), are read as inert placeholders
-instead: the named class is never looked up, let alone called.
+instead: the named class is never looked up, let alone called. Legacy (non-zip) files,
+whose objects cannot be listed before unpickling, must hold tensors only.
 """
 
 from __future__ import annotations
