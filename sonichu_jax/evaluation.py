@@ -369,15 +369,15 @@ def evaluate(
     if not models and not predictions:
         raise InputError("nothing to evaluate: give a model directory or a prediction file")
     configs = [ModelConfig.load(path) for path in models]
-    _check_keypoints(models, configs)
+    task_table(configs, models)
     prediction_files = {path: load_predictions(path) for path in predictions}
-    task_table = _task_table(configs, prediction_files, models)
+    tasks_evaluated = _evaluated_tasks(configs, prediction_files, models)
     for task in tasks or ():
         for cfg in configs:
             if task not in cfg.task_names:
                 raise UnknownTaskError(task, cfg.task_names)
 
-    source = load_source(data, tasks=task_table, strict=strict)
+    source = load_source(data, tasks=tasks_evaluated, strict=strict)
     records = [r for r in source if r.has_label and (not tasks or r.task in tasks)]
     unlabelled = sum(1 for r in source if not r.has_label)
     if unlabelled:
@@ -397,7 +397,7 @@ def evaluate(
             warn(message)
     if not records:
         raise InputError(f"no labelled records to evaluate in {data}" + (f" for tasks {', '.join(tasks)}" if tasks else ""))
-    sort_by_task(records, task_table)
+    sort_by_task(records, tasks_evaluated)
 
     loaded = {name: load_model(path) for name, path in zip(model_names, models)}
     scored = {name: (records, preds) for name, preds in predict_columns(
@@ -425,17 +425,21 @@ def column_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
-def _check_keypoints(paths: Sequence[str], configs: Sequence[ModelConfig]) -> None:
-    """Every model's tasks have the first model's keypoint counts."""
-    for path, cfg in zip(paths[1:], configs[1:]):
-        for spec in configs[0].tasks:
-            if spec.name in cfg.task_names and cfg.task(spec.name).num_keypoints != spec.num_keypoints:
-                raise InputError(f"{path}: task {spec.name} has {cfg.task(spec.name).num_keypoints} keypoints, "
-                                 f"{paths[0]} has {spec.num_keypoints}")
+def task_table(configs: Sequence[ModelConfig], names: Sequence[str]) -> tuple[TaskSpec, ...]:
+    """Every task of the models (``names``: how to call them), in first-seen order;
+    InputError when two of them give a task different keypoint counts."""
+    table: dict[str, tuple[TaskSpec, str]] = {}
+    for cfg, name in zip(configs, names):
+        for spec in cfg.tasks:
+            known, where = table.setdefault(spec.name, (spec, name))
+            if known.num_keypoints != spec.num_keypoints:
+                raise InputError(f"{name}: task {spec.name} has {spec.num_keypoints} keypoints, "
+                                 f"{where} has {known.num_keypoints}")
+    return tuple(spec for spec, _ in table.values())
 
 
-def _task_table(configs: Sequence[ModelConfig], prediction_files: Mapping[str, tuple[TaskSpec, Any]],
-                model_paths: Sequence[str]) -> tuple[TaskSpec, ...]:
+def _evaluated_tasks(configs: Sequence[ModelConfig], prediction_files: Mapping[str, tuple[TaskSpec, Any]],
+                     model_paths: Sequence[str]) -> tuple[TaskSpec, ...]:
     """The first model's task table, or the prediction files' tasks; every prediction
     file's task must fit it."""
     table = list(configs[0].tasks) if configs else []

@@ -96,3 +96,15 @@ def test_table_rows_hold_every_column_task_in_order():
 def test_image_mre_of_one_record_is_a_scalar():
     pred, target = np.array([[0.0, 0.0], [3.0, 4.0]]), np.zeros((2, 2))
     assert image_mre(pred, target, [True, True]) == 2.5 and np.isnan(image_mre(pred, target, [False, False]))
+
+
+def test_task_table_joins_models_and_refuses_two_keypoint_counts():
+    from sonichu_jax.config import TaskSpec, tiny_config
+    from sonichu_jax.errors import InputError
+    from sonichu_jax.evaluation import task_table
+
+    a = tiny_config(tasks=(TaskSpec("HC", 4), TaskSpec("FA", 4)))
+    b = tiny_config(tasks=(TaskSpec("AOP", 4), TaskSpec("HC", 4)))
+    assert [t.name for t in task_table([a, b], ["a", "b"])] == ["HC", "FA", "AOP"]
+    with pytest.raises(InputError, match="c: task HC has 2 keypoints, a has 4"):
+        task_table([a, tiny_config(tasks=(TaskSpec("HC", 2),))], ["a", "c"])

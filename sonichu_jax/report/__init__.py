@@ -14,7 +14,8 @@ from sonichu_jax.fileio import atomic_path, check_output_file
 from sonichu_jax.report import page, plots
 from sonichu_jax.report.gallery import worst_tiles
 from sonichu_jax.report.runs import Run, find_runs, run_data_spec
-from sonichu_jax.report.scoring import Column, EvalSet, evaluation_set, score_runs, task_table
+from sonichu_jax.evaluation import task_table
+from sonichu_jax.report.scoring import Column, EvalSet, evaluation_set, score_runs
 
 __all__ = ["ReportResult", "Run", "find_runs", "run_data_spec", "write_report"]
 
@@ -52,7 +53,7 @@ def write_report(
     model_runs = [run for run in runs if run.model_dir is not None]
     evalset, columns, tasks = None, [], ()
     if model_runs:
-        tasks = task_table([ModelConfig.load(run.model_dir) for run in model_runs])
+        tasks = task_table([ModelConfig.load(run.model_dir) for run in model_runs], [run.name for run in model_runs])
         evalset = evaluation_set(model_runs, paths, tasks, data)
         columns = score_runs(model_runs, evalset.records, tta=tta, batch_size=batch_size, progress=progress)
         present = {r.task for r in evalset.records}

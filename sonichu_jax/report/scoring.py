@@ -37,18 +37,6 @@ class Column:
     errors_px: np.ndarray | None = None  # (len(indices),) mean error per image
 
 
-def task_table(configs: Sequence) -> tuple[TaskSpec, ...]:
-    """Every task of the models, first-seen order; a task must have one keypoint count."""
-    table: dict[str, TaskSpec] = {}
-    for cfg in configs:
-        for spec in cfg.tasks:
-            known = table.setdefault(spec.name, spec)
-            if known.num_keypoints != spec.num_keypoints:
-                raise InputError(f"task {spec.name} has {known.num_keypoints} keypoints in one model and "
-                                 f"{spec.num_keypoints} in another")
-    return tuple(table.values())
-
-
 def _validation_split(runs: Sequence[Run], tasks: tuple[TaskSpec, ...]) -> EvalSet:
     settings = {}
     for run in runs:
