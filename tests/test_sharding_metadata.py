@@ -76,7 +76,7 @@ CARD_STATES = {
                                                                         head_kind="simple")), 0),
     "teacher_shared_trunk": lambda: (teacher_state(card_config(head_sharing="shared_trunk")), 0),
     "distill_teachers": lambda: (stacked_teachers(card_config()), 1),
-    "ijepa_vitb": lambda: (ijepa_state(card_config(image_size=(224, 224)), 384), 0),
+    "ijepa_vitb": lambda: (ijepa_state(card_config(), 384), 0),
 }
 
 
