@@ -80,13 +80,20 @@ CARD_STATES = {
 }
 
 
+# The one difference: the I-JEPA predictor's fixed position table (1, 256, 384) at
+# fsdp=256. Its metadata splits the width, which 256 does not divide, so it is replicated
+# (384 KiB per chip); the old rule fell back to its 256 tokens.
+KNOWN_DIFFERENCES = {("ijepa_vitb", 256, ".rest['predictor']['pos_embed'].value")}
+
+
 @pytest.mark.parametrize("name", sorted(CARD_STATES))
 def test_card_size_layouts_are_unchanged(name):
     state, leading = CARD_STATES[name]()
     split = 0
     for fsdp in FSDP_SIZES:
         rows = layouts(state, fsdp, leading)
-        wrong = [(p, shape, got, ref) for p, shape, got, ref in rows if got != ref]
+        wrong = [(p, shape, got, ref) for p, shape, got, ref in rows
+                 if got != ref and (name, fsdp, p) not in KNOWN_DIFFERENCES]
         assert not wrong, f"fsdp={fsdp}: {wrong[:5]}"
         split += sum("fsdp" in str(got) for *_, got, _ in rows)
     assert split > 0
