@@ -46,7 +46,7 @@ def _take(it, n):
 def test_static_shapes_and_task_homogeneity(records):
     batches = _take(iter(make_train_pipeline(records, TASKS, _config(), process_index=0, process_count=1)), 12)
     shapes = {k: (v.shape, v.dtype) for k, v in batches[0].items()}
-    assert shapes["image"] == ((4, 32, 32, 3), np.float32)
+    assert shapes["image"] == ((4, 32, 32, 3), np.uint8)  # normalised on the device
     assert shapes["keypoints"] == ((4, 22, 2), np.float32)
     assert shapes["valid"] == ((4, 22), np.float32)
     assert shapes["task_id"] == ((4,), np.int32)
