@@ -32,8 +32,8 @@ from sonichu_jax.data.augment import to_unit_float
 from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
 from sonichu_jax.data.pipeline import EpochShuffle, PipelineConfig, finish_pipeline, to_wire
 from sonichu_jax.data.records import Record
+from sonichu_jax.data.shards import load_image
 from sonichu_jax.errors import InputError
-from sonichu_jax.preprocess import read_image
 
 CROP_TRIES = 10  # torchvision's attempts before the central-crop fallback
 MAX_DRAWS = 16  # frames tried for one slot; at 1 % bad frames all fail with probability 1e-32
@@ -74,7 +74,7 @@ class RandomResizedCrop:
     flip: bool = False
 
     def __call__(self, record: Record, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        image = record.image if isinstance(record.image, np.ndarray) else read_image(record.image)
+        image = load_image(record.image)
         top, left, h, w = crop_box(rng, image.shape[0], image.shape[1], self.scale, self.ratio)
         x = to_unit_float(image[top : top + h, left : left + w])
         out_h, out_w = self.image_size

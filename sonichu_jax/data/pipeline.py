@@ -45,8 +45,9 @@ import numpy as np
 from sonichu_jax.config import TaskSpec
 from sonichu_jax.data.augment import AugmentConfig, augment_sample, resize_sample
 from sonichu_jax.data.records import Record
+from sonichu_jax.data.shards import load_image
 from sonichu_jax.errors import InputError
-from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, read_image
+from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHTINGS = ("proportional", "balanced", "capped")
 _SCALE = (1.0 / IMAGENET_STD).astype(np.float32)
@@ -132,7 +133,7 @@ class ExampleLoader:
 
     def __call__(self, item: tuple[int, Record], rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         index, record = item
-        image = record.image if isinstance(record.image, np.ndarray) else read_image(record.image)
+        image = load_image(record.image)
         h, w = image.shape[:2]
         kps, valid = record.keypoints, record.valid
         if self.augment is None:
