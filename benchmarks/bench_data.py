@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-size", type=int, default=256, help="synthetic image side (default 256)")
     parser.add_argument("--image-size", type=int, default=256, help="model input side (default 256)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=12, help="batches per timed run (default 12)")
+    parser.add_argument("--batches", type=int, default=20, help="batches per timed run (default 20)")
     parser.add_argument("--warmup", type=int, default=4, help="untimed batches first (default 4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
     parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))

@@ -302,7 +302,7 @@ class EpochShuffle(grain.MapDataset):
 
     def __init__(self, parent: grain.MapDataset, seed: int):
         super().__init__(parent)
-        self._seed, self._epoch, self._order = int(seed), -1, None
+        self._seed, self._order = int(seed), (-1, None)
 
     def __len__(self) -> int:
         return sys.maxsize
@@ -311,9 +311,10 @@ class EpochShuffle(grain.MapDataset):
         if isinstance(index, slice):
             return self.slice(index)
         epoch, i = divmod(int(index), len(self._parent))
-        if epoch != self._epoch:
-            self._epoch, self._order = epoch, np.random.default_rng([self._seed, epoch]).permutation(len(self._parent))
-        return self._parent[int(self._order[i])]
+        order = self._order  # one read: reader threads may replace it meanwhile
+        if order[0] != epoch:
+            order = self._order = (epoch, np.random.default_rng([self._seed, epoch]).permutation(len(self._parent)))
+        return self._parent[int(order[1][i])]
 
 
 def _stream_seed(seed: int, slot: int) -> int:

@@ -117,7 +117,9 @@ def write_pack(records: Sequence[Record], out: str, *, store: str = "decoded", s
             if writer is not None:
                 writer.close()
             shards.append({"file": f"shard-{len(shards):05d}.array_record", "records": 0})
-            writer = ArrayRecordWriter(os.path.join(out, shards[-1]["file"]), "group_size:1")
+            # zstd (the default) saves a third on decoded pixels; PNG bytes are compressed already
+            writer = ArrayRecordWriter(os.path.join(out, shards[-1]["file"]),
+                                       "group_size:1" + (",uncompressed" if store == "encoded" else ""))
         writer.write(struct.pack("<I", len(head)) + head + data)
         shards[-1]["records"] += 1
         index.append({**fields, "width": int(image.shape[1]), "height": int(image.shape[0])})
