@@ -11,7 +11,8 @@ unless --data is given) in several process/thread layouts and reports, as median
 - the host cores each layout's per-core rate needs for the per-host rates of the README's
   v5p-64 plans (I-JEPA, and the teacher at batch 2048).
 
-    python benchmarks/bench_data.py                      # 256x256, batch 32
+    python benchmarks/bench_data.py                      # 256x256, batch 32, PNG files
+    python benchmarks/bench_data.py --pack decoded       # the same frames from a pack
     python benchmarks/bench_data.py --image-size 64 --json out.json
 """
 
@@ -78,6 +79,8 @@ def _throughput(records, tasks, config, batches: int, warmup: int, repeats: int)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="a data spec for load_source (default: a fresh synthetic set)")
+    parser.add_argument("--pack", choices=("decoded", "encoded"),
+                        help="read the data from a pack of it (sonichu-jax pack --store ...)")
     parser.add_argument("--n-per-task", type=int, default=24, help="synthetic images per task (default 24)")
     parser.add_argument("--source-size", type=int, default=256, help="synthetic image side (default 256)")
     parser.add_argument("--image-size", type=int, default=256, help="model input side (default 256)")
@@ -100,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             spec = os.path.join(tmp, "synthetic")
             write_synthetic_dataset(spec, args.n_per_task, size=args.source_size)
+        if args.pack:
+            from sonichu_jax.cli import main as cli
+
+            cli(["pack", spec, "--out", os.path.join(tmp, "pack"), "--store", args.pack, "--quiet"])
+            spec = os.path.join(tmp, "pack")
         source = load_source(spec, tasks=synthetic_tasks(), log=None)
         tasks = synthetic_tasks()
         results = {}
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     load.append(os.getloadavg()[0])
 
     base = results.get("1 process, no threads", {}).get("median_img_per_s")
-    print(f"training pipeline, {os.cpu_count()} CPUs (1-minute load average {load[0]:.1f} before, {load[1]:.1f} "
+    print(f"training pipeline{f' from a pack ({args.pack})' if args.pack else ''}, {os.cpu_count()} CPUs (1-minute load average {load[0]:.1f} before, {load[1]:.1f} "
           f"after), decode + augment + batch to {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           f"medians of {args.repeats}")
     width = max(len(n) for n in results)
@@ -137,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "image_size": args.image_size,
             "source_size": args.source_size,
             "batch_size": args.batch_size,
+            "pack": args.pack,
             "host_img_per_s": HOST_NEEDS,
             "layouts": results,
         })

@@ -5,9 +5,9 @@ static-shape multi-block masks.
 random_map(draw + crop) -> batch(B) -> map_with_index(masks) -> (main process) bad-frame
 check``. The crop is the official (torchvision-style) RandomResizedCrop, then an
 optional horizontal flip; the image travels as uint8 RGB (`to_wire`; the device
-normalises it), gray frames replicated to three channels only after the resize. The masks are keyed by the batch index, so the grain
-iterator state (``get_state``/``set_state``, orbax via ``grain.checkpoint``) restores the
-exact next images *and* masks.
+normalises it), gray frames replicated to three channels only after the resize. The
+masks are keyed by the batch index, so the grain iterator state (``get_state``/
+``set_state``, orbax via ``grain.checkpoint``) restores the exact next images *and* masks.
 
 A frame that cannot be decoded does not end a run: its slot is filled by another frame
 drawn with the slot's own random generator (so the order stays deterministic and
