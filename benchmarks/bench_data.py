@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     load.append(os.getloadavg()[0])
 
     base = results.get("1 process, no threads", {}).get("median_img_per_s")
-    print(f"training pipeline{f' from a pack ({args.pack})' if args.pack else ''}, {os.cpu_count()} CPUs (1-minute load average {load[0]:.1f} before, {load[1]:.1f} "
-          f"after), decode + augment + batch to {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+    origin = f" from a pack ({args.pack})" if args.pack else ""
+    print(f"training pipeline{origin}, {os.cpu_count()} CPUs (1-minute load average {load[0]:.1f} before, "
+          f"{load[1]:.1f} after), decode + augment + batch to {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           f"medians of {args.repeats}")
     width = max(len(n) for n in results)
     needs = "  ".join(f"cores for {k} ({v:,.0f} img/s)" for k, v in HOST_NEEDS.items())

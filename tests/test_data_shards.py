@@ -88,15 +88,15 @@ def test_teacher_trains_from_a_pack_with_the_png_folders_losses(femur, tmp_path)
 
     pack = tmp_path / "pack"
     assert main(["pack", femur, "--out", str(pack), "--quiet"]) == 0
-    sets = ["model.deconv_filters=16", "model.depth=1", "model.width=32", "data.batch_size=8", "steps=6", "optim.warmup_steps=2", "log.every_steps=1",
-            "log.eval_every_steps=0", "log.progress=false", "checkpoint.every_steps=100"]
+    sets = ["model.deconv_filters=16", "model.depth=1", "model.width=32", "data.batch_size=8", "steps=6",
+            "optim.warmup_steps=2", "log.every_steps=1", "log.eval_every_steps=0", "log.progress=false",
+            "checkpoint.every_steps=100"]
     config = apply_overrides(load_config_file("configs/teacher_tiny.py"), sets)
     losses = []
     for data in (femur, str(pack)):
         out = tmp_path / f"run-{len(losses)}"
         train_teacher(config, data, out)
-        lines = [json.loads(l) for l in open(out / "metrics.jsonl")]
-        losses.append([l["loss"] for l in lines if "loss" in l and '"train"' in json.dumps(l)])
+        losses.append([json.loads(line)["loss"] for line in open(out / "metrics.jsonl") if '"train"' in line])
     print("losses (PNG folder, pack):", losses)
     assert len(losses[0]) == 6
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
