@@ -100,3 +100,12 @@ def test_teacher_trains_from_a_pack_with_the_png_folders_losses(femur, tmp_path)
     print("losses (PNG folder, pack):", losses)
     assert len(losses[0]) == 6
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+
+
+def test_a_frame_folder_packs_as_unlabelled_frames(femur, tmp_path):
+    frames = os.path.join(femur, "images")
+    assert main(["pack", frames, "--out", str(tmp_path / "pack"), "--frames", "--store", "encoded", "--quiet"]) == 0
+    packed, files = load_frames(str(tmp_path / "pack")), load_frames(frames)
+    assert [r.source_id for r in packed] == [r.source_id for r in files] and len(packed) == 80
+    assert all(r.task is None and r.keypoints is None for r in packed)
+    np.testing.assert_array_equal(load_image(packed[5].image), read_image(files[5].image))
