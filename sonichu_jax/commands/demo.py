@@ -19,12 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.fileio import check_output, write_json
     from sonichu_jax.metrics import format_table, table_dict
     from sonichu_jax.train.recipe import SYNTHETIC_SIZE, run_demo
 
     if args.json:
-        check_output_file(args.json, (".json",))
+        check_output(args.json, (".json",))
     result = run_demo(args.out, quick=args.quick, seed=args.seed, force=args.force)
     json_path = args.json or os.path.join(result.out, "results.json")
     print(f"\n=== results: MRE in pixels of the {SYNTHETIC_SIZE} px test images ({result.test_images} images)")

@@ -75,7 +75,7 @@ def _schedule_note(config, plan) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.errors import InputError
-    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.fileio import check_output, write_json
     from sonichu_jax.train.configlib import apply_overrides, load_config_file, to_dict
 
     if args.teachers < 1:
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.examples is not None and args.examples < 1:
         raise InputError(f"--examples must be >= 1, got {args.examples}")
     if args.json:
-        check_output_file(args.json, (".json",))
+        check_output(args.json, (".json",), inputs=[args.config])
     config = apply_overrides(load_config_file(args.config), args.overrides)
     if hasattr(config, "validate"):
         config = config.validate()

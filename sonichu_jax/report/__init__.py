@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from sonichu_jax.fileio import atomic_path, check_output_file
+from sonichu_jax.fileio import atomic_path, check_output
 from sonichu_jax.report.runs import Run, find_runs, run_data_spec
 from sonichu_jax.report.scoring import Column, EvalSet, evaluation_set, score_runs, task_table
 
@@ -49,7 +49,7 @@ def write_report(
     from sonichu_jax.report import page, plots
     from sonichu_jax.report.gallery import worst_tiles
 
-    out = check_output_file(out, REPORT_SUFFIXES, what="report")
+    out = check_output(out, REPORT_SUFFIXES, what="report")
     if worst < 0:
         raise InputError(f"the number of worst images must be >= 0, got {worst}")
     paths = [os.fspath(p) for p in paths]
