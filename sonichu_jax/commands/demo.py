@@ -13,7 +13,8 @@ HELP = "run the whole recipe on synthetic data with tiny models (CPU): pretrain,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="where everything goes (default runs/demo)")
     parser.add_argument("--quick", action="store_true", help="a smaller run (about 2 minutes) for CI")
-    parser.add_argument("--force", action="store_true", help="delete --out first if it exists")
+    parser.add_argument("--force", action="store_true", 
+                        help="replace what an earlier demo wrote in --out (nothing else there is touched)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     parser.add_argument("--json", metavar="FILE", help="also write the final table as JSON (default OUT/results.json)")
 

@@ -31,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cpu_count(topologies: list[str]) -> int:
-    counts = [int(t.split(":", 1)[1]) for t in topologies
-              if t.strip().lower().startswith("cpu:") and t.split(":", 1)[1].strip().isdigit()]
-    return max(counts, default=0)
+    """The fake CPU devices the topologies need; each topology checked before JAX starts."""
+    from sonichu_jax.train.plans.topology import parse
+
+    return max((shape[0] for gen, shape in map(parse, topologies) if gen == "cpu"), default=0)
 
 
 def _start_jax_for_plans(cpu_devices: int) -> None:
