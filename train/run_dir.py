@@ -93,10 +93,15 @@ class RunDir:
             saved = json.loads((self.path / CONFIG_FILE).read_text())
         except ValueError as exc:
             raise InputError(f"cannot resume {self}: {CONFIG_FILE} is not valid JSON ({exc})") from None
-        checkpoints = self.path / CHECKPOINTS
-        if not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        if self.last_checkpoint() is None:
             self.check_restart()
         return saved
+
+    def last_checkpoint(self) -> int | None:
+        """The newest finished checkpoint's step (orbax writes into a temporary name first)."""
+        folder = self.path / CHECKPOINTS
+        steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        return max(steps, default=None)
 
     def check_restart(self) -> None:
         """A resumed run without an intact checkpoint starts at step 0: refused where that

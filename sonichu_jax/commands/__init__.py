@@ -10,3 +10,14 @@ def check_batch_size(size: int) -> int:
     if not 1 <= size <= MAX_BATCH:
         raise InputError(f"batch size must be between 1 and {MAX_BATCH} images, got {size}")
     return size
+
+
+def warn_unflipped(cfg, tasks, model: str) -> None:
+    """Flip TTA without a task's flip permutation keeps the keypoint order when mirroring:
+    points that swap sides (left/right) are averaged towards the middle. Said once."""
+    import sys
+
+    missing = [t for t in tasks if cfg.task(t).flip_perm is None]
+    if missing:
+        print(f"warning: {model} gives no flip permutation for {', '.join(missing)}; flip TTA needs it wherever "
+              "mirroring swaps keypoints (pass --no-tta then)", file=sys.stderr)

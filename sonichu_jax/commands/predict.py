@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sonichu_jax.commands import check_batch_size
+    from sonichu_jax.commands import check_batch_size, warn_unflipped
     from sonichu_jax.errors import InputError
     from sonichu_jax.fileio import check_output, write_json
     from sonichu_jax.inference import expand_inputs, iter_predictions, relative_names
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.overlay, what="overlay folder", folder=True, inputs=[args.model], data=args.inputs + files)
     model = SonichuModel.from_pretrained(args.model, dtype=args.dtype, rename=args.rename)
     model.cfg.task(args.task)
+    if not args.no_tta:
+        warn_unflipped(model.cfg, [args.task], args.model)
     prep = SonichuPreprocessor.from_pretrained(args.model, model.cfg)
     overlay_names = dict(zip(files, relative_names(files)))
 
