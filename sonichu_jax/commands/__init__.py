@@ -13,10 +13,15 @@ def check_batch_size(size: int) -> int:
 
 
 def warn_unflipped(cfg, tasks, model: str) -> None:
-    """Flip TTA without a task's flip permutation keeps the keypoint order when mirroring:
-    points that swap sides (left/right) are averaged towards the middle. Said once."""
+    """A weights-only checkpoint (no config.json) carries no flip permutations, and flip
+    TTA without one keeps the keypoint order when mirroring: points that swap sides are
+    averaged towards the middle. Said once."""
+    import os
     import sys
 
+    folder = model if os.path.isdir(model) else os.path.dirname(model)
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return  # the task table the model was trained with
     missing = [t for t in tasks if cfg.task(t).flip_perm is None]
     if missing:
         print(f"warning: {model} gives no flip permutation for {', '.join(missing)}; flip TTA needs it wherever "
