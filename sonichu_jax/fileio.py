@@ -50,7 +50,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
     may be removed from an existing folder is the caller's business. On failure the
     temporary folder is deleted and ``path`` is left as it was.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.realpath(os.fspath(path))  # a link to an empty folder: fill that folder
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)

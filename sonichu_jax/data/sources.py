@@ -570,7 +570,8 @@ def manifest_line(record: Record, root: str | None = None, size: tuple[int, int]
 def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Source:
     """Every image file below ``root`` as an unlabelled record (`find_images` order)."""
     if not os.path.isdir(root):
-        raise InputError(f"frame folder not found: {root}")
+        raise InputError(f"frame folder {root} is a file, not a folder" if os.path.isfile(root)
+                         else f"frame folder not found: {root}")
     paths = find_images(root, extensions)
     if not paths:
         raise InputError(f"no image files ({', '.join(extensions)}) under {root}")
