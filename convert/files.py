@@ -56,6 +56,8 @@ def resolve_weights(path: str | os.PathLike) -> tuple[str | None, str]:
         if os.path.isfile(candidate):
             return path, candidate
     present = ", ".join(sorted(os.listdir(path))[:10]) or "nothing"
+    if path.rstrip("/").endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar", ".json")):
+        raise InputError(f"{path} is a folder, not a weights file (it has: {present})")
     raise InputError(f"{path} holds none of {', '.join(WEIGHT_NAMES)} (it has: {present}); name the weights file")
 
 

@@ -352,3 +352,152 @@ def test_a_checkpoint_save_that_fails_names_the_last_intact_one(tmp_path, capsys
                       "log.progress=false", "--set", "checkpoint.async_save=false"],
              1, "No space left on device", f"last intact checkpoint: step 2 in {run / 'checkpoints'}")
     assert not (run / "run.lock").exists()
+
+
+# -- bad config files, bounded values, rename patterns: one line, exit 2 ---------------------------
+@pytest.mark.parametrize("name, text, words", [
+    ("c.txt", "steps = 3\n", ["c.txt is not a .py file defining get_config()"]),
+    ("c.py", "x = 1\ndef get_config(:\n", ["c.py, line 2: SyntaxError"]),
+    ("c.py", "import math\n\ndef get_config():\n    return math.sqrt(-1)\n", ["c.py, line 4: ValueError: math domain"]),
+    ("c.py", "A = 1\n", ["c.py defines no get_config()"]),
+    ("c.py", "def get_config():\n    return 3\n", ["get_config() must return a config dataclass, got int"]),
+])
+@pytest.mark.parametrize("command", ["plan", "train-teacher"])
+def test_a_bad_config_file_is_one_line_naming_file_and_line(command, name, text, words, tmp_path, capsys):
+    (tmp_path / name).write_text(text)
+    argv = [command, "--config", str(tmp_path / name)]
+    argv += ["--topology", "cpu:1"] if command == "plan" else ["--out", str(tmp_path / "run")]
+    one_line(capsys, argv, 2, *words)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["predict", "x.png", "--task", "HC", "--model", "nowhere", "--batch-size", "100000000"],
+     ["batch size must be between 1 and 4096 images, got 100000000"]),
+    (["plan", "--config", "teacher_tiny", "--topology", "cpu:8192"], ["1 <= N <= 512", "'cpu:8192'"]),
+    (["plan", "--config", "teacher_tiny", "--topology", "cpu:100000"], ["1 <= N <= 512", "'cpu:100000'"]),
+    (["pseudo-label", "--model", "nowhere", "--images", "x", "--out", "p.jsonl", "--max-disagreement", "-1"],
+     ["disagreement threshold must be >= 0 px, got -1.0"]),
+])
+def test_bounded_values_are_checked_before_any_work(argv, words, capsys):
+    """Before the model is even looked for (``nowhere`` does not exist) or JAX started."""
+    one_line(capsys, argv, 2, *words)
+
+
+def test_a_catastrophic_rename_pattern_is_stopped(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "a.safetensors"
+    save_file({"a" * 40 + ".b": np.zeros(2, np.float32)}, str(path))
+    one_line(capsys, ["inspect", str(path), "--rename", "(a+)+$=x"], 2, "'(a+)+$' ran over 1 s", "nested repeats")
+
+
+# -- silently wrong, misleading -------------------------------------------------------------------------
+def test_a_mistyped_local_path_is_never_sent_to_the_hub(tmp_path, capsys, monkeypatch):
+    import sonichu_jax.convert.files as files
+
+    def no_network(name):
+        raise AssertionError(f"{name} was looked up online")
+
+    monkeypatch.setattr(files, "hub_directory", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    one_line(capsys, ["inspect", "models/nonexist"], 2, "checkpoint not found: models/nonexist",
+             "models is a local folder", "not looked up on the Hugging Face Hub")
+    for local in ("models/a/b", "./models/x", "/models/x", ".hidden/x"):
+        one_line(capsys, ["inspect", local], 2, f"checkpoint not found: {local}")
+
+
+def test_without_the_hub_extra_a_hub_name_is_first_not_found_locally(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails: the extra is not installed
+    one_line(capsys, ["inspect", "owner/name"], 2, "owner/name not found locally", "pip install 'sonichu-jax[hub]'")
+
+
+def test_overlapping_safetensors_offsets_are_refused(tmp_path, capsys):
+    header = {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+              "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}
+    raw = json.dumps(header).encode()
+    path = tmp_path / "alias.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(24))
+    one_line(capsys, ["inspect", str(path)], 2, "tensors a and b overlap (data_offsets)")
+
+
+def test_flip_tta_on_a_weights_only_checkpoint_warns_once(model_dir, frames, tmp_path, capsys):
+    from sonichu_jax import checkpoint
+    from sonichu_jax.nn.sonichu import SonichuModel
+
+    weights_only = tmp_path / "w"
+    checkpoint.export_pytorch(SonichuModel.from_pretrained(model_dir), str(weights_only), layout="sonichu")
+    os.unlink(weights_only / "config.json")  # a bare model.safetensors: no task table, no flip permutations
+    argv = ["predict", str(frames / "p.png"), "--task", "HC", "--quiet"]
+    assert main(argv + ["--model", str(weights_only)]) == 0
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1 and "no flip permutation for HC" in warnings[0] and "--no-tta" in warnings[0]
+    for quiet in (["--model", str(weights_only), "--no-tta"], ["--model", model_dir]):
+        assert main(argv + quiet) == 0
+        assert "warning:" not in capsys.readouterr().err
+
+
+def test_report_data_says_how_many_records_were_skipped(tmp_path):
+    from sonichu_jax.config import CARD_TASKS
+    from sonichu_jax.data.synthetic import write_synthetic_dataset
+    from sonichu_jax.report.scoring import evaluation_set
+
+    data = write_synthetic_dataset(tmp_path / "syn", 4, tasks=("HC",), size=64)
+    for name in sorted(os.listdir(os.path.join(data, "images", "HC")))[:2]:
+        os.unlink(os.path.join(data, "images", "HC", name))
+    evalset = evaluation_set([], [], CARD_TASKS, data=str(data))
+    assert len(evalset.records) == 2
+    assert evalset.description.endswith("less 2 records skipped (missing_image 2)")
+
+
+@pytest.mark.parametrize("setup, argv, code, words", [
+    ("flax_without_config", ["convert", "{tmp}/w", "--out", "{tmp}/o"], 2, ["{tmp}/w/config.json is missing", "flax-layout"]),
+    ("weights_dir", ["inspect", "{tmp}/w.safetensors"], 2, ["w.safetensors is a folder, not a weights file"]),
+    ("one_tensor", ["convert", "{tmp}/one.safetensors", "--out", "{tmp}/o"], 2,
+     ["1 of 1 names known; but too few of its tensors for a model"]),
+    ("", ["distill", "--config", "distill_tiny", "--teachers", "{tmp}/nonexist", "--data", "{tmp}",
+          "--out", "{tmp}/s"], 2, ["teacher not found: {tmp}/nonexist"]),
+    ("frames_file", ["pretrain", "--config", "ijepa_tiny", "--frames", "{tmp}/f.png", "--out", "{tmp}/p"], 2,
+     ["frame folder {tmp}/f.png is a file, not a folder"]),
+    ("zip_bomb", ["inspect", "{tmp}/bomb.pth"], 2, ["compressed entries", "torch.save never writes"]),
+])
+def test_smaller_messages(setup, argv, code, words, model_dir, tmp_path, capsys):
+    import shutil
+
+    if setup == "flax_without_config":
+        (tmp_path / "w").mkdir()
+        shutil.copy(os.path.join(model_dir, "flax_model.safetensors"), tmp_path / "w")
+    elif setup == "weights_dir":
+        (tmp_path / "w.safetensors").mkdir()
+    elif setup == "one_tensor":
+        from safetensors.numpy import save_file
+
+        save_file({"backbone.patch_embed.proj.weight": np.zeros((4, 3, 2, 2), np.float32)},
+                  str(tmp_path / "one.safetensors"))
+    elif setup == "frames_file":
+        (tmp_path / "f.png").write_bytes(b"")
+    elif setup == "zip_bomb":
+        import zipfile
+
+        with zipfile.ZipFile(tmp_path / "bomb.pth", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("bomb/data.pkl", b"\x80\x02}q\x00.")
+            archive.writestr("bomb/data/0", bytes(50_000_000))  # 50 MB from about 50 KB
+    one_line(capsys, [a.format(tmp=tmp_path) for a in argv], code, *[w.format(tmp=tmp_path) for w in words])
+
+
+def test_make_synthetic_fills_a_linked_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    os.symlink(tmp_path / "empty", tmp_path / "link")
+    assert main(["make-synthetic", str(tmp_path / "link"), "--n", "1", "--tasks", "HC", "--size", "64", "--quiet"]) == 0
+    assert os.path.islink(tmp_path / "link") and (tmp_path / "empty" / "manifest.jsonl").is_file()
+
+
+def test_report_of_a_finished_run_without_its_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"steps": 4, "model": {}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 4, "kind": "train", "loss": 1.0}) + "\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html"), "--quiet"]) == 0
+    assert "run: finished (4 steps) but its model/ is missing, so only its curves are shown" in capsys.readouterr().err
