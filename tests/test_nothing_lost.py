@@ -177,6 +177,14 @@ def test_the_lock_is_the_primary_process_s_and_released(tmp_path):
     assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname() and holder["started"]
     run.unlock()
     assert not (tmp_path / "new").exists()  # created for the lock, left empty: removed
+    # a lock naming this very process is a restarted container's earlier run: taken over
+    _lock(tmp_path / "again", os.getpid())
+    notes = []
+    RunDir(tmp_path / "again").lock(notes.append)
+    assert len(notes) == 1 and f"from process {os.getpid()}" in notes[0]
+    (tmp_path / "file").write_text("x")
+    RunDir(tmp_path / "file").lock(print)  # a file is left to `check` to refuse
+    assert (tmp_path / "file").read_text() == "x"
     # the loop takes it on process 0 only (one lock per multi-host run)
     source = open(os.path.join(ROOT, "train", "loop.py")).read()
     assert "if self.primary:  # one lock per run, however many hosts\n            self.run_dir.lock(" in source

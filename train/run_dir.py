@@ -117,8 +117,8 @@ class RunDir:
         """Take the directory for this process (before anything is written): a second process
         is refused naming the holder; a lock whose process on this host has ended is taken
         over with a note. Object storage (``gs://``) has no exclusive create: not locked."""
-        if self.url:
-            return
+        if self.url or (self.path.exists() and not self.path.is_dir()):
+            return  # `check` refuses a file
         self.created = not self.path.exists()
         os.makedirs(self.path, exist_ok=True)
         path = self.join(LOCK_FILE)
@@ -133,7 +133,8 @@ class RunDir:
                     raise InputError(f"{self} is in use: {path} names no process; remove it if no run uses the "
                                      "directory") from None
                 who = f"process {holder['pid']} on {holder['host']}, started {holder['started']}"
-                if holder["host"] != me["host"] or _alive(holder["pid"]):
+                # our own pid: a restarted container's earlier run (this process holds no lock yet)
+                if holder["host"] != me["host"] or (holder["pid"] != me["pid"] and _alive(holder["pid"])):
                     self.unlock()
                     raise InputError(f"{self} is in use by {who}; wait for it to end or choose another directory "
                                      f"(remove {path} only if that process is gone)") from None
