@@ -94,7 +94,8 @@ def check_output(path: str | os.PathLike, suffixes: Sequence[str] = (), what: st
     for given, whole in [(p, True) for p in inputs] + [(p, False) for p in data]:
         other = os.path.realpath(os.fspath(given))
         if real == other or ((whole or folder) and _inside(real, other)) or (folder and _inside(other, real)):
-            raise InputError(f"{what} {path} and the input {given} overlap; write it elsewhere")
+            raise InputError(f"{what} {path} overlaps {given}, which this command reads or writes; "
+                             "write it elsewhere")
     return os.path.abspath(path)
 
 
