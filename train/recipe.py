@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import jax
 
 from sonichu_jax.errors import InputError, SonichuError
+from sonichu_jax.evaluation import MREReport
 from sonichu_jax.fileio import check_output
-from sonichu_jax.metrics import MREReport
 from sonichu_jax.report import write_report
 from sonichu_jax.train import presets
 from sonichu_jax.train.configlib import InitConfig, PseudoLabelSet

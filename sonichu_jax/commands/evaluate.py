@@ -31,9 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.commands import check_batch_size
     from sonichu_jax.errors import InputError
-    from sonichu_jax.evaluation import evaluate
+    from sonichu_jax.evaluation import evaluate, format_table
     from sonichu_jax.fileio import check_output, write_json
-    from sonichu_jax.metrics import format_table
 
     if not args.model and not args.predictions:
         raise InputError("nothing to evaluate: give --model DIR or --predictions CSV")

@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.commands import check_batch_size
+    from sonichu_jax.evaluation import format_table
     from sonichu_jax.fileio import check_output, write_json
-    from sonichu_jax.metrics import format_table
     from sonichu_jax.report import REPORT_SUFFIXES, write_report
 
     check_batch_size(args.batch_size)

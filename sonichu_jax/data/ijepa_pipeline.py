@@ -1,20 +1,8 @@
-"""The I-JEPA input pipeline: unlabelled frames -> random resized crops -> batches with
-static-shape multi-block masks.
-
-``frame indices of this host ([process_index::process_count]) -> shuffle -> repeat ->
-random_map(draw + crop) -> batch(B) -> map_with_index(masks) -> (main process) bad-frame
-check``. The crop is the official (torchvision-style) RandomResizedCrop, then an
-optional horizontal flip; gray frames are replicated to three channels after the resize
-(three times less resize work). The masks are keyed by the batch index, so the grain
-iterator state (``get_state``/``set_state``, orbax via ``grain.checkpoint``) restores the
-exact next images *and* masks.
-
-A frame that cannot be decoded does not end a run: its slot is filled by another frame
-drawn with the slot's own random generator (so the order stays deterministic and
-resumable), the batch says how many draws each slot skipped (``skipped``, which the train
-step counts), and the main process reports each bad file once. More bad files than
-``max_bad_fraction`` of the host's frames, or a slot that finds no decodable frame in
-`MAX_DRAWS` draws, stops the run with an `InputError` naming them.
+"""The I-JEPA input pipeline: this host's frames -> shuffle -> repeat -> random resized
+crop (+ flip) -> batch -> masks keyed by the batch index, so the grain iterator state
+restores the exact next images and masks. A frame that cannot be decoded is replaced by
+another draw of the same slot (counted in ``skipped``, reported once); more than
+``max_bad_fraction`` bad frames stops the run with an `InputError`.
 """
 
 from __future__ import annotations
@@ -27,6 +15,7 @@ from typing import Callable, Sequence
 import cv2
 import grain
 import numpy as np
+from tqdm import tqdm
 
 from sonichu_jax.data.augment import to_unit_float
 from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
@@ -139,8 +128,6 @@ class BadFrameCheck:
 
 
 def _warn(text: str) -> None:
-    from tqdm import tqdm
-
     tqdm.write(text, file=sys.stderr)  # through an open progress bar
 
 
