@@ -1,4 +1,5 @@
-"""Random-access data sources: FM_UIA CSV files, JSONL manifests, folders of frames.
+"""Random-access data sources: FM_UIA CSV files, JSONL manifests, folders of frames,
+packs (`sonichu_jax.data.shards`).
 
 Every source is a sequence of `Record` plus a `LoadReport` (``src.report``) of what was
 loaded, skipped and masked, and where; ``strict=True`` raises `InputError` at the first
@@ -19,6 +20,7 @@ import numpy as np
 from sonichu_jax.config import CARD_TASKS, TaskSpec
 from sonichu_jax.data.imagesize import image_size
 from sonichu_jax.data.records import LoadReport, Record
+from sonichu_jax.data.shards import is_pack, load_pack
 from sonichu_jax.errors import InputError
 from sonichu_jax.preprocess import IMAGE_EXTENSIONS, find_images
 
@@ -529,7 +531,10 @@ def manifest_line(record: Record, root: str | None = None, size: tuple[int, int]
 
 
 def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Source:
-    """Every image file below ``root`` as an unlabelled record (`find_images` order)."""
+    """Every image file below ``root`` as an unlabelled record (`find_images` order), or
+    the records of the pack ``root`` is."""
+    if is_pack(root):
+        return load_pack(root)
     if not os.path.isdir(root):
         raise InputError(f"frame folder {root} is a file, not a folder" if os.path.isfile(root)
                          else f"frame folder not found: {root}")
@@ -560,14 +565,16 @@ def load_source(
     check_bounds: bool = True,
     log: Callable[[str], None] | None = _stderr,
 ) -> Source:
-    """A ``.jsonl`` manifest, a ``.csv`` file, or a directory (its ``manifest.jsonl`` if it
-    has one, else its CSV files). The load summary goes to ``log`` (stderr by default;
+    """A ``.jsonl`` manifest, a ``.csv`` file, or a directory (a pack, its ``manifest.jsonl``
+    if it has one, else its CSV files). The load summary goes to ``log`` (stderr by default;
     None to stay quiet)."""
     spec = os.fspath(spec)
     tasks = tuple(_task_table(tasks).values())
     if os.path.isdir(spec):
         manifest = os.path.join(spec, MANIFEST_NAME)
-        if os.path.isfile(manifest):
+        if is_pack(spec):
+            source = load_pack(spec)
+        elif os.path.isfile(manifest):
             source = load_manifest(manifest, tasks=tasks, strict=strict, check_bounds=check_bounds)
         else:
             source = load_csv_dir(
