@@ -21,8 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from sonichu_jax.checkpoint import abstract_model
 from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
@@ -116,14 +114,9 @@ def stack_teachers(models: list[SonichuModel]):
 
 
 def teacher_shardings(mesh, tree):
-    """Each teacher's arrays sharded like the student's (fsdp rule on the trailing
-    dimensions), the teacher axis unsplit."""
-
-    def one(x):
-        inner = mesh_lib.param_sharding(mesh, tuple(x.shape[1:])).spec
-        return NamedSharding(mesh, P(None, *inner))
-
-    return jax.tree.map(one, tree)
+    """Each teacher's arrays sharded like the student's (their partition metadata), the
+    teacher axis unsplit."""
+    return mesh_lib.state_shardings(mesh, tree, leading=1)
 
 
 class Distillation:

@@ -44,8 +44,9 @@ class SonichuModel(nnx.Module):
     ``heatmaps(pixel_values, task)`` -> (B, H/4, W/4, K) float32,
     ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1] and
     ``embed(pixel_values, pool="mean")`` -> (B, D) or (B, gh, gw, D) backbone features;
-    all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled,
-    one compilation per (task or pooling, batch shape, tta).
+    all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled
+    in eval mode (whatever mode the model is in), one compilation per (task or pooling,
+    batch shape, tta).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -148,19 +149,27 @@ class SonichuModel(nnx.Module):
         save_flax(self, directory)
 
 
+def _inference_copy(graphdef, state) -> SonichuModel:
+    """The traced copy the jitted entry points run, in eval mode (BatchNorm's running
+    statistics) whatever mode the caller's model is in; the caller's model is untouched."""
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    return model
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _jit_heatmaps(graphdef, state, pixel_values, task):
-    return nnx.merge(graphdef, state).forward_heatmaps(pixel_values, task)
+    return _inference_copy(graphdef, state).forward_heatmaps(pixel_values, task)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _jit_predict(graphdef, state, pixel_values, task, tta):
-    return nnx.merge(graphdef, state).forward_predict(pixel_values, task, tta)
+    return _inference_copy(graphdef, state).forward_predict(pixel_values, task, tta)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _jit_embed(graphdef, state, pixel_values, pool):
-    return nnx.merge(graphdef, state).forward_embed(pixel_values, pool)
+    return _inference_copy(graphdef, state).forward_embed(pixel_values, pool)
 
 
 def count_params(model: nnx.Module) -> int:
