@@ -28,6 +28,7 @@ from sonichu_jax.errors import ConfigError
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig
+from sonichu_jax.train.objectives import make_objective
 from sonichu_jax.train.optim import GroupedAdamW
 from sonichu_jax.train.run_dir import export_to
 from sonichu_jax.train.schedule import in_steps
@@ -54,7 +55,7 @@ def abstract_batch(cfg: ModelConfig, global_batch: int, mesh: jax.sharding.Mesh)
 
 @dataclass
 class Trainer:
-    """A supervised run's program on a mesh; ``state``, ``batch`` and ``extra`` are
+    """A supervised run's program on a mesh; ``state``, ``batch`` and ``aux`` are
     ShapeDtypeStructs carrying their shardings."""
 
     config: TeacherConfig
@@ -63,13 +64,13 @@ class Trainer:
     optimizer: GroupedAdamW
     state: TrainState
     batch: dict
-    extra: tuple  # further step inputs, e.g. the frozen teachers of a distillation
-    step: Callable  # jitted ``step(state, batch, *extra) -> (state, metrics)``, state donated
+    aux: tuple  # further step inputs, e.g. the frozen teachers of a distillation
+    step: Callable  # jitted ``step(state, batch, *aux) -> (state, metrics)``, state donated
 
     def lower(self):
         """The step lowered from the abstract inputs: ``.compile()`` it for memory and
         cost analyses, or to run it."""
-        return self.step.lower(self.state, self.batch, *self.extra)
+        return self.step.lower(self.state, self.batch, *self.aux)
 
     def shardings(self) -> TrainState:
         return jax.tree.map(lambda x: x.sharding, self.state)
@@ -98,10 +99,10 @@ class Trainer:
             export_to(out_dir, name, model.save_pretrained)
 
 
-def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=None, extra: tuple = (),
+def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=None, aux: tuple = (),
                   wrap: Callable | None = None) -> Trainer:
     """The program of ``config`` on ``mesh``, allocating nothing. ``objective`` replaces
-    the supervised loss (`sonichu_jax.train.step.Supervised`); ``extra`` are the further
+    the one ``loss.kind`` names (`sonichu_jax.train.objectives`); ``aux`` are the further
     step inputs it reads (arrays or ShapeDtypeStructs, with shardings); ``wrap`` wraps
     the step function before ``jit`` (tests count traces with it)."""
     cfg, optim = config.model, config.optim
@@ -112,17 +113,18 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
     optimizer = GroupedAdamW(optim, cfg, config.steps, groups, params)
     abstract = jax.eval_shape(lambda: fresh_state(SonichuModel(cfg, rngs=nnx.Rngs(config.seed)), optimizer))
     shardings = mesh_lib.state_shardings(mesh, abstract)
+    objective = objective or make_objective(config.loss, cfg)
     fn = make_train_step(graphdef, cfg, optimizer, optim.freeze_backbone, objective)
-    extra_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in extra)
+    aux_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in aux)
     step = jax.jit(
         wrap(fn) if wrap is not None else fn,
-        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), *extra_shardings),
+        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), *aux_shardings),
         out_shardings=(shardings, mesh_lib.replicated(mesh)),
         donate_argnums=0,
     )
-    extra = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(extra, extra_shardings))
+    aux = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(aux, aux_shardings))
     return Trainer(config, mesh, graphdef, optimizer, mesh_lib.abstract_with_shardings(abstract, shardings),
-                   abstract_batch(cfg, config.data.batch_size, mesh), extra, step)
+                   abstract_batch(cfg, config.data.batch_size, mesh), aux, step)
 
 
 def abstract_run(config: TeacherConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Trainer:

@@ -57,22 +57,22 @@ class SupervisedStage(Stage):
 
     def __init__(self, config: TeacherConfig, objective=None):
         super().__init__(config)
-        self.objective = objective  # None: the teacher's loss
+        self.objective = objective  # None: the one loss.kind names
         self._eval = None
 
     def examples(self) -> int:
         self.train_records, self.val_records = load_data(self.config)
         return len(self.train_records)
 
-    def step_inputs(self, mesh) -> tuple:
+    def aux_inputs(self, mesh) -> tuple:
         """Further step inputs placed on ``mesh`` (a distillation's teachers)."""
         return ()
 
     def build(self, mesh) -> Program:
         self.mesh = mesh
-        extra = self.step_inputs(mesh)
-        self.trainer = build_trainer(self.config, mesh, objective=self.objective, extra=extra)
-        return Program(self.trainer.state, self.trainer.step, extra)
+        aux = self.aux_inputs(mesh)
+        self.trainer = build_trainer(self.config, mesh, objective=self.objective, aux=aux)
+        return Program(self.trainer.state, self.trainer.step, aux)
 
     def initial_state(self):
         make_model, args = model_initializer(self.config)
