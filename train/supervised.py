@@ -146,10 +146,11 @@ def _mismatch(a: ModelConfig, b: ModelConfig, fields: tuple[str, ...]) -> list[s
     return [f"{f}: {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in fields if getattr(a, f) != getattr(b, f)]
 
 
-def check_whole_model(path: str) -> None:
+def check_whole_model(path: str) -> ModelConfig:
     """``init.kind=pretrained`` takes the heads as trained: refuse, from the headers and
     before loading, a checkpoint that holds only a backbone (an I-JEPA or timm encoder, a
-    converted backbone, a pretraining export), whose heads the loader would make up."""
+    converted backbone, a pretraining export), whose heads the loader would make up.
+    Returns the checkpoint's config."""
     from sonichu_jax.convert import open_checkpoint
     from sonichu_jax.convert.loading import plan_model
 
@@ -161,6 +162,26 @@ def check_whole_model(path: str) -> None:
         raise ConfigError(f"init.kind=pretrained needs a whole model, but init.path {path} holds {trained} "
                           f"(its {len(planned.cfg.tasks)} heads would start untrained); use init.kind=backbone to "
                           "start from its encoder with new heads")
+    return planned.cfg
+
+
+def check_tasks(cfg: ModelConfig, saved: ModelConfig, init) -> list[str]:
+    """The configured tasks the checkpoint lacks (allowed with ``init.new_heads=fresh``); a
+    task both have must agree in keypoint count and flip permutation (one line each)."""
+    have = {t.name: t for t in saved.tasks}
+    for spec in cfg.tasks:
+        old = have.get(spec.name, spec)
+        if old.num_keypoints != spec.num_keypoints:
+            raise ConfigError(f"task {spec.name} has {old.num_keypoints} keypoints in init.path {init.path} but "
+                              f"{spec.num_keypoints} configured: give the new task another name")
+        if old.flip_perm != spec.flip_perm:
+            raise ConfigError(f"task {spec.name}: flip_perm {old.flip_perm} in init.path {init.path}, "
+                              f"{spec.flip_perm} configured; configure the checkpoint's flip_perm")
+    new = [t.name for t in cfg.tasks if t.name not in have]
+    if new and init.new_heads != "fresh":
+        raise ConfigError(f"init.path {init.path} has no head for task {', '.join(new)}; "
+                          "--set init.new_heads=fresh starts them from new heads")
+    return new
 
 
 def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
@@ -171,15 +192,20 @@ def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
     if not init.path:
         raise ConfigError(f"init.kind={init.kind!r} needs init.path (a checkpoint directory)")
     if init.kind == "pretrained":
-        check_whole_model(init.path)
-    other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype)
-    if init.kind == "pretrained":
-        fields = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in COMPUTE_FIELDS)
-        diff = _mismatch(cfg, other.cfg, fields)
+        saved = check_whole_model(init.path)
+        new = check_tasks(cfg, saved, init)
+        fields = tuple(f.name for f in dataclasses.fields(ModelConfig)
+                       if f.name not in (*COMPUTE_FIELDS, "tasks", "decoder"))
+        diff = _mismatch(cfg, saved, fields)
         if diff:
-            raise ConfigError(f"init.path {init.path} does not match the configured model: " + "; ".join(diff))
+            raise ConfigError(f"init.path {init.path} does not match the configured model in "
+                              + "; ".join(diff) + ": configure the checkpoint's values")
+        other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype, tasks=cfg.tasks)
+        if new and jax.process_index() == 0:
+            print(f"init: new heads for {', '.join(new)} (not in {init.path})")
         graphdef, weights = nnx.split(other)
         return (lambda w: nnx.merge(graphdef, w)), (weights,)
+    other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype)
     diff = _mismatch(cfg, other.cfg, _BACKBONE_FIELDS)
     if diff:
         raise ConfigError(f"backbone {init.path} does not match the configured encoder: " + "; ".join(diff))
