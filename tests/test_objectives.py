@@ -197,3 +197,12 @@ def test_decoder_is_part_of_config_json_and_used_by_predict(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded.predict(x, "HC", tta=False)), numpy_argmax_decode(hm), atol=1e-6)
     with pytest.raises(ConfigError, match="decoder"):
         tiny(decoder="dark")
+
+
+def test_argmax_decoder_reads_the_gaussian_targets_back_within_a_quarter_pixel():
+    """Targets and decoder share one frame: decoding a target map returns its label to
+    within a quarter heatmap pixel (rounding to the peak, then the quarter shift)."""
+    xy = np.random.default_rng(2).uniform(0.1, 0.9, size=(8, 5, 2)).astype(np.float32)
+    got = np.asarray(argmax_decode(gaussian_heatmaps(xy, (32, 24), 2.0)))
+    err = np.abs(got - xy) * np.array([24, 32])
+    assert err.max() <= 0.25 + 1e-5, err.max()
