@@ -38,7 +38,7 @@ from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.objectives import L1, l1_loss
 from sonichu_jax.train.step import make_predict_step
 from sonichu_jax.train.supervised import Trainer, build_trainer
-from sonichu_jax.train.teacher import SupervisedStage
+from sonichu_jax.train.supervised import SupervisedStage
 
 CARD_TEACHERS = 5  # R1, R2, R3, Selective, r3capped
 

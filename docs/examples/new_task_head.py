@@ -21,7 +21,7 @@ from sonichu_jax import ModelConfig, TaskSpec
 from sonichu_jax.data.sources import load_source
 from sonichu_jax.train.configlib import InitConfig, LogConfig
 from sonichu_jax.train.presets import tiny_teacher
-from sonichu_jax.train.teacher import train_teacher
+from sonichu_jax.train.supervised import train_teacher
 
 
 def write_new_task_csv(data: str, path: str) -> str:
