@@ -41,7 +41,7 @@ class SonichuModel(nnx.Module):
     """Multi-task keypoint model.
 
     ``heatmaps(pixel_values, task)`` -> (B, H/4, W/4, K) float32,
-    ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1] and
+    ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1] (``cfg.decoder``) and
     ``embed(pixel_values, pool="mean")`` -> (B, D) or (B, gh, gw, D) backbone features;
     all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled,
     one compilation per (task or pooling, batch shape, tta).
