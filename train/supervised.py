@@ -211,8 +211,7 @@ def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
                        if f.name not in (*COMPUTE_FIELDS, "tasks", "decoder"))
         diff = _mismatch(cfg, saved, fields)
         if diff:
-            raise ConfigError(f"init.path {init.path} does not match the configured model in "
-                              + "; ".join(diff) + ": configure the checkpoint's values")
+            raise ConfigError(f"init.path {init.path} does not match the configured model: " + "; ".join(diff))
         other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype, tasks=cfg.tasks)
         if new and jax.process_index() == 0:
             print(f"init: new heads for {', '.join(new)} (not in {init.path})")
