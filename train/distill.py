@@ -21,13 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from sonichu_jax.checkpoint import abstract_model
 from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
 from sonichu_jax.errors import ConfigError, InputError
-from sonichu_jax.metrics import ENSEMBLE_METHODS, combine
+from sonichu_jax.evaluation import ENSEMBLE_METHODS, combine
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig, replace_path, with_absolute_path
@@ -37,8 +35,7 @@ from sonichu_jax.train.state import split_model
 from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.objectives import L1, l1_loss
 from sonichu_jax.train.step import make_predict_step
-from sonichu_jax.train.supervised import Trainer, build_trainer
-from sonichu_jax.train.supervised import SupervisedStage
+from sonichu_jax.train.supervised import SupervisedStage, Trainer, build_trainer
 
 CARD_TEACHERS = 5  # R1, R2, R3, Selective, r3capped
 
@@ -115,14 +112,9 @@ def stack_teachers(models: list[SonichuModel]):
 
 
 def teacher_shardings(mesh, tree):
-    """Each teacher's arrays sharded like the student's (fsdp rule on the trailing
-    dimensions), the teacher axis unsplit."""
-
-    def one(x):
-        inner = mesh_lib.param_sharding(mesh, tuple(x.shape[1:])).spec
-        return NamedSharding(mesh, P(None, *inner))
-
-    return jax.tree.map(one, tree)
+    """Each teacher's arrays sharded like the student's (their partition metadata), the
+    teacher axis unsplit."""
+    return mesh_lib.state_shardings(mesh, tree, leading=1)
 
 
 class Distillation(L1):

@@ -2,14 +2,17 @@
 `sonichu_jax.train.distributed`).
 
 The mesh has two axes: ``data`` (batch only) and ``fsdp`` (batch *and* parameters). The
-batch is split over both; a parameter is split over ``fsdp`` along its largest divisible
-dimension, so fsdp=1 means plain data parallelism with replicated parameters.
+batch is split over both; a parameter is split over ``fsdp`` as its partition metadata
+says (`nnx.get_partition_spec`: the largest dimension, see `sonichu_jax.nn.vit.fsdp`)
+where the mesh divides that dimension, so fsdp=1 means plain data parallelism with
+replicated parameters.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sonichu_jax.errors import ConfigError
@@ -40,23 +43,27 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def param_sharding(mesh: jax.sharding.Mesh, shape: tuple[int, ...]) -> NamedSharding:
-    """FSDP rule: split the largest dimension that the fsdp axis divides; scalars, small
-    and indivisible arrays stay replicated."""
-    size = mesh.shape["fsdp"]
-    if size == 1 or not shape:
-        return replicated(mesh)
-    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-        if shape[dim] % size == 0 and shape[dim] >= size:
-            spec = [None] * len(shape)
-            spec[dim] = "fsdp"
-            return NamedSharding(mesh, P(*spec))
-    return replicated(mesh)
+def fit(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> P:
+    """``spec`` for an array of ``shape`` on ``mesh``: a mesh axis stays only on a dimension
+    it splits (more than one device, dividing the size); nothing split gives ``P()``."""
+    def keep(axes, size):
+        names = axes if isinstance(axes, tuple) else (axes,)
+        devices = int(np.prod([mesh.shape[a] for a in names if a is not None]))
+        return axes if devices > 1 and size % devices == 0 else None
+
+    kept = [keep(axes, size) for axes, size in zip(spec, shape)]
+    return P(*kept) if any(a is not None for a in kept) else P()
 
 
-def state_shardings(mesh: jax.sharding.Mesh, abstract_tree):
-    """Shardings for a pytree of ShapeDtypeStructs (from ``jax.eval_shape``)."""
-    return jax.tree.map(lambda x: param_sharding(mesh, tuple(x.shape)), abstract_tree)
+def state_shardings(mesh: jax.sharding.Mesh, tree, leading: int = 0):
+    """Shardings for a pytree of arrays or ShapeDtypeStructs (inside ``nnx.Variable``s)
+    from their partition metadata, `fit` to ``mesh``; ``leading`` stacked axes (one per
+    teacher, say) stay whole. Arrays without metadata are replicated."""
+    def one(x, spec):
+        inner = fit(spec, tuple(x.shape[leading:]), mesh)
+        return NamedSharding(mesh, P(*[None] * leading, *inner) if leading else inner)
+
+    return jax.tree.map(one, tree, nnx.get_partition_spec(tree))
 
 
 def abstract_with_shardings(tree, shardings):
@@ -90,11 +97,21 @@ def local_batch_size(global_batch: int) -> int:
 def global_batch(mesh: jax.sharding.Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Assemble each process's slice of the batch into global arrays sharded over the mesh.
 
-    Every process passes its own rows (in process order they form the global batch)."""
+    Every process passes its own rows (in process order they form the global batch).
+    uint8 training images (`sonichu_jax.data.pipeline.to_wire`) are normalised on the devices."""
     sharding = batch_sharding(mesh)
     out = {}
     for name, value in local.items():
         value = np.asarray(value)
         global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
         out[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    if "image" in out and out["image"].dtype == np.uint8:
+        out["image"] = _device_normalize(out["image"])
     return out
+
+
+@jax.jit
+def _device_normalize(images: jax.Array) -> jax.Array:
+    from sonichu_jax.data.pipeline import device_normalize
+
+    return device_normalize(images)

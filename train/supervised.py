@@ -35,7 +35,7 @@ from flax import nnx
 from sonichu_jax.checkpoint import abstract_model
 from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
 from sonichu_jax.errors import ConfigError
-from sonichu_jax.metrics import MREReport
+from sonichu_jax.evaluation import MREReport
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig, with_absolute_path

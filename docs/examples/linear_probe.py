@@ -18,7 +18,7 @@ from flax import nnx
 from sonichu_jax import SonichuModel, SonichuPreprocessor, tiny_config
 from sonichu_jax.data.sources import load_source
 from sonichu_jax.data.synthetic import synthetic_tasks
-from sonichu_jax.metrics import compute_mre
+from sonichu_jax.evaluation import compute_mre
 
 
 def probe(data: str, model_dir: str | None = None, task: str = "HC", ridge: float = 1.0) -> dict[str, float]:

@@ -11,6 +11,7 @@ from flax import nnx
 
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.errors import InputError
+from sonichu_jax.model_arrays import filled, read_pretrained, save_flax
 from sonichu_jax.nn.vit import VisionTransformer
 from sonichu_jax.nn.vitpose import ClassicHead, DeconvTrunk, SimpleHead, decode, final_conv
 
@@ -43,8 +44,9 @@ class SonichuModel(nnx.Module):
     ``heatmaps(pixel_values, task)`` -> (B, H/4, W/4, K) float32,
     ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1] (``cfg.decoder``) and
     ``embed(pixel_values, pool="mean")`` -> (B, D) or (B, gh, gw, D) backbone features;
-    all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled,
-    one compilation per (task or pooling, batch shape, tta).
+    all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled
+    in eval mode (whatever mode the model is in), one compilation per (task or pooling,
+    batch shape, tta).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -142,32 +144,44 @@ class SonichuModel(nnx.Module):
         refused); an encoder-only checkpoint, or ``tasks`` not in the checkpoint (names,
         or ``{name: keypoint count}``), get freshly initialised heads. ``rename``:
         ``[(regex, replacement), ...]`` applied to tensor names first. See
-        `sonichu_jax.checkpoint.load_pretrained` and docs/checkpoints.md."""
-        from sonichu_jax.checkpoint import load_pretrained
+        `sonichu_jax.model_arrays.read_pretrained` and docs/checkpoints.md."""
+        cfg, arrays = read_pretrained(path, layout=layout, dtype=dtype, report=report, strict=strict, tasks=tasks,
+                                      rename=rename, entry=entry)
+        return cls.from_arrays(cfg, arrays)
 
-        return load_pretrained(path, layout=layout, dtype=dtype, report=report, strict=strict, tasks=tasks,
-                               rename=rename, entry=entry)
+    @classmethod
+    def from_arrays(cls, cfg: ModelConfig, arrays: dict) -> "SonichuModel":
+        """A model in eval mode whose every variable comes from ``arrays`` (keys = Flax paths)."""
+        model = filled(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0))), arrays)
+        model.eval()
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json + flax_model.safetensors (Flax layout)."""
-        from sonichu_jax.checkpoint import save_flax
-
         save_flax(self, directory)
+
+
+def _inference_copy(graphdef, state) -> SonichuModel:
+    """The traced copy the jitted entry points run, in eval mode (BatchNorm's running
+    statistics) whatever mode the caller's model is in; the caller's model is untouched."""
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    return model
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _jit_heatmaps(graphdef, state, pixel_values, task):
-    return nnx.merge(graphdef, state).forward_heatmaps(pixel_values, task)
+    return _inference_copy(graphdef, state).forward_heatmaps(pixel_values, task)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _jit_predict(graphdef, state, pixel_values, task, tta):
-    return nnx.merge(graphdef, state).forward_predict(pixel_values, task, tta)
+    return _inference_copy(graphdef, state).forward_predict(pixel_values, task, tta)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _jit_embed(graphdef, state, pixel_values, pool):
-    return nnx.merge(graphdef, state).forward_embed(pixel_values, pool)
+    return _inference_copy(graphdef, state).forward_embed(pixel_values, pool)
 
 
 def count_params(model: nnx.Module) -> int:

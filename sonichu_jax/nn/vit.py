@@ -18,6 +18,16 @@ class FixedEmbedding(nnx.Variable):
     """A table that is part of the state (saved, converted, sharded) but never trained."""
 
 
+FSDP = "fsdp"  # the mesh axis that parameters are split over (sonichu_jax.train.mesh)
+
+
+def fsdp(*axes) -> dict:
+    """Variable metadata: the partition spec ``axes`` (a mesh axis or None per dimension:
+    FSDP on the largest one) that `nnx.get_partition_spec` reads. Nothing is placed when
+    the module is built; a run, or a researcher's own code, places the state from it."""
+    return {"out_sharding": axes, "eager_sharding": False}
+
+
 class PatchEmbed(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         pad = cfg.patch_padding
@@ -30,6 +40,8 @@ class PatchEmbed(nnx.Module):
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=jnp.float32,
             rngs=rngs,
+            kernel_metadata=fsdp(None, None, None, FSDP),
+            bias_metadata=fsdp(FSDP),
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -72,8 +84,10 @@ class Attention(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         self.num_heads = cfg.num_heads
         self.kind = cfg.attention
-        self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, use_bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
-        self.proj = nnx.Linear(cfg.width, cfg.width, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, use_bias=cfg.qkv_bias, dtype=dtype, rngs=rngs,
+                              kernel_metadata=fsdp(None, FSDP), bias_metadata=fsdp(FSDP))
+        self.proj = nnx.Linear(cfg.width, cfg.width, dtype=dtype, rngs=rngs, kernel_metadata=fsdp(FSDP, None),
+                               bias_metadata=fsdp(FSDP))
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         """``valid`` (B, T) bool, optional: tokens that may be attended to. Padding tokens
@@ -93,15 +107,18 @@ class Mlp(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         hidden = int(cfg.width * cfg.mlp_ratio)
-        self.fc1 = nnx.Linear(cfg.width, hidden, dtype=dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, cfg.width, dtype=dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(cfg.width, hidden, dtype=dtype, rngs=rngs, kernel_metadata=fsdp(None, FSDP),
+                              bias_metadata=fsdp(FSDP))
+        self.fc2 = nnx.Linear(hidden, cfg.width, dtype=dtype, rngs=rngs, kernel_metadata=fsdp(FSDP, None),
+                              bias_metadata=fsdp(FSDP))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
 def layer_norm(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(cfg.width, epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    return nnx.LayerNorm(cfg.width, epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
+                         scale_metadata=fsdp(FSDP), bias_metadata=fsdp(FSDP))
 
 
 class Block(nnx.Module):
@@ -148,11 +165,11 @@ class VisionTransformer(nnx.Module):
         self.patch_embed = PatchEmbed(cfg, rngs=rngs)
         n = cfg.num_patches
         if cfg.pos_embed == "sincos":
-            self.pos_embed = FixedEmbedding(jnp.asarray(sincos_2d_table(cfg.width, cfg.grid))[None])
+            self.pos_embed = FixedEmbedding(jnp.asarray(sincos_2d_table(cfg.width, cfg.grid))[None], **fsdp(None, None, FSDP))
         else:
             slots = n + 1 if cfg.pos_embed == "learned_cls_folded" else n
             init = nnx.initializers.truncated_normal(stddev=0.02)
-            self.pos_embed = nnx.Param(init(rngs.params(), (1, slots, cfg.width), jnp.float32))
+            self.pos_embed = nnx.Param(init(rngs.params(), (1, slots, cfg.width), jnp.float32), **fsdp(None, None, FSDP))
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
         self.norm = layer_norm(cfg, rngs=rngs)
 
