@@ -115,6 +115,10 @@ def plan_model(
     inferred and ``read_values``), how ``ckpt`` fills a Sonichu model (and, with
     ``with_predictor``, an I-JEPA predictor the checkpoint holds)."""
     chosen = detect_layout(ckpt.source, layout)
+    if chosen.infer is None and not ckpt.config:  # else a ViT-B default, and a shape line per tensor
+        missing = os.path.join(ckpt.directory or os.path.dirname(os.path.abspath(ckpt.weights)), CONFIG_NAME)
+        raise InputError(f"{missing} is missing: the architecture of a {chosen.name}-layout checkpoint is read from "
+                         "it, not from tensor shapes; put the config.json written with these weights beside them")
     try:
         inferred = infer_config(ckpt.source, chosen, ckpt.config, task_name, Options(encoder=encoder),
                                 overrides=overrides, read_values=read_values)

@@ -41,7 +41,8 @@ def test_topology_names(name, expected):
     ("tpu", "not GEN:AxBxC or GEN-N; examples"),
     ("v5p:4x4", "v5p slices have 3 axes"),
     ("v5p-12", "only power-of-two slices"),
-    ("cpu:0", "cpu:N with N >= 1"),
+    ("cpu:0", "cpu:N with 1 <= N <= 512"),
+    ("cpu:8192", "cpu:N with 1 <= N <= 512"),
 ])
 def test_bad_topology_names_say_what_is_known(name, message):
     with pytest.raises(InputError, match=message):

@@ -21,6 +21,7 @@ import ast
 import dataclasses
 import importlib.util
 import os
+import traceback
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 
 from sonichu_jax.config import ModelConfig
 
-from sonichu_jax.errors import ConfigError
+from sonichu_jax.errors import ConfigError, SonichuError
 
 
 @dataclass(frozen=True)
@@ -435,14 +436,25 @@ def load_config_file(path: str | os.PathLike) -> TeacherConfig:
     """Execute a config file (a path, or the name of a bundled config) and return its
     ``get_config()``."""
     path = resolve_config_path(path)
+    if not path.endswith(".py"):
+        raise ConfigError(f"config file {path} is not a .py file defining get_config()")
     name = "sonichu_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if get_config is None:
-        raise ConfigError(f"{path} defines no get_config()")
-    config = get_config()
+    try:
+        spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if get_config is None:
+            raise ConfigError(f"{path} defines no get_config()")
+        config = get_config()
+    except SonichuError:
+        raise
+    except Exception as exc:  # the user's code: its line, not our traceback
+        syntax = isinstance(exc, SyntaxError)
+        lines = [exc.lineno] if syntax else [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+                                             if os.path.exists(f.filename) and os.path.samefile(f.filename, path)]
+        where = f", line {lines[-1]}" if lines else ""
+        raise ConfigError(f"config file {path}{where}: {type(exc).__name__}: {exc.msg if syntax else exc}") from None
     if not dataclasses.is_dataclass(config):
         raise ConfigError(f"{path}: get_config() must return a config dataclass, got {type(config).__name__}")
     return config

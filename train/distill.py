@@ -66,6 +66,8 @@ def resolve_teacher_dir(path: str) -> str:
         return exported
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
+    if not os.path.exists(path):
+        raise InputError(f"teacher not found: {path}")
     raise InputError(f"teacher {path} holds no config.json (nor model/config.json of a finished run)")
 
 

@@ -129,8 +129,8 @@ def run(stage: Stage, out_dir: str | os.PathLike, *, resume: bool = False, stop_
     many steps as if preempted (checkpoint saved), for tests and time-boxed jobs; ``sinks``
     receive every metrics window and validation besides ``metrics.jsonl`` and the console."""
     driver = _Run(stage, RunDir(out_dir), resume, sinks)
-    driver.prepare()
     try:
+        driver.prepare()
         driver.start()
         driver.train(stop_after)
         return driver.finish()
@@ -158,6 +158,8 @@ class _Run:
         config = stage.config.validate()
         distributed.start(config.distributed)
         self.primary = jax.process_index() == 0
+        if self.primary:  # one lock per run, however many hosts
+            self.run_dir.lock(self.say)
         saved = self.run_dir.check(self.resume)
         self.mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
         mesh_lib.check_batch(config.data.batch_size, self.mesh)
@@ -184,6 +186,8 @@ class _Run:
             is_finite = jax.jit(all_finite)
             restored = self.ckpt.restore_latest(self.program.state, self.batches,
                                                 lambda s: bool(jax.device_get(is_finite(s))), self.say)
+            if not restored:
+                self.run_dir.check_restart()
             self.say(f"resumed from step {restored[1]}" if restored else "no intact checkpoint: starting at step 0")
         # A fresh state first: a failing initialisation (say, a wrong init.path) leaves no
         # checkpoints/ behind that would make the directory look like a run.
@@ -302,3 +306,4 @@ class _Run:
             self.ckpt.close()
         for sink in self.sinks:
             sink.close()
+        self.run_dir.unlock()

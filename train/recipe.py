@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import jax
 
-from sonichu_jax.errors import InputError
+from sonichu_jax.errors import InputError, SonichuError
 from sonichu_jax.evaluation import MREReport
+from sonichu_jax.fileio import check_output
 from sonichu_jax.report import write_report
 from sonichu_jax.train import presets
 from sonichu_jax.train.configlib import InitConfig, PseudoLabelSet
@@ -65,12 +66,35 @@ class DemoResult:
     artefacts: dict[str, str] = field(default_factory=dict)  # what else a stage left (backbone, pseudo-labels)
 
 
+# What the demo writes in its folder: ``force`` replaces these and nothing else.
+DEMO_ENTRIES = ("data", "ijepa", "pseudo", "teachers", "student", "untrained", "overlays", "report.html",
+                "results.json", "jax_cache")
+
+
+class Stopped(SonichuError):
+    """A signal stopped a stage (its checkpoint saved): the demo ends too, 128 + signal."""
+
+    def __init__(self, what: str, signum: int):
+        super().__init__(f"stopped by signal {signum} during {what}; the demo's later stages did not run")
+        self.exit_code = 128 + signum
+
+
+def went_on(result, what: str) -> None:
+    if result.signal:
+        raise Stopped(what, result.signal)
+
+
 def prepare_out(out: str, force: bool) -> str:
-    out = os.path.abspath(out)
+    out = check_output(out, what="demo folder", folder=True)
     if os.path.exists(out) and os.listdir(out):
         if not force:
             raise InputError(f"{out} already exists and is not empty; choose another directory, or replace it (force)")
-        shutil.rmtree(out)
+        for name in DEMO_ENTRIES:  # links are removed, never followed
+            path = os.path.join(out, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
     os.makedirs(out, exist_ok=True)
     # Teachers share one architecture, so their programs are identical: compile once.
     jax.config.update("jax_compilation_cache_dir", os.path.join(out, "jax_cache"))
@@ -100,8 +124,8 @@ def pretrain_backbone(out: str, profile: Profile, data: dict[str, str]) -> str:
 
     stage("2/6 I-JEPA pretraining on the unlabelled frames")
     ijepa_dir = os.path.join(out, "ijepa")
-    pretrain(presets.tiny_ijepa(profile.tasks, profile.pretrain_steps), os.path.join(data["unlabelled"], "images"),
-             ijepa_dir)
+    went_on(pretrain(presets.tiny_ijepa(profile.tasks, profile.pretrain_steps),
+                     os.path.join(data["unlabelled"], "images"), ijepa_dir), "pretraining")
     return os.path.join(ijepa_dir, BACKBONE_DIR)
 
 
@@ -124,7 +148,7 @@ def train_teachers(out: str, profile: Profile, data: dict[str, str], backbone: s
         print(f"--- {name}: {'I-JEPA backbone' if from_backbone else 'random init'}, "
               f"{'labels + pseudo-labels' if use_pseudo else 'labels only'}, {weighting} task sampling")
         run_dir = os.path.join(out, "teachers", name)
-        train_teacher(config, data["train"], run_dir)
+        went_on(train_teacher(config, data["train"], run_dir), f"teacher {name}")
         run_dirs.append(run_dir)
         if not os.path.exists(pseudo_path):
             write_pseudo(run_dir, name, data["unlabelled"], config, pseudo_path)
@@ -154,7 +178,7 @@ def distill_student(out: str, profile: Profile, data: dict[str, str], backbone: 
         data=dataclasses.replace(config.data, pseudo_labels=(PseudoLabelSet(pseudo_path),)),
         log=dataclasses.replace(config.log, eval_at_start=False, eval_every_steps=profile.eval_every), seed=10,
     )
-    distill(config, teacher_dirs, data["train"], student_dir)
+    went_on(distill(config, teacher_dirs, data["train"], student_dir), "distillation")
     return os.path.join(student_dir, "model")
 
 
