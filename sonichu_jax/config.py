@@ -24,6 +24,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_KINDS = ("none", "block", "block_save_dots")
 ATTENTION_KINDS = ("auto", "xla", "cudnn", "heads_major", "splash")
 HEAD_CONV_KINDS = ("matmul", "conv")
+DECODERS = ("soft_argmax", "argmax")  # heatmaps -> xy (sonichu_jax.nn.vitpose.decode)
 COMPUTE_FIELDS = ("dtype", "remat", "attention", "head_conv")
 
 CONFIG_NAME = "config.json"
@@ -92,6 +93,7 @@ class ModelConfig:
     num_deconv: int = 2
     batch_norm_eps: float = 1e-5
     softargmax_beta: float = 1.0
+    decoder: str = "soft_argmax"
     dtype: str = "float32"  # compute dtype; parameters are always float32
     # Compute options (COMPUTE_FIELDS). remat: recompute each transformer block in the
     # backward pass ("block"), or all but its matmuls ("block_save_dots"), to fit larger
@@ -125,6 +127,7 @@ class ModelConfig:
             ("remat", self.remat, REMAT_KINDS),
             ("attention", self.attention, ATTENTION_KINDS),
             ("head_conv", self.head_conv, HEAD_CONV_KINDS),
+            ("decoder", self.decoder, DECODERS),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")

@@ -84,7 +84,7 @@ def test_teacher_trains_from_a_pack_with_the_png_folders_losses(femur, tmp_path)
     """Same seed, same records in the same order, bit-identical pixels: the per-step losses
     agree to float32 rounding (rtol 1e-6; measured: identical)."""
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     pack = tmp_path / "pack"
     assert main(["pack", femur, "--out", str(pack), "--quiet"]) == 0

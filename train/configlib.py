@@ -36,14 +36,28 @@ from sonichu_jax.errors import ConfigError, SonichuError
 class InitConfig:
     """Where the weights start: ``scratch``; ``pretrained`` (a whole SonichuModel
     checkpoint dir, e.g. converted PyTorch weights); ``backbone`` (only the encoder of a
-    checkpoint dir, e.g. an I-JEPA backbone; heads start random)."""
+    checkpoint dir, e.g. an I-JEPA backbone; heads start random). ``new_heads=fresh``
+    lets ``pretrained`` start the configured tasks the checkpoint lacks from new heads."""
 
     kind: str = "scratch"
     path: str = ""
+    new_heads: str = "refuse"
 
     def __post_init__(self):
         if self.kind not in ("scratch", "pretrained", "backbone"):
             raise ConfigError(f"init.kind must be scratch, pretrained or backbone, got {self.kind!r}")
+        require(self.new_heads in ("refuse", "fresh"), "init.new_heads", self.new_heads, "refuse or fresh")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The objective (`sonichu_jax.train.objectives`): ``l1``, ``heatmap_mse``,
+    ``l1+heatmap_mse`` or ``module:Factory``; ``sigma`` is the Gaussian targets' width in
+    heatmap pixels, ``heatmap_weight`` the heatmap term's weight beside L1."""
+
+    kind: str = "l1"
+    sigma: float = 2.0
+    heatmap_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,7 @@ class TeacherConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -150,8 +165,12 @@ class TeacherConfig:
     def validate(self) -> "TeacherConfig":
         """Check the values together (the overrides applied); raises `ConfigError`."""
         from sonichu_jax.data.pipeline import WEIGHTINGS
+        from sonichu_jax.train.objectives import objective_factory
 
         validate_run(self)
+        objective_factory(self.loss.kind)
+        require(self.loss.sigma > 0, "loss.sigma", self.loss.sigma, "> 0")
+        require(self.loss.heatmap_weight >= 0, "loss.heatmap_weight", self.loss.heatmap_weight, ">= 0")
         d, o = self.data, self.optim
         require(d.batch_size >= 1, "data.batch_size", d.batch_size, ">= 1")
         require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")

@@ -52,8 +52,8 @@ class Program(NamedTuple):
     """What a stage builds for the driver."""
 
     state: Any  # the abstract train state with shardings: the restore target
-    step: Callable  # jitted ``step(state, batch, *extra) -> (state, metrics)``, state donated
-    extra: tuple = ()  # further (placed) step inputs
+    step: Callable  # jitted ``step(state, batch, *aux) -> (state, metrics)``, state donated
+    aux: tuple = ()  # further (placed) step inputs
 
 
 class Stage:
@@ -219,7 +219,7 @@ class _Run:
                 self.profile.before_step(self.step + 1)
                 local = next(self.batches)
                 batch = mesh_lib.global_batch(self.mesh, {k: local[k] for k in self.stage.batch_keys})
-                self.state, metrics = self.program.step(self.state, batch, *self.program.extra)
+                self.state, metrics = self.program.step(self.state, batch, *self.program.aux)
                 self.step += 1
                 self.profile.after_step(self.step, self.state)
                 self.buffer.add(self.step, metrics)

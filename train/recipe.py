@@ -131,7 +131,7 @@ def pretrain_backbone(out: str, profile: Profile, data: dict[str, str]) -> str:
 
 def train_teachers(out: str, profile: Profile, data: dict[str, str], backbone: str, pseudo_path: str) -> list[str]:
     """The teachers in order; the first one writes the pseudo-labels the others read."""
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     stage(f"3/6 {len(TEACHERS)} teachers")
     run_dirs = []

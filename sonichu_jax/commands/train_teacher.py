@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.train.configlib import TeacherConfig
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     config = load_run_config(args, TeacherConfig)
     return report(run_stage(lambda: train_teacher(config, args.data, args.out, resume=args.resume), args.out))

@@ -172,3 +172,30 @@ def soft_argmax(heatmaps: jax.Array, beta: float = 1.0) -> jax.Array:
     x = jnp.einsum("bwk,w->bk", probs.sum(axis=1), xs)
     y = jnp.einsum("bhk,h->bk", probs.sum(axis=2), ys)
     return jnp.stack([x, y], axis=-1)
+
+
+def argmax_decode(heatmaps: jax.Array) -> jax.Array:
+    """(B, h, w, K) -> (B, K, 2) normalised xy: the heatmap maximum moved a quarter pixel
+    towards its higher neighbour on each axis, where both neighbours exist (mmpose 0.x
+    ``keypoints_from_heatmaps``, post_process="default", which ViTPose evaluates with)."""
+    hm = heatmaps.astype(jnp.float32)
+    b, h, w, k = hm.shape
+    flat = jnp.moveaxis(hm, 3, 1).reshape(b, k, h * w)
+    idx = jnp.argmax(flat, axis=-1)
+    py, px = idx // w, idx % w
+
+    def at(dy, dx):
+        return jnp.take_along_axis(flat, (jnp.clip(py + dy, 0, h - 1) * w + jnp.clip(px + dx, 0, w - 1))[..., None],
+                                   axis=-1)[..., 0]
+
+    inside = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
+    sx = jnp.where(inside, jnp.sign(at(0, 1) - at(0, -1)), 0.0) * 0.25
+    sy = jnp.where(inside, jnp.sign(at(1, 0) - at(-1, 0)), 0.0) * 0.25
+    return jnp.stack([(px + sx + 0.5) / w, (py + sy + 0.5) / h], axis=-1)
+
+
+def decode(heatmaps: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Heatmaps -> normalised xy with the model's configured decoder (``cfg.decoder``)."""
+    if cfg.decoder == "argmax":
+        return argmax_decode(heatmaps)
+    return soft_argmax(heatmaps, cfg.softargmax_beta)
