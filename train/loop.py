@@ -165,7 +165,8 @@ class _Run:
         mesh_lib.check_batch(config.data.batch_size, self.mesh)
         mesh_lib.local_batch_size(config.data.batch_size)
         config, per_epoch = resolve_schedule(config, stage.examples())
-        note = check_resume(saved, to_dict(config), str(self.run_dir)) if saved is not None else None
+        note = None if saved is None else check_resume(saved, to_dict(config), str(self.run_dir),
+                                                       defaults=to_dict(type(config)()))
         stage.config = self.config = config
         self.say(distributed.banner(stage.name, self.mesh, config.data.batch_size, config.steps, per_epoch))
         for line in (distributed.shared_storage_note(str(self.run_dir)), note):

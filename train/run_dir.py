@@ -215,12 +215,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 _ABSENT = "(absent)"
 
 
-def check_resume(saved: dict, new: dict, run: str) -> str | None:
+def check_resume(saved: dict, new: dict, run: str, defaults: dict | None = None) -> str | None:
     """Compare a run's saved config with the config it is resumed with (both in their
     JSON form). Architecture, data, optimiser, seed and batch changes, and a shorter
     schedule, raise one `ConfigError` naming every differing key with both values; a
-    longer schedule returns the line that says so."""
+    longer schedule returns the line that says so. A key the saved config lacks (a run
+    written before that field existed) matches its value in ``defaults``."""
     old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
+    for key, value in _flatten(json.loads(json.dumps(defaults or {}))).items():
+        old.setdefault(key, value)
     changed = {k: (old.get(k, _ABSENT), now.get(k, _ABSENT)) for k in old.keys() | now.keys()
                if old.get(k, _ABSENT) != now.get(k, _ABSENT)}
     refused = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE + COMPUTE_KEYS) and k not in SCHEDULE_KEYS}
