@@ -85,7 +85,7 @@ class RunDir:
                 raise InputError(f"{self} already holds a run ({', '.join(found)}); resume it, "
                                  "or choose another output directory")
             return None
-        if not self.path.exists():
+        if not self.path.exists() or self.created:  # `lock` made it just now
             raise InputError(f"cannot resume {self}: it does not exist")
         if CONFIG_FILE not in found:
             raise InputError(f"cannot resume {self}: it holds no run ({CONFIG_FILE} is missing)")
@@ -213,17 +213,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 _ABSENT = "(absent)"
+# Keys added after runs were first saved: a saved config without them ran as their default.
+ADDED_LATER = ("loss.", "model.decoder")
 
 
 def check_resume(saved: dict, new: dict, run: str, defaults: dict | None = None) -> str | None:
     """Compare a run's saved config with the config it is resumed with (both in their
     JSON form). Architecture, data, optimiser, seed and batch changes, and a shorter
     schedule, raise one `ConfigError` naming every differing key with both values; a
-    longer schedule returns the line that says so. A key the saved config lacks (a run
-    written before that field existed) matches its value in ``defaults``."""
+    longer schedule returns the line that says so. A key of ``ADDED_LATER`` that the saved
+    config lacks (a run written before it existed) takes its value in ``defaults``."""
     old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
     for key, value in _flatten(json.loads(json.dumps(defaults or {}))).items():
-        old.setdefault(key, value)
+        if key.startswith(ADDED_LATER):
+            old.setdefault(key, value)
     changed = {k: (old.get(k, _ABSENT), now.get(k, _ABSENT)) for k in old.keys() | now.keys()
                if old.get(k, _ABSENT) != now.get(k, _ABSENT)}
     refused = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE + COMPUTE_KEYS) and k not in SCHEDULE_KEYS}
