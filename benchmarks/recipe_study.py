@@ -20,8 +20,8 @@ more unlabelled frames; a held-out test set scored against the true keypoints):
 Writes ``--json`` (one row per seed and model), ``OUT/table.md`` (mean +- standard
 deviation over seeds), ``OUT/analysis.json`` (why an effect does or does not appear:
 teachers' error correlation, bias and spread of their errors, pseudo-label distance to
-the truth per regime, what the teacher term adds) and ``OUT/report.html``
-(`sonichu-jax report` of every run). Scale up with ``--labels``, ``--unlabelled``,
+the truth per regime, what the teacher term adds) and ``OUT/seed*/report.html``
+(`sonichu-jax report` of every run, one per seed). Scale up with ``--labels``, ``--unlabelled``,
 ``--*-steps``, ``--set``/``--pretrain-set`` (config overrides, e.g.
 ``--set model.width=192 --pretrain-set model.width=192``).
 """
@@ -364,8 +364,9 @@ def main(argv=None) -> int:
     write_json(os.path.join(args.out, "analysis.json"), {"settings": vars(args), "minutes": minutes,
                                                          "seeds": {str(k): v for k, v in analysis.items()}})
     write_json(args.json or os.path.join(args.out, "study.json"), rows)
-    report = write_report(runs, os.path.join(args.out, "report.html"), progress=False).path
-    print(f"rows: {args.json or os.path.join(args.out, 'study.json')}\nreport: {report}")
+    print(f"rows: {args.json or os.path.join(args.out, 'study.json')}")
+    for root in runs:  # one page per seed: each seed has its own data
+        print(f"report: {write_report([root], os.path.join(root, 'report.html'), progress=False).path}", flush=True)
     return 0
 
 

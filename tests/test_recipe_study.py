@@ -52,7 +52,7 @@ def test_rows_schema_and_names(study):
     analysis = json.loads((study / "runs" / "analysis.json").read_text())["seeds"]["0"]
     assert -1 <= analysis["error_correlation_mean"] <= 1 and 0 <= analysis["spread_share"] <= 1
     assert set(REGIMES) <= set(analysis["pseudo_labels"]) and "labelled" in analysis["teacher_term"]
-    assert (study / "runs" / "report.html").exists()
+    assert (study / "runs" / "seed0" / "report.html").exists()
 
 
 def test_summary_is_mean_and_sample_std():
