@@ -60,6 +60,8 @@ def parse_args(argv):
     parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default="runs/recipe_study", help="run folders, table, analysis, report")
     parser.add_argument("--json", help="the rows as JSON (default OUT/study.json)")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="score the seeds' finished runs in --out again (same settings), train nothing")
     args = parser.parse_args(argv)
     if len(args.labels) != len(args.tasks):
         parser.error(f"--labels needs one count per task ({len(args.tasks)}), got {len(args.labels)}")
@@ -82,21 +84,31 @@ def profile_of(args):
 def run_seed(args, profile, seed: int) -> dict:
     from sonichu_jax.train import recipe
 
-    root = os.path.join(args.out, f"seed{seed}")
-    data = recipe.write_data(os.path.join(root, "data"), profile.tasks, dict(zip(profile.tasks, profile.n_train)),
-                             profile.n_unlabelled, profile.n_test, seed)
+    run = seed_paths(args, seed)
+    if args.evaluate_only:
+        return run
+    root, pseudo_dir = run["root"], run["pseudo_dir"]
+    data = recipe.write_data(run["data"]["train"].rsplit(os.sep, 1)[0], profile.tasks,
+                             dict(zip(profile.tasks, profile.n_train)), profile.n_unlabelled, profile.n_test, seed)
     backbone = recipe.pretrain_backbone(root, profile, data)
-    pseudo_dir = os.path.join(root, "pseudo")
     teachers = recipe.train_teachers(root, profile, data, backbone, pseudo_dir)
-    scratch = recipe.train_teachers(root, profile, data, None, pseudo_dir, regimes=REGIMES, folder="scratch")
+    recipe.train_teachers(root, profile, data, None, pseudo_dir, regimes=REGIMES, folder="scratch")
     five = [teachers[r] for r in REGIMES]
-    student = recipe.distill_student(root, profile, data, backbone, five, pseudo_dir)
-    no_teacher = recipe.distill_student(root, profile, data, backbone, five, pseudo_dir, teacher_weight=0.0,
-                                        folder="student_no_teacher")
-    models = {f"teacher:{r}": os.path.join(teachers[r], "model") for r in REGIMES}
-    models.update({f"scratch:{r}": os.path.join(scratch[r], "model") for r in REGIMES})
-    models.update({"student": student, "student:no_teacher": no_teacher})
-    return {"root": root, "data": data, "pseudo_dir": pseudo_dir, "models": models, "backbone": backbone}
+    recipe.distill_student(root, profile, data, backbone, five, pseudo_dir)
+    recipe.distill_student(root, profile, data, backbone, five, pseudo_dir, teacher_weight=0.0,
+                           folder="student_no_teacher")
+    return run
+
+
+def seed_paths(args, seed: int) -> dict:
+    """Where a seed's data and runs go (the layout of `sonichu_jax.train.recipe`)."""
+    root = os.path.join(args.out, f"seed{seed}")
+    models = {f"teacher:{r}": os.path.join(root, "teachers", r, "model") for r in REGIMES}
+    models.update({f"scratch:{r}": os.path.join(root, "scratch", r, "model") for r in REGIMES})
+    models.update({"student": os.path.join(root, "student", "model"),
+                   "student:no_teacher": os.path.join(root, "student_no_teacher", "model")})
+    data = {split: os.path.join(root, "data", split) for split in ("train", "unlabelled", "test")}
+    return {"root": root, "data": data, "pseudo_dir": os.path.join(root, "pseudo"), "models": models}
 
 
 # ---------------------------------------------------------------------------------------
@@ -342,8 +354,10 @@ def main(argv=None) -> int:
     profile = profile_of(args)
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
-    # Every teacher of a seed has one architecture: compile once, for all seeds.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(args.out, "jax_cache"))
+    # Every teacher of a seed has one architecture: compile once, for all seeds (into the
+    # cache a caller, such as the test session, already set up, if any).
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(args.out, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     rows, analysis, runs = [], {}, []
     for seed in args.seeds:

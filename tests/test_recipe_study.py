@@ -22,9 +22,10 @@ NAMES = (["untrained"] + [f"teacher:{r}" for r in REGIMES] + ["best_teacher", "e
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
+    """The demo's tasks: the programs the quick demo compiled come from the session cache."""
     out = tmp_path_factory.mktemp("study")
     code = recipe_study.main([
-        "--seeds", "0", "--tasks", "HC", "FUGC", "--labels", "14", "10", "--unlabelled", "10", "--test", "4",
+        "--seeds", "0", "--tasks", "HC", "fetal_femur", "--labels", "14", "10", "--unlabelled", "10", "--test", "4",
         "--pretrain-steps", "3", "--teacher-steps", "4", "--student-steps", "4", "--eval-every", "4",
         "--out", str(out / "runs"), "--json", str(out / "study.json"),
     ])
@@ -37,7 +38,7 @@ def test_rows_schema_and_names(study):
     assert [r["model"] for r in rows] == NAMES
     for r in rows:
         assert {"seed", "model", "weighted_mre", "unweighted_mre", "per_task"} <= set(r), r
-        assert r["seed"] == 0 and set(r["per_task"]) == {"HC", "FUGC"}
+        assert r["seed"] == 0 and set(r["per_task"]) == {"HC", "fetal_femur"}
         assert np.isfinite(r["weighted_mre"]) and np.isfinite(r["unweighted_mre"])
         # unweighted = the mean of the task MREs
         assert r["unweighted_mre"] == pytest.approx(np.mean(list(r["per_task"].values())), rel=1e-6)
