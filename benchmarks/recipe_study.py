@@ -18,12 +18,14 @@ more unlabelled frames; a held-out test set scored against the true keypoints):
    the teachers' weight average (soup), the scratch teachers, the no-teacher student.
 
 Writes ``--json`` (one row per seed and model), ``OUT/table.md`` (mean +- standard
-deviation over seeds), ``OUT/analysis.json`` (why an effect does or does not appear:
-teachers' error correlation, bias and spread of their errors, pseudo-label distance to
-the truth per regime, what the teacher term adds) and ``OUT/seed*/report.html``
-(`sonichu-jax report` of every run, one per seed). Scale up with ``--labels``, ``--unlabelled``,
-``--*-steps``, ``--set``/``--pretrain-set`` (config overrides, e.g.
-``--set model.width=192 --pretrain-set model.width=192``).
+deviation over seeds, and the issue's goals), ``OUT/seed*/analysis.json`` (why an effect
+does or does not appear: teachers' error correlation, bias and spread of their errors,
+pseudo-label distance to the truth per regime, what the teacher term adds) and
+``OUT/seed*/report.html`` (`sonichu-jax report` of the seed's runs). Scale up with
+``--labels``, ``--unlabelled``, ``--*-steps``, ``--set``/``--pretrain-set`` (config
+overrides, e.g. ``--set model.width=192 --pretrain-set model.width=192``). Seeds can run
+as separate processes (``--seeds 1 --json rows1.json`` each, same ``--out``) and be
+joined with ``--merge rows0.json rows1.json ...``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def parse_args(argv):
     parser.add_argument("--json", help="the rows as JSON (default OUT/study.json)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score the seeds' finished runs in --out again (same settings), train nothing")
+    parser.add_argument("--merge", nargs="+", metavar="ROWS.json",
+                        help="train nothing: join the rows of runs made one seed at a time into --json and the table")
     args = parser.parse_args(argv)
     if len(args.labels) != len(args.tasks):
         parser.error(f"--labels needs one count per task ({len(args.tasks)}), got {len(args.labels)}")
@@ -239,7 +243,11 @@ def pseudo_quality(profile, run) -> dict:
     out = {}
     for path in sorted(os.listdir(run["pseudo_dir"])):
         records = list(load_source(os.path.join(run["pseudo_dir"], path), tasks=tasks, log=None))
-        out[path] = {"written": len(records), "to_truth_px": distance(records)}
+        errors = [np.linalg.norm(r.keypoints - truth[r.source_id].keypoints, axis=-1).mean() for r in records]
+        # does the flip disagreement (the regimes' confidence) track the pseudo-label's error?
+        corr = np.corrcoef([r.confidence for r in records], errors)[0, 1] if len(records) > 2 else float("nan")
+        out[path] = {"written": len(records), "to_truth_px": distance(records),
+                     "confidence_error_correlation": float(corr)}
     for regime in REGIMES:
         config = recipe.regime_config(regime, profile, None, run["pseudo_dir"])
         kept = []
@@ -354,6 +362,9 @@ def main(argv=None) -> int:
     profile = profile_of(args)
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
+    if args.merge:
+        rows = [r for path in args.merge for r in json.load(open(path))]
+        return write_results(args, rows, None, sorted({r["seed"] for r in rows}))
     # Every teacher of a seed has one architecture: compile once, for all seeds (into the
     # cache a caller, such as the test session, already set up, if any).
     if not jax.config.jax_compilation_cache_dir:
@@ -368,19 +379,26 @@ def main(argv=None) -> int:
         rows += seed_rows
         runs.append(run["root"])
         print(f"\n=== seed {seed}: {analysis[seed]['minutes']:.1f} min", flush=True)
-    minutes = (time.perf_counter() - started) / 60
-    table = format_table(rows)
-    text = (f"{table}\n\nMean ± standard deviation over seeds {args.seeds}; MRE in pixels of the "
-            f"128 px test frames ({args.test} per task, flip TTA). {minutes:.1f} min.\n\n" + "\n".join(goals(rows)))
+    for seed in args.seeds:
+        write_json(os.path.join(args.out, f"seed{seed}", "analysis.json"), analysis[seed])
+    write_results(args, rows, (time.perf_counter() - started) / 60, args.seeds)
+    for root in runs:  # one page per seed: each seed has its own data
+        print(f"report: {write_report([root], os.path.join(root, 'report.html'), progress=False).path}", flush=True)
+    return 0
+
+
+def write_results(args, rows: list[dict], minutes: float | None, seeds) -> int:
+    """The rows (--json) and the table with the goals (OUT/table.md)."""
+    from sonichu_jax.fileio import write_json
+
+    took = f" {minutes:.1f} min." if minutes is not None else ""
+    text = (f"{format_table(rows)}\n\nMean ± standard deviation over seeds {list(seeds)}; MRE in pixels of the "
+            f"128 px test frames ({args.test} per task, flip TTA).{took}\n\n" + "\n".join(goals(rows)))
     print("\n" + text)
     with open(os.path.join(args.out, "table.md"), "w") as fh:
         fh.write(text + "\n")
-    write_json(os.path.join(args.out, "analysis.json"), {"settings": vars(args), "minutes": minutes,
-                                                         "seeds": {str(k): v for k, v in analysis.items()}})
     write_json(args.json or os.path.join(args.out, "study.json"), rows)
     print(f"rows: {args.json or os.path.join(args.out, 'study.json')}")
-    for root in runs:  # one page per seed: each seed has its own data
-        print(f"report: {write_report([root], os.path.join(root, 'report.html'), progress=False).path}", flush=True)
     return 0
 
 

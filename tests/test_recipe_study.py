@@ -50,7 +50,7 @@ def test_rows_schema_and_names(study):
     assert (by["ensemble:5"]["passes"], by["ensemble:4"]["passes"], by["student"]["passes"]) == (10, 8, 2)
     table = (study / "runs" / "table.md").read_text()
     assert all(f"| {n} |" in table for n in NAMES)
-    analysis = json.loads((study / "runs" / "analysis.json").read_text())["seeds"]["0"]
+    analysis = json.loads((study / "runs" / "seed0" / "analysis.json").read_text())
     assert -1 <= analysis["error_correlation_mean"] <= 1 and 0 <= analysis["spread_share"] <= 1
     assert set(REGIMES) <= set(analysis["pseudo_labels"]) and "labelled" in analysis["teacher_term"]
     assert (study / "runs" / "seed0" / "report.html").exists()
