@@ -1,7 +1,7 @@
 """Inference throughput: jitted JAX vs the PyTorch reference, same weights and inputs, one run.
 
     python benchmarks/bench_inference.py                       # card model, fp32, batch 1 and 8
-    python benchmarks/bench_inference.py --batch-sizes 256 --dtype bfloat16 --no-torch   # on a GPU
+    python benchmarks/bench_inference.py --batch-sizes 256 --dtype bfloat16 --torch-device cuda   # on a GPU
 
 Prints images/s (median over --repeats timed runs after warm-up), the JAX/PyTorch ratio, and
 for JAX the achieved FLOP/s from XLA's cost analysis (fraction of --peak-tflops if given).
@@ -21,6 +21,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "sonichu_jax", "reference"))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from devicestats import device_kind, peak_memory_gib, peak_tflops  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -42,7 +45,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true", help="time JAX only")
     parser.add_argument("--torch-threads", type=int, default=None, help="default: torch's own choice")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the fraction of peak")
+    parser.add_argument("--torch-device", default="cpu", help="where the PyTorch reference runs (cpu, cuda)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak, for the fraction of peak (default: the datasheet figure of a known GPU)")
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
 
@@ -67,9 +72,13 @@ def main(argv=None) -> int:
 
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
+        # JAX computes float32 matrix products on GPUs in TF32 by default; the same for torch.
+        torch.set_float32_matmul_precision("high")
         torch_model = ref.randomize_(ref.SonichuModel(cfg.to_dict()), seed=0).eval()
         torch_model.save_pretrained(workdir)
         jax_model = SonichuModel.from_pretrained(workdir, dtype=args.dtype)
+        torch_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+        torch_model = torch_model.to(args.torch_device, dtype=torch_dtype)
 
     rows = []
     for batch in args.batch_sizes:
@@ -93,13 +102,15 @@ def main(argv=None) -> int:
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", 0.0)) if cost else 0.0
         row = {"batch": batch, "dtype": args.dtype, "jax_img_s": batch / jax_s, "jax_compile_s": compile_s,
-               "gflop_per_img": flops / batch / 1e9, "jax_tflops": flops / jax_s / 1e12}
-        if args.peak_tflops:
-            row["fraction_of_peak"] = row["jax_tflops"] / args.peak_tflops
+               "gflop_per_img": flops / batch / 1e9, "jax_tflops": flops / jax_s / 1e12,
+               "jax_peak_memory_gib": peak_memory_gib()}
+        peak = peak_tflops(args.peak_tflops)
+        if peak:
+            row["fraction_of_peak"] = row["jax_tflops"] / peak
         if torch_model is not None:
             import torch
 
-            xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+            xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(args.torch_device, dtype=torch_dtype)
 
             def run_torch():
                 with torch.no_grad():
@@ -107,6 +118,8 @@ def main(argv=None) -> int:
                         torch_model.predict(xt, args.task, tta=True)
                     else:
                         torch_model.heatmaps(xt, args.task)
+                if args.torch_device.startswith("cuda"):
+                    torch.cuda.synchronize()
 
             run_torch()
             torch_s = _median_seconds(run_torch, args.repeats)
@@ -114,7 +127,7 @@ def main(argv=None) -> int:
             row["ratio"] = torch_s / jax_s
         rows.append(row)
 
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), config {args.config}, "
+    print(f"device: {device_kind()} ({jax.default_backend()}), torch on {args.torch_device}, config {args.config}, "
           f"task {args.task}, {'TTA predict' if args.tta else 'heatmaps'}, median of {args.repeats}")
     print(f"{'batch':>5} {'JAX img/s':>10} {'torch img/s':>12} {'JAX/torch':>10} {'GFLOP/img':>10} {'JAX TFLOP/s':>12}")
     for r in rows:
@@ -122,7 +135,8 @@ def main(argv=None) -> int:
               f"{r.get('ratio', float('nan')):>10.2f} {r['gflop_per_img']:>10.1f} {r['jax_tflops']:>12.3f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"config": args.config, "task": args.task, "tta": args.tta, "rows": rows}, fh, indent=2)
+            json.dump({"config": args.config, "task": args.task, "tta": args.tta, "device": device_kind(),
+                       "torch_device": args.torch_device, "rows": rows}, fh, indent=2)
     return 0
 
 

@@ -12,7 +12,10 @@ Random data (static shapes): this measures the step, not the input pipeline.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import sys
 import time
 
 import jax
@@ -27,6 +30,9 @@ from sonichu_jax.train.configlib import DataConfig, MeshConfig, OptimConfig, Tea
 from sonichu_jax.train.distill import Distillation, DistillSettings, stack_teachers, teacher_shardings
 from sonichu_jax.train.step import max_keypoints
 from sonichu_jax.train.supervised import build_trainer
+
+sys.path.insert(0, os.path.dirname(__file__))
+from devicestats import device_kind, peak_memory_gib, peak_tflops  # noqa: E402
 
 # About 3x the forward FLOPs; ViT-B/16 + one classic head is ~150 GFLOP/image/step
 # (docs/architecture.md). Used only for the MFU line.
@@ -52,9 +58,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--steps", type=int, default=30, help="timed steps after compilation")
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (card model only)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak for MFU (card model only; default: the datasheet figure of a known GPU)")
     parser.add_argument("--fsdp", type=int, default=1)
     parser.add_argument("--teachers", type=int, default=0, help="distillation step with this many frozen teachers")
+    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
     cfg = (tiny_config if args.model == "tiny" else card_config)(dtype=args.dtype)
@@ -74,7 +82,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     compiled = step.lower(state, batches[0], *aux).compile()
-    print(f"compile: {time.perf_counter() - t0:.1f} s  ({jax.devices()[0].device_kind}, {len(jax.devices())} devices)")
+    compile_s = time.perf_counter() - t0
+    print(f"compile: {compile_s:.1f} s  ({device_kind()}, {len(jax.devices())} devices)")
     mem = compiled.memory_analysis()
     if mem is not None:
         gib = 1 << 30
@@ -96,9 +105,20 @@ def main() -> None:
     kind = f"distillation from {args.teachers} teachers" if args.teachers else "teacher"
     print(f"{kind}, {args.model} batch {args.batch} {args.dtype}: median step {median * 1e3:.1f} ms "
           f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}), {args.batch / median:.1f} img/s")
-    if args.model == "card" and args.peak_tflops > 0:
-        achieved = (CARD_STEP_GFLOP + args.teachers * CARD_FORWARD_GFLOP) * args.batch / median / 1e3
-        print(f"model FLOPs: {achieved:.0f} TFLOP/s = {100 * achieved / args.peak_tflops:.1f} % of {args.peak_tflops:.0f}")
+    result = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "teachers": args.teachers,
+              "device": device_kind(), "devices": len(jax.devices()), "compile_s": compile_s,
+              "step_s": median, "img_per_s": args.batch / median, "peak_memory_gib": peak_memory_gib()}
+    peak = peak_tflops(args.peak_tflops)
+    if args.model == "card":
+        result["model_gflop_per_image"] = CARD_STEP_GFLOP + args.teachers * CARD_FORWARD_GFLOP
+        result["achieved_tflops"] = result["model_gflop_per_image"] * args.batch / median / 1e3
+        if peak:
+            result["peak_tflops"] = peak
+            result["mfu"] = result["achieved_tflops"] / peak / len(jax.devices())
+            print(f"model FLOPs: {result['achieved_tflops']:.0f} TFLOP/s = {100 * result['mfu']:.1f} % of {peak:.0f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
 
 
 if __name__ == "__main__":
