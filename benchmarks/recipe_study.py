@@ -150,7 +150,7 @@ def evaluate_seed(args, profile, seed: int, run: dict) -> tuple[list[dict], dict
     from sonichu_jax.data.sources import load_source
     from sonichu_jax.data.splits import fair_split
     from sonichu_jax.evaluation import predict_records, score
-    from sonichu_jax.metrics import ensemble
+    from sonichu_jax.evaluation import ensemble
     from sonichu_jax.train import recipe
 
     cfg = recipe.regime_config("R0", profile, None, "").model
@@ -267,7 +267,7 @@ def teacher_term(profile, seed, run, loaded, names) -> dict:
     from sonichu_jax.data.splits import fair_split
     from sonichu_jax.data.synthetic import generate_sample
     from sonichu_jax.evaluation import predict_records
-    from sonichu_jax.metrics import ensemble
+    from sonichu_jax.evaluation import ensemble
     from sonichu_jax.train import recipe
 
     tasks = recipe.regime_config("R0", profile, None, "").model.tasks
