@@ -6,7 +6,6 @@ parameters are addressed by '/'-joined state paths (``backbone/blocks/0/attn/qkv
 How checkpoints are found, read and checked is described in docs/checkpoints.md.
 """
 
-from sonichu_jax.convert.directory import Converted, convert_to_directory, write_pytorch
 from sonichu_jax.convert.files import (
     FLAX_WEIGHTS_NAME,
     TORCH_WEIGHTS_NAME,
@@ -17,7 +16,7 @@ from sonichu_jax.convert.files import (
 from sonichu_jax.convert.ijepa import IJepaWeights, load_ijepa
 from sonichu_jax.convert.infer import Inferred, infer_config
 from sonichu_jax.convert.inspection import inspect_checkpoint
-from sonichu_jax.convert.layout import (
+from sonichu_jax.convert.engine import (
     Layout,
     Options,
     Plan,
@@ -27,11 +26,11 @@ from sonichu_jax.convert.layout import (
     run_plan,
     strip_prefix,
 )
-from sonichu_jax.convert.layouts import LAYOUTS, detect_layout
+from sonichu_jax.convert.layouts import LAYOUTS, detect_layout, write_pytorch
 from sonichu_jax.convert.loading import ModelPlan, plan_model, read_model, state_defaults
-from sonichu_jax.convert.report import ConversionError, ConversionReport
+from sonichu_jax.convert.conversion_report import ConversionError, ConversionReport
 from sonichu_jax.convert.safetensors_io import SafetensorsSource, SafetensorsWriter, write_safetensors
-from sonichu_jax.convert.sources import ShardedSource, open_source
+from sonichu_jax.convert.weight_files import ShardedSource, open_source
 from sonichu_jax.convert.torch_io import TorchSource
 
 __all__ = [
@@ -41,7 +40,6 @@ __all__ = [
     "Checkpoint",
     "ConversionError",
     "ConversionReport",
-    "Converted",
     "IJepaWeights",
     "Inferred",
     "Layout",
@@ -53,7 +51,6 @@ __all__ = [
     "ShardedSource",
     "TorchSource",
     "convert_tensors",
-    "convert_to_directory",
     "detect_layout",
     "export_tensors",
     "infer_config",

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from sonichu_jax.config import CONFIG_NAME
 from sonichu_jax.convert.rename import RenamedSource, RuleSpec
-from sonichu_jax.convert.sources import INDEX_SUFFIX, open_source
+from sonichu_jax.convert.weight_files import INDEX_SUFFIX, open_source
 from sonichu_jax.errors import ConfigError, InputError
 
 FLAX_WEIGHTS_NAME = "flax_model.safetensors"

@@ -17,18 +17,21 @@ from typing import Sequence
 import numpy as np
 
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.convert.directory import PREDICTOR_CONFIG, PREDICTOR_WEIGHTS
 from sonichu_jax.convert.files import Checkpoint, open_checkpoint
 from sonichu_jax.convert.infer import infer_config, tensor_view
-from sonichu_jax.convert.layout import Options, convert_tensors
+from sonichu_jax.convert.engine import Options, convert_tensors
 from sonichu_jax.convert.layouts import IJEPA, detect_layout
 from sonichu_jax.convert.loading import state_defaults
 from sonichu_jax.convert.rename import RuleSpec
-from sonichu_jax.convert.report import ConversionError
+from sonichu_jax.convert.conversion_report import ConversionError
 from sonichu_jax.convert.safetensors_io import SafetensorsSource
 from sonichu_jax.convert.shapes import encoder_shapes, predictor_shapes
 from sonichu_jax.convert.transforms import CLASS_SLOT_OPTIONAL, position_table
 from sonichu_jax.errors import InputError
+
+# The I-JEPA predictor beside a converted encoder.
+PREDICTOR_WEIGHTS = "flax_predictor.safetensors"
+PREDICTOR_CONFIG = "predictor_config.json"
 
 Arrays = dict[str, np.ndarray]
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from sonichu_jax.config import CARD_TASKS, ModelConfig, TaskSpec
 from sonichu_jax.convert.config_json import ConfigJson, read_config_json
-from sonichu_jax.convert.layout import Layout, Options, TensorSource, strip_prefix
+from sonichu_jax.convert.engine import Layout, Options, TensorSource, strip_prefix
 from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.posembed import factor_grid, sincos_2d
 

@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from sonichu_jax.convert.files import open_checkpoint
-from sonichu_jax.convert.layout import strip_prefix
+from sonichu_jax.convert.engine import strip_prefix
 from sonichu_jax.convert.loading import plan_model
 from sonichu_jax.convert.rename import RuleSpec
 from sonichu_jax.convert.summary import group_apart, human_count, plural, tensor_tree, top_level

@@ -8,14 +8,15 @@ position-table transform on the grids.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Mapping
 
 import numpy as np
 
-from sonichu_jax.config import ModelConfig, card_config
+from sonichu_jax.config import CONFIG_NAME, ModelConfig, card_config
 from sonichu_jax.convert import infer
-from sonichu_jax.convert.layout import Layout, Options, strip_prefix
+from sonichu_jax.convert.engine import Layout, Options, export_tensors, strip_prefix
 from sonichu_jax.convert.rules import Ignore, Refuse, Rule
 from sonichu_jax.convert.transforms import (
     CLASS_SLOT_ALWAYS,
@@ -29,7 +30,11 @@ from sonichu_jax.convert.transforms import (
     LINEAR,
     position_table,
 )
+from sonichu_jax.convert.files import TORCH_WEIGHTS_NAME
+from sonichu_jax.convert.safetensors_io import write_safetensors
+from sonichu_jax.convert.summary import human_count, top_level
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import write_json
 
 _NORM_PARAMS = (("weight", "scale", IDENTITY), ("bias", "bias", IDENTITY))
 _BN_PARAMS = _NORM_PARAMS + (("running_mean", "mean", IDENTITY), ("running_var", "var", IDENTITY))
@@ -281,8 +286,6 @@ def layout_coverage(names, layout: Layout) -> tuple[int, list[str]]:
 
 def _no_layout(names: list[str], shapes: dict) -> InputError:
     """The error for names no layout recognises: what the file holds and the nearest layout."""
-    from sonichu_jax.convert.summary import human_count, top_level
-
     prefix = strip_prefix(names)
     stripped = [n[len(prefix) :] for n in names]
     groups = top_level({n: shapes.get(n, ()) for n in stripped})
@@ -315,3 +318,17 @@ def detect_layout(source, requested: str | None = None) -> Layout:
             return layout
     shapes = {n[len(prefix) :]: tuple(source.shape(n)) for n in names} if hasattr(source, "shape") else {}
     raise _no_layout(names, shapes)
+
+# The PyTorch layouts a model can be written in.
+EXPORT_LAYOUTS = ("sonichu", "hf-vitpose")
+
+
+def write_pytorch(flat: Mapping[str, np.ndarray], cfg: ModelConfig, directory: str | os.PathLike, layout: str) -> None:
+    """Flax arrays by path -> ``model.safetensors`` + ``config.json`` in ``layout``."""
+    if layout not in EXPORT_LAYOUTS:
+        raise InputError(f"cannot export to layout {layout!r}; choose one of {', '.join(EXPORT_LAYOUTS)}")
+    config = infer.hf_vitpose_config(cfg) if layout == "hf-vitpose" else cfg.to_dict()
+    tensors = export_tensors(flat, LAYOUTS[layout], cfg)
+    os.makedirs(directory, exist_ok=True)
+    write_safetensors(os.path.join(directory, TORCH_WEIGHTS_NAME), tensors, metadata={"format": "pt", "layout": layout})
+    write_json(os.path.join(directory, CONFIG_NAME), config)

@@ -1,15 +1,7 @@
 """From an opened checkpoint to the arrays of a Sonichu model: layout, config, task table,
-and the decision what is loaded, what is new and what is an error. numpy only: the caller
-(`sonichu_jax.checkpoint`) builds the Flax model from the result.
-
-The rules (docs/checkpoints.md, "Unexpected and missing tensors"):
-- tensors the model does not use are skipped and reported, grouped by prefix; ``strict``
-  refuses them;
-- a missing backbone tensor is always an error;
-- a head with no tensor at all in the checkpoint is *new* (freshly initialised) when the
-  checkpoint holds no heads (a backbone: I-JEPA, timm, a converted backbone directory) or
-  when the caller asked for tasks; otherwise, and for a head only partly present, an error.
-"""
+and what is loaded, what is new (a head absent from a backbone checkpoint, or asked for)
+and what is an error (docs/checkpoints.md, "Unexpected and missing tensors"). numpy only:
+`SonichuModel.from_pretrained` builds the Flax model from the result."""
 
 from __future__ import annotations
 
@@ -22,9 +14,9 @@ import numpy as np
 from sonichu_jax.config import CARD_TASKS, CONFIG_NAME, ModelConfig, TaskSpec
 from sonichu_jax.convert.files import Checkpoint
 from sonichu_jax.convert.infer import Inferred, infer_config
-from sonichu_jax.convert.layout import Layout, Options, Plan, plan_conversion, run_plan
+from sonichu_jax.convert.engine import Layout, Options, Plan, plan_conversion, run_plan
 from sonichu_jax.convert.layouts import detect_layout
-from sonichu_jax.convert.report import ConversionError, ConversionReport
+from sonichu_jax.convert.conversion_report import ConversionError, ConversionReport
 from sonichu_jax.convert.shapes import is_head_path, model_shapes, predictor_shapes
 from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.posembed import sincos_2d

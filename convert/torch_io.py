@@ -5,7 +5,8 @@ never needs it for safetensors. Files are always unpickled with ``weights_only=T
 which refuses any pickled object that could run code. numpy arrays and
 ``argparse.Namespace`` objects, which training scripts often keep beside the weights
 (mmpose's dataset metadata, saved command-line arguments), are read as inert placeholders
-instead: the named class is never looked up, let alone called.
+instead: the named class is never looked up, let alone called. Legacy (non-zip) files,
+whose objects cannot be listed before unpickling, must hold tensors only.
 """
 
 from __future__ import annotations
@@ -41,13 +42,6 @@ class _Placeholder:
         pass
 
 
-def _refused_globals(torch, path: str, exc: Exception) -> list[str]:
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # legacy (non-zip) files cannot be scanned: read the name from the error
-        return re.findall(r"GLOBAL ([\w.]+)", str(exc))
-
-
 def _load(torch, path: str):
     """torch.load with weights_only; memory-mapped unless the file predates the zip format."""
     try:
@@ -62,26 +56,39 @@ def load_tree(path: str):
     """The unpickled object of a torch file, or InputError saying why it cannot be read.
     Never repeats torch's advice to turn ``weights_only`` off."""
     try:
-        import torch
+        import torch  # optional, and seconds to import: only when a pickle is opened
     except ImportError:
         raise InputError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch), "
                          "or convert it to safetensors first") from None
-    placeholders: list[str] = []
-    for _ in range(64):  # a legacy file reveals one refused global per attempt
-        try:
-            with torch.serialization.safe_globals([(_Placeholder, name) for name in placeholders]):
-                return _load(torch, path)
-        except Exception as exc:  # torch raises many types for foreign, corrupt or unsafe files
-            found = [n for n in _refused_globals(torch, path, exc) if n not in placeholders]
-            if not isinstance(exc, pickle.UnpicklingError) or not found:
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
-                raise InputError(f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {first})") from None
-        unsafe = [n for n in found if not _DATA_GLOBALS.fullmatch(n)]
-        if unsafe:
-            raise InputError(f"{path} holds pickled Python objects besides tensors ({', '.join(unsafe)}); unpickling "
-                             "them could run code, so the file is refused. Save the state dict alone, or as safetensors")
-        placeholders += found
-    raise InputError(f"{path} holds too many kinds of pickled objects besides tensors")
+    try:  # torch >= 2.5 lists a zip file's refused globals without unpickling it
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a legacy (pre-zip) file cannot be scanned; loading it names one
+        found = []
+    try:
+        _refuse_code(path, found)
+        with torch.serialization.safe_globals([(_Placeholder, name) for name in found]):
+            return _load(torch, path)
+    except pickle.UnpicklingError as exc:
+        _refuse_code(path, re.findall(r"GLOBAL ([\w.]+)", str(exc)), legacy=True)
+        raise _unreadable(path, exc) from None
+    except InputError:
+        raise
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        raise _unreadable(path, exc) from None
+
+
+def _refuse_code(path: str, names: list[str], legacy: bool = False) -> None:
+    """InputError when ``names`` hold a pickled global that could run code (in a legacy
+    file, any global: its data objects cannot be listed before unpickling)."""
+    unsafe = [n for n in names if legacy or not _DATA_GLOBALS.fullmatch(n)]
+    if unsafe:
+        raise InputError(f"{path} holds pickled Python objects besides tensors ({', '.join(unsafe)}); unpickling "
+                         "them could run code, so the file is refused. Save the state dict alone, or as safetensors")
+
+
+def _unreadable(path: str, exc: Exception) -> InputError:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return InputError(f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {first})")
 
 
 class TorchSource:
@@ -108,7 +115,7 @@ class TorchSource:
         return _DTYPE_NAMES.get(kind, kind)
 
     def get(self, name: str) -> np.ndarray:
-        import torch
+        import torch  # loaded already by load_tree; kept out of the module's imports
 
         tensor = self._tensors[name].detach()
         if tensor.dtype == torch.bfloat16:

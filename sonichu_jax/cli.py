@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "parity": "parity",
     "make-synthetic": "make_synthetic",
+    "pack": "pack",
     "evaluate": "evaluate",
     "report": "report",
     "train-teacher": "train_teacher",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sonichu_jax.errors import ConfigError, UnknownTaskError
+from sonichu_jax.fileio import write_json
 
 POS_EMBED_KINDS = ("sincos", "learned", "learned_cls_folded")
 HEAD_KINDS = ("classic", "simple")
@@ -203,8 +204,6 @@ class ModelConfig:
     def save(self, directory: str | os.PathLike, **extra: Any) -> str:
         """Write ``config.json`` into ``directory`` atomically; returns its path. ``extra``
         adds checkpoint keys (see `CHECKPOINT_KEYS`)."""
-        from sonichu_jax.fileio import write_json
-
         path = os.path.join(directory, CONFIG_NAME)
         write_json(path, {**self.to_dict(), **extra})
         return path

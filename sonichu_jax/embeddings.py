@@ -18,6 +18,8 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from sonichu_jax.errors import InputError
 from sonichu_jax.fileio import atomic_path, check_output_file
@@ -39,8 +41,6 @@ def save_features(path: str | os.PathLike, names: Sequence[str], features: np.nd
     metadata = {k: str(v) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
         if path.lower().endswith(".safetensors"):
-            from safetensors.numpy import save_file
-
             save_file({"features": features}, tmp, metadata={**metadata, "names": json.dumps(list(names))})
         else:
             extra = {k: np.asarray(v) for k, v in metadata.items()}
@@ -54,8 +54,6 @@ def load_features(path: str | os.PathLike) -> tuple[list[str], np.ndarray, dict[
     if not os.path.isfile(path):
         raise InputError(f"feature file not found: {path}")
     if path.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-
         with safe_open(path, framework="numpy") as fh:
             metadata = dict(fh.metadata() or {})
             features = fh.get_tensor("features")

@@ -7,6 +7,7 @@ Every batch is padded to the same size, so `SonichuModel.predict` compiles once 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -17,25 +18,12 @@ from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.preprocess import SonichuPreprocessor, find_images
 
 
-
 def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
     """Pad the leading axis to ``size`` with copies of the last row (keeps values realistic
     for BatchNorm-free inference and never produces NaN)."""
     if len(batch) == size:
         return batch
     return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
-
-
-def predict_normalised(
-    model: SonichuModel, pixel_values: np.ndarray, task: str, *, tta: bool = True, batch_size: int = 8
-) -> np.ndarray:
-    """(N, H, W, 3) preprocessed images -> (N, K, 2) normalised xy."""
-    out = []
-    for start in range(0, len(pixel_values), batch_size):
-        chunk = pixel_values[start : start + batch_size]
-        coords = model.predict(pad_batch(chunk, batch_size), task, tta=tta)
-        out.append(np.asarray(coords)[: len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.task(task).num_keypoints, 2), np.float32)
 
 
 def predict_pixels(
@@ -63,26 +51,22 @@ def predict_pixels(
     return np.stack(results)
 
 
+@dataclass(slots=True)
 class Prediction:
-    __slots__ = ("index", "name", "pixels", "normalised", "orig_size", "error")
-
-    def __init__(self, index, name, pixels=None, normalised=None, orig_size=None, error=None):
-        self.index = index
-        self.name = name
-        self.pixels = pixels  # (K, 2) float32 in original pixels
-        self.normalised = normalised  # (K, 2) in [0, 1]
-        self.orig_size = orig_size  # (width, height)
-        self.error = error  # message when the image could not be read
+    index: int
+    name: str
+    pixels: np.ndarray | None = None  # (K, 2) float32 in original pixels
+    normalised: np.ndarray | None = None  # (K, 2) in [0, 1]
+    orig_size: tuple[int, int] | None = None  # (width, height)
+    error: str | None = None  # message when the image could not be read
 
 
+@dataclass(slots=True)
 class Embedding:
-    __slots__ = ("index", "name", "features", "error")
-
-    def __init__(self, index, name, features=None, error=None):
-        self.index = index
-        self.name = name
-        self.features = features  # (D,) or (gh, gw, D) float32
-        self.error = error  # message when the image could not be read
+    index: int
+    name: str
+    features: np.ndarray | None = None  # (D,) or (gh, gw, D) float32
+    error: str | None = None  # message when the image could not be read
 
 
 def _name(image, index: int) -> str:

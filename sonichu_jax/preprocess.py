@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 
 from sonichu_jax.config import CONFIG_NAME, ModelConfig
+from sonichu_jax.convert.files import local_path
 from sonichu_jax.errors import ConfigError, InputError
+from sonichu_jax.fileio import write_json
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -183,8 +185,6 @@ class SonichuPreprocessor:
         return data
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from sonichu_jax.fileio import write_json
-
         write_json(os.path.join(directory, PREPROCESSOR_CONFIG_NAME), self.to_dict())
 
     @classmethod
@@ -196,8 +196,6 @@ class SonichuPreprocessor:
         it is absent. The model's config (``model_config``, else the Sonichu
         ``config.json`` in the same directory, if there is one) gives the size when none is
         set, and a size that differs from the model's is refused."""
-        from sonichu_jax.convert.files import local_path
-
         directory = local_path(directory)
         if os.path.isfile(directory):
             directory = os.path.dirname(os.path.abspath(directory))

@@ -8,18 +8,21 @@ import pytest
 
 from sonichu_jax.data.pipeline import (
     BlockMixture,
+    EpochShuffle,
     PipelineConfig,
     block_counts,
     describe_mixture,
+    device_normalize,
     make_eval_pipeline,
     make_train_pipeline,
     task_weights,
+    to_wire,
 )
 from sonichu_jax.data.records import Record
 from sonichu_jax.data.splits import fair_split
 from sonichu_jax.data.synthetic import synthetic_records, synthetic_tasks
 from sonichu_jax.errors import InputError
-from sonichu_jax.preprocess import SonichuPreprocessor
+from sonichu_jax.preprocess import SonichuPreprocessor, normalize
 
 TASKS = synthetic_tasks(["HC", "FUGC", "PLAX"])
 COUNTS = {"HC": 6, "FUGC": 3, "PLAX": 9}
@@ -46,7 +49,7 @@ def _take(it, n):
 def test_static_shapes_and_task_homogeneity(records):
     batches = _take(iter(make_train_pipeline(records, TASKS, _config(), process_index=0, process_count=1)), 12)
     shapes = {k: (v.shape, v.dtype) for k, v in batches[0].items()}
-    assert shapes["image"] == ((4, 32, 32, 3), np.float32)
+    assert shapes["image"] == ((4, 32, 32, 3), np.uint8)  # normalised on the device
     assert shapes["keypoints"] == ((4, 22, 2), np.float32)
     assert shapes["valid"] == ((4, 22), np.float32)
     assert shapes["task_id"] == ((4,), np.int32)
@@ -211,3 +214,29 @@ def test_masked_keypoints_are_zero_and_finite():
     assert np.isfinite(b["keypoints"]).all()
     np.testing.assert_allclose(b["keypoints"][0], [[10 / 40, 12 / 40], [0, 0]])
     assert b["valid"][0].tolist() == [1.0, 0.0]
+
+
+def test_epoch_shuffle_visits_every_record_once_per_epoch():
+    import grain
+
+    ds = EpochShuffle(grain.MapDataset.range(24), seed=5)
+    epochs = [[ds[e * 24 + i] for i in range(24)] for e in range(3)]
+    assert all(sorted(e) == list(range(24)) for e in epochs)
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    # read backwards, across epochs, by a fresh copy (reader threads, a restored state): same values
+    again = EpochShuffle(grain.MapDataset.range(24), seed=5)
+    assert [again[i] for i in reversed(range(72))] == sum(epochs, [])[::-1]
+    assert [EpochShuffle(grain.MapDataset.range(24), seed=6)[i] for i in range(24)] != epochs[0]
+
+
+@pytest.mark.parametrize("shape", [(20, 30), (20, 30, 3)])
+def test_wire_images_normalise_like_the_float_path(shape):
+    """uint8 on the wire, normalised on the device: preprocess.normalize of the float image,
+    up to the 1/255 rounding (0.5 / 255 / min std = 0.0087), and exactly that of the rounded one."""
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    wire = to_wire(x)
+    assert wire.shape == (20, 30, 3) and wire.dtype == np.uint8
+    rgb = x if x.ndim == 3 else np.repeat(x[..., None], 3, axis=2)
+    got = np.asarray(device_normalize(wire))
+    np.testing.assert_allclose(got, normalize(rgb), atol=0.5 / 255 / 0.224 + 1e-6)
+    np.testing.assert_allclose(got, normalize(np.round(rgb * 255) / 255), atol=2e-6)

@@ -43,7 +43,7 @@ def test_pipeline_batches_and_resume(frames):
     crop = RandomResizedCrop((64, 64), flip=True)
     it = iter(make_pretrain_pipeline(load_frames(frames), crop, sampler, 4, seed=1))
     first = next(it)
-    assert first["image"].shape == (4, 64, 64, 3) and first["image"].dtype == np.float32
+    assert first["image"].shape == (4, 64, 64, 3) and first["image"].dtype == np.uint8
     assert first["context_idx"].shape == (4, 32) and first["target_idx"].shape == (4, 4, sampler.target_len)
     np.testing.assert_array_equal(first["target_idx"], sampler.sample(0, 4)["target_idx"])  # keyed by step
     state = it.get_state()

@@ -8,7 +8,7 @@ import pytest
 from sonichu_jax.checkpoint import init_model
 from sonichu_jax.config import TaskSpec, card_config, tiny_config
 from sonichu_jax.errors import InputError
-from sonichu_jax.inference import iter_predictions, predict_normalised, predict_pixels
+from sonichu_jax.inference import iter_predictions, predict_pixels
 from sonichu_jax.nn import sonichu as sonichu_module
 from sonichu_jax.nn.sonichu import count_params
 from sonichu_jax.nn.vitpose import soft_argmax
@@ -58,10 +58,13 @@ def test_tta_unflips_and_permutes():
 
 
 def test_padding_does_not_change_results_and_compiles_once(model):
-    x = np.random.default_rng(3).normal(size=(5, 64, 64, 3)).astype(np.float32)
+    prep = SonichuPreprocessor(size=(64, 64))
+    images = list(np.random.default_rng(3).integers(0, 255, size=(5, 64, 64), dtype=np.uint8))
+    x = np.stack([prep.preprocess_one(image)[0] for image in images])
     one_by_one = np.concatenate([np.asarray(model.predict(x[i : i + 1], "FA")) for i in range(5)])
     before = sonichu_module._jit_predict._cache_size()
-    batched = predict_normalised(model, x, "FA", batch_size=4)  # batches of 4 and 1 (padded to 4)
+    # batches of 4 and 1 (padded to 4)
+    batched = np.stack([p.normalised for p in iter_predictions(model, prep, images, "FA", batch_size=4, progress=False)])
     assert sonichu_module._jit_predict._cache_size() - before == 1
     np.testing.assert_allclose(batched, one_by_one, atol=1e-6)
 

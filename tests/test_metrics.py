@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from sonichu_jax.metrics import compute_mre, ensemble, format_table, image_mre, keypoint_errors, table_dict
+from sonichu_jax.evaluation import compute_mre, ensemble, format_table, image_mre, keypoint_errors, table_dict, table_rows
 
 
 def test_image_mre_by_hand():
@@ -76,3 +76,35 @@ def test_table_and_json():
     data = table_dict({"m1": good})
     json.dumps(data, allow_nan=False)  # strict JSON
     assert data["m1"]["tasks"]["A"]["n"] == 2 and data["m1"]["weighted_mre_px"] == pytest.approx(14 / 3)
+
+
+def test_table_rows_hold_every_column_task_in_order():
+    """The text table and the report's HTML table are both drawn from these rows: a task
+    only one column has is a row of its own, with no value (None) for the other column."""
+    one = np.ones((1, 2, 2))
+    hc = compute_mre(["HC"], [np.zeros((2, 2))], [np.ones(2, bool)], list(one * [3.0, 4.0]))  # 5 px per point
+    fa = compute_mre(["FA"], [np.zeros((2, 2))], [np.array([True, False])], list(one))
+    rows = table_rows({"hc": hc, "fa": fa})
+    assert [(r.label, r.n) for r in rows] == [("HC", 1), ("FA", 1), ("weighted", 2), ("unweighted", 2)]
+    assert rows[0].values == [5.0, None] and rows[1].values[0] is None
+    np.testing.assert_allclose(rows[1].values[1], math.sqrt(2))
+    assert rows[2].values == [5.0, rows[1].values[1]]
+    assert format_table({"hc": hc, "fa": fa}).splitlines()[3].split() == ["FA", "1", "-", "1.41"]
+    assert table_rows({"hc": hc, "fa": fa}, tasks=["FA", "HC"])[0].label == "FA"
+
+
+def test_image_mre_of_one_record_is_a_scalar():
+    pred, target = np.array([[0.0, 0.0], [3.0, 4.0]]), np.zeros((2, 2))
+    assert image_mre(pred, target, [True, True]) == 2.5 and np.isnan(image_mre(pred, target, [False, False]))
+
+
+def test_task_table_joins_models_and_refuses_two_keypoint_counts():
+    from sonichu_jax.config import TaskSpec, tiny_config
+    from sonichu_jax.errors import InputError
+    from sonichu_jax.evaluation import task_table
+
+    a = tiny_config(tasks=(TaskSpec("HC", 4), TaskSpec("FA", 4)))
+    b = tiny_config(tasks=(TaskSpec("AOP", 4), TaskSpec("HC", 4)))
+    assert [t.name for t in task_table([a, b], ["a", "b"])] == ["HC", "FA", "AOP"]
+    with pytest.raises(InputError, match="c: task HC has 2 keypoints, a has 4"):
+        task_table([a, tiny_config(tasks=(TaskSpec("HC", 2),))], ["a", "c"])

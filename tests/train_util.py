@@ -107,16 +107,23 @@ JSONL_TAGS = {
 
 
 def event_scalars(folder) -> list[tuple[str, int, float]]:
-    """(tag, step, value) of every scalar in the event files of ``folder``, in file order.
-    The files are TFRecords: 8-byte length, 4-byte CRC, the Event payload, 4-byte CRC."""
-    from tensorboardX.proto.event_pb2 import Event
+    """(tag, step, value) of every scalar in the event files of ``folder``, in file order,
+    as TensorBoard reads them: a torn last record is skipped, and a session-start event
+    (tensorboardX's purge_step) drops what earlier files hold from its step on
+    (`_MaybePurgeOrphanedData` in tensorboard's event_accumulator.py). The files are
+    TFRecords: 8-byte length, 4-byte CRC, the Event payload, 4-byte CRC."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
 
     out = []
     for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
         data, pos = open(path, "rb").read(), 0
-        while pos < len(data):
+        while pos + 12 <= len(data):
             (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            if pos + 16 + length > len(data):
+                break
             event = Event.FromString(data[pos + 12:pos + 12 + length])
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                out = [row for row in out if row[1] < event.step]
             out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
             pos += 16 + length
     return out

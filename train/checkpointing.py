@@ -1,16 +1,7 @@
-"""Train checkpoints with orbax: train state + grain iterator state, saved together.
-
-One `ocp.CheckpointManager` keeps the last ``keep`` checkpoints plus the one with the lowest
-validation MRE (saved with ``metrics={"val_mre": ...}``). Saves are asynchronous; orbax
-writes each step into a temporary directory and renames it only once every process has
-finished, so a save killed half-way is never listed as a checkpoint (and is cleaned up by
-the next manager on that directory). Directories are passed to orbax as given, so
-``gs://`` paths work wherever orbax's do.
-
-A checkpoint that cannot be read back (truncated or corrupt files), or that reads back
-with non-finite values, is damaged: `Checkpointer.restore_latest` says which one, moves
-it out of the way (``damaged_checkpoints/<step>`` beside ``checkpoints/``) and falls back
-to the newest intact one.
+"""Train checkpoints with orbax: train state + grain iterator state, saved together
+(asynchronously, atomically) by one `ocp.CheckpointManager` that keeps the last ``keep``
+plus the one with the lowest validation MRE. `Checkpointer.restore_latest` sets a
+damaged checkpoint aside (``damaged_checkpoints/<step>``) and falls back to an older one.
 """
 
 from __future__ import annotations
@@ -23,6 +14,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from sonichu_jax.errors import InputError
@@ -35,12 +27,6 @@ DAMAGED_DIR = "damaged_checkpoints"
 def _absolute(directory: str | os.PathLike) -> str:
     directory = os.fspath(directory)
     return directory if "://" in directory else os.path.abspath(directory)
-
-
-# How orbax says that a readable checkpoint does not fit the restore target (its tree or a
-# shape), as opposed to files it cannot read: such a checkpoint is not damaged, and
-# setting it aside would restart the run from scratch.
-_OTHER_STATE = ("tree structures do not match", "is not compatible with the stored shape")
 
 
 class _UnreadReads(logging.Filter):
@@ -65,6 +51,14 @@ def _quiet_about(path) -> None:
 def _first_sentence(exc: Exception) -> str:
     text = (str(exc).strip().splitlines() or [""])[0].split(". See ")[0]
     return f"{type(exc).__name__}: {text[:200]}"
+
+
+class _OtherState(Exception):
+    pass
+
+
+def _shapes(tree) -> list[tuple[int, ...]]:
+    return sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
 class Checkpointer:
@@ -121,15 +115,18 @@ class Checkpointer:
         damaged one on the way is reported through ``say`` and set aside."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                # orbax's metadata says, before any array is read, whether this is the run's state
+                stored = _shapes(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state").tree)
+                if stored != _shapes(target):
+                    raise _OtherState(f"{len(stored)} arrays, not the shapes of the run's {len(_shapes(target))}")
                 state = self.restore(step, target, data_iter)
                 problem = None if is_finite(state) else "it holds non-finite values"
-            except Exception as exc:  # noqa: BLE001 - whatever stops a read-back makes it damaged ...
-                if any(phrase in str(exc) for phrase in _OTHER_STATE):  # ... unless it reads as another state
-                    raise InputError(
-                        f"cannot resume from the checkpoint at step {step} ({self.directory / str(step)}): it holds "
-                        f"another train state than this run builds ({_first_sentence(exc)}), written by another "
-                        "version of sonichu-jax or another configuration; the checkpoints are left as they are"
-                    ) from None
+            except _OtherState as exc:
+                raise InputError(
+                    f"cannot resume from the checkpoint at step {step} ({self.directory / str(step)}): it holds "
+                    f"another train state than this run builds ({exc}), written by another version of sonichu-jax "
+                    "or another configuration; the checkpoints are left as they are") from None
+            except Exception as exc:  # noqa: BLE001 - whatever stops a read-back makes it damaged
                 problem = _first_sentence(exc)
             if problem is None:
                 return state, step
@@ -149,8 +146,6 @@ class Checkpointer:
                 aside = aside.parent / f"{step}.{len(list(aside.parent.iterdir()))}"
             (self.directory / str(step)).rename(aside)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
         self.manager.reload()
         return aside

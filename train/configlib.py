@@ -388,12 +388,15 @@ def apply_overrides(config: Any, assignments: list[str] | tuple[str, ...]) -> An
 
 
 # -- config files ------------------------------------------------------------------------
+def _configs_folder() -> str:
+    """Where ``sonichu_jax.configs`` is installed, found without importing it: the configs
+    import this module, not the other way round."""
+    return importlib.util.find_spec("sonichu_jax.configs").submodule_search_locations[0]
+
+
 def bundled_configs() -> list[str]:
     """Names of the configs shipped in ``sonichu_jax.configs`` (``teacher_vitb``, ...)."""
-    import sonichu_jax.configs
-
-    folder = os.path.dirname(sonichu_jax.configs.__file__)
-    return sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".py") and not n.startswith("_"))
+    return sorted(n[:-3] for n in os.listdir(_configs_folder()) if n.endswith(".py") and not n.startswith("_"))
 
 
 def resolve_config_path(path: str | os.PathLike) -> str:
@@ -405,9 +408,7 @@ def resolve_config_path(path: str | os.PathLike) -> str:
     name = os.path.basename(path)
     name = name[:-3] if name.endswith(".py") else name
     if os.path.dirname(path) in ("", "configs") and name in bundled_configs():
-        import sonichu_jax.configs
-
-        return os.path.join(os.path.dirname(sonichu_jax.configs.__file__), name + ".py")
+        return os.path.join(_configs_folder(), name + ".py")
     raise ConfigError(f"config file not found: {path}; bundled configs: {', '.join(bundled_configs())}")
 
 

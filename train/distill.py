@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from sonichu_jax.checkpoint import abstract_model
 from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
 from sonichu_jax.errors import ConfigError, InputError
-from sonichu_jax.metrics import ENSEMBLE_METHODS, combine
+from sonichu_jax.evaluation import ENSEMBLE_METHODS, combine
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig, replace_path, with_absolute_path

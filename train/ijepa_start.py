@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sonichu_jax.convert import load_ijepa
 from sonichu_jax.errors import ConfigError
 from sonichu_jax.train.ijepa_config import IJEPAConfig
 
@@ -52,8 +53,6 @@ def load_start(config: IJEPAConfig) -> StartWeights:
     """The step-0 weights of ``config.init`` (its ``path`` must be set). Raises
     `ConfigError` for a checkpoint that does not fit the configured model, and the
     converter's `InputError` / `ConversionError` for one it cannot read."""
-    from sonichu_jax.convert import load_ijepa
-
     init = config.init
     # Attention heads are the one field shapes cannot tell: a checkpoint without a
     # config.json (the official one) takes the configured count.

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import jax
 
 from sonichu_jax.errors import TrainingDiverged
-from sonichu_jax.metrics import MREReport
+from sonichu_jax.evaluation import MREReport
 from sonichu_jax.train import distributed
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.checkpointing import Checkpointer

@@ -90,11 +90,21 @@ def local_batch_size(global_batch: int) -> int:
 def global_batch(mesh: jax.sharding.Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Assemble each process's slice of the batch into global arrays sharded over the mesh.
 
-    Every process passes its own rows (in process order they form the global batch)."""
+    Every process passes its own rows (in process order they form the global batch).
+    uint8 training images (`sonichu_jax.data.pipeline.to_wire`) are normalised on the devices."""
     sharding = batch_sharding(mesh)
     out = {}
     for name, value in local.items():
         value = np.asarray(value)
         global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
         out[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    if "image" in out and out["image"].dtype == np.uint8:
+        out["image"] = _device_normalize(out["image"])
     return out
+
+
+@jax.jit
+def _device_normalize(images: jax.Array) -> jax.Array:
+    from sonichu_jax.data.pipeline import device_normalize
+
+    return device_normalize(images)

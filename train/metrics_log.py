@@ -1,16 +1,7 @@
-"""Metrics out of the hot loop, and the sinks the run driver emits them to.
-
-The train step returns its metrics as device scalars. Fetching them every step would make
-the host wait for the device each step; instead the loop buffers them and fetches the
-whole window with one `jax.device_get` every ``log.every_steps`` steps.
-
-Whatever a run reports goes through one interface, `MetricsSink`: one call per metrics
-window (``train_window``), one per validation (``validation``) and a host-side ``step``
-after every step. `JsonlSink` writes
-``metrics.jsonl``, `ConsoleSink` owns the progress bar and prints tables through it,
-`sonichu_jax.train.tensorboard.TensorBoardSink` writes TensorBoard event files; another
-sink is one more class with the same methods, passed to `sonichu_jax.train.loop.run`.
-"""
+"""Metrics out of the hot loop (`MetricsBuffer`: one `jax.device_get` per window of
+``log.every_steps``) and the sinks a run reports to (`MetricsSink`): `JsonlSink`
+(``metrics.jsonl``), `ConsoleSink` (progress bar and tables) and, in `train.tensorboard`,
+`TensorBoardSink`."""
 
 from __future__ import annotations
 
@@ -21,9 +12,10 @@ import time
 import jax
 import numpy as np
 from etils import epath
+from tqdm import tqdm
 
+from sonichu_jax.evaluation import MREReport, format_table
 from sonichu_jax.fileio import atomic_path
-from sonichu_jax.metrics import MREReport, format_table
 
 
 class MetricsBuffer:
@@ -137,8 +129,6 @@ class ConsoleSink(MetricsSink):
         self.postfix = postfix
         self.bar = None
         if progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, desc=name, unit="step")
 
     def say(self, text: str) -> None:

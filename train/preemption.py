@@ -20,6 +20,7 @@ import signal
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 
 class StopRequest:
@@ -51,7 +52,5 @@ class StopRequest:
             return int(signal.SIGTERM)
         if step % every:
             return None
-        from jax.experimental import multihost_utils
-
         flags = multihost_utils.process_allgather(np.int32(self.signal or 0))
         return int(flags.max()) or None

@@ -23,9 +23,14 @@ import jax
 import numpy as np
 
 from sonichu_jax.config import TaskSpec
+from sonichu_jax.data.pipeline import PipelineConfig, make_eval_pipeline
 from sonichu_jax.data.records import Record
+from sonichu_jax.data.sources import manifest_line
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import atomic_path
 from sonichu_jax.train.configlib import PseudoLabelSet
+from sonichu_jax.train.state import split_model
+from sonichu_jax.train.step import make_predict_step
 
 
 def _confidence(record: Record) -> float:
@@ -93,12 +98,6 @@ def write_pseudo_labels(
 
     Returns counts: ``written`` and ``rejected`` (disagreement above the threshold).
     """
-    from sonichu_jax.data.pipeline import PipelineConfig, make_eval_pipeline
-    from sonichu_jax.data.sources import manifest_line
-    from sonichu_jax.fileio import atomic_path
-    from sonichu_jax.train.state import split_model
-    from sonichu_jax.train.step import make_predict_step
-
     cfg = model.cfg
     frames = _frames_for_task(records, task)
     for r in frames:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import jax
 
 from sonichu_jax.errors import InputError
-from sonichu_jax.metrics import MREReport
+from sonichu_jax.evaluation import MREReport
 from sonichu_jax.report import write_report
 from sonichu_jax.train import presets
 from sonichu_jax.train.configlib import InitConfig

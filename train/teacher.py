@@ -14,7 +14,7 @@ import os
 
 import jax
 
-from sonichu_jax.metrics import MREReport
+from sonichu_jax.evaluation import MREReport
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig, with_absolute_path
 from sonichu_jax.train.loop import Program, RunResult, Stage, run

@@ -1,24 +1,19 @@
 """TensorBoard event files beside ``metrics.jsonl``: `TensorBoardSink`.
 
 Every scalar of a metrics window and of a validation goes into ``<run>/tensorboard/``
-through tensorboardX (no TensorFlow), under the tags of `TAGS` (an unknown metric, say of
-a new stage, under ``train/<name>``), flushed at every window. A resumed run appends to
-the same folder as ``metrics.jsonl`` does: first it drops from the earlier event files
-every event beyond the step it resumed from (what a killed run wrote after its last
-checkpoint, and a torn last record), then it writes a new file whose first event purges
-those steps in a TensorBoard that already loaded them. So every step appears once.
+through tensorboardX (no TensorFlow) under the tags of `TAGS`, flushed at every window.
+A resumed run writes a new file whose first event (tensorboardX's ``purge_step``) tells
+TensorBoard to drop what earlier files hold from the resumed step on.
 """
 
 from __future__ import annotations
 
-import struct
 import sys
-from typing import Callable, Iterator
+from typing import Callable
 
 from etils import epath
 
-from sonichu_jax.fileio import atomic_path
-from sonichu_jax.metrics import MREReport
+from sonichu_jax.evaluation import MREReport
 from sonichu_jax.train.metrics_log import MetricsSink
 
 # metrics.jsonl key -> tag, grouped by kind. ``finite`` (the NaN guard's verdict) is left
@@ -56,66 +51,24 @@ def _tensorboardx():
     return tensorboardX
 
 
-def read_records(data: bytes) -> Iterator[bytes]:
-    """The records of a TFRecord file (8-byte length, its masked CRC-32C, the payload, its
-    masked CRC-32C), up to the first torn or corrupt one."""
-    masked_crc32c = _tensorboardx().record_writer.masked_crc32c
-    pos = 0
-    while pos + 12 <= len(data):
-        header = data[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        end = pos + 12 + length
-        if struct.unpack("<I", data[pos + 8:pos + 12])[0] != masked_crc32c(header) or end + 4 > len(data):
-            return
-        payload = data[pos + 12:end]
-        if struct.unpack("<I", data[end:end + 4])[0] != masked_crc32c(payload):
-            return
-        yield payload
-        pos = end + 4
-
-
-def _frame(payload: bytes) -> bytes:
-    masked_crc32c = _tensorboardx().record_writer.masked_crc32c
-    header = struct.pack("<Q", len(payload))
-    return header + struct.pack("<I", masked_crc32c(header)) + payload + struct.pack("<I", masked_crc32c(payload))
-
-
 def event_files(logdir: str) -> list[epath.Path]:
     folder = epath.Path(logdir)
     return sorted(p for p in folder.iterdir() if "tfevents" in p.name) if folder.is_dir() else []
-
-
-def trim_event_files(logdir: str, keep_up_to: int | None) -> bool:
-    """Drop every event of a step beyond ``keep_up_to`` from the event files in ``logdir``
-    (None: remove the files; the run starts over). Whether there were any."""
-    Event = _tensorboardx().proto.event_pb2.Event
-    files = event_files(logdir)
-    for path in files:
-        old = path.read_bytes() if keep_up_to is not None else b""
-        data = b"".join(_frame(r) for r in read_records(old) if Event.FromString(r).step <= keep_up_to)
-        if not data:
-            path.unlink()
-        elif data != old:
-            if "://" in str(path):
-                path.write_bytes(data)
-            else:
-                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                    fh.write(data)
-    return bool(files)
 
 
 class TensorBoardSink(MetricsSink):
     """Scalars of every window and validation as TensorBoard events (see the module)."""
 
     def __init__(self, logdir: str, keep_up_to: int | None = None):
-        """``keep_up_to``: the step a run resumes from (events of later steps go); None: a
-        new run, or one that starts over."""
+        """``keep_up_to``: the step a run resumes from (later events are purged); None: a
+        new run, or one that starts over (every earlier event is purged)."""
         SummaryWriter = _tensorboardx().SummaryWriter
         self.first = 0 if keep_up_to is None else keep_up_to + 1
-        purge = self.first if trim_event_files(logdir, keep_up_to) else None
-        # One new file per call of the run, named by its first step (two calls within the
-        # same second would otherwise share the time-stamped name, and the second overwrite).
-        self.writer = SummaryWriter(logdir, purge_step=purge, filename_suffix=f".step{self.first}")
+        earlier = len(event_files(logdir))
+        # One new file per call of the run, numbered: files are read in name order, and two
+        # calls within the same second would otherwise share the time-stamped name.
+        self.writer = SummaryWriter(logdir, purge_step=self.first if earlier else None,
+                                    filename_suffix=f".{earlier:04d}")
 
     def _write(self, step: int, scalars: dict[str, float]) -> None:
         if step < self.first:  # a finished run resumed validates its last step again: written already

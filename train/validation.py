@@ -2,7 +2,7 @@
 
 Each eval batch's keypoint distances (in original pixels) are computed inside the jitted
 step and returned replicated, so every process sees the whole global batch's errors
-without gathering images or predictions; `sonichu_jax.metrics.report_from_errors` turns
+without gathering images or predictions; `sonichu_jax.evaluation.report_from_errors` turns
 them into the same report (and table) that `sonichu-jax evaluate` prints.
 """
 
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.metrics import MREReport, report_from_errors
+from sonichu_jax.evaluation import MREReport, report_from_errors
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.step import make_predict_step
 

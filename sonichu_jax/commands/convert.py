@@ -1,6 +1,6 @@
 """`sonichu-jax convert`: a checkpoint of any supported layout -> a Flax checkpoint
 directory (or a PyTorch one, for export), with a report of what happened to every tensor.
-The work is `sonichu_jax.convert.convert_to_directory`; see docs/checkpoints.md."""
+The work is `sonichu_jax.conversion.convert_to_directory`; see docs/checkpoints.md."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def _print_report(report, listing: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sonichu_jax.convert import ConversionError, convert_to_directory
+    from sonichu_jax.conversion import convert_to_directory
+    from sonichu_jax.convert import ConversionError
     from sonichu_jax.errors import InputError
     from sonichu_jax.fileio import check_output_file, write_json
 

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.fileio import check_output_file, write_json
-    from sonichu_jax.metrics import format_table, table_dict
+    from sonichu_jax.evaluation import format_table, table_dict
     from sonichu_jax.train.recipe import SYNTHETIC_SIZE, run_demo
 
     if args.json:

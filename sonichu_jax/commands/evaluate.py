@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from sonichu_jax.errors import InputError
     from sonichu_jax.evaluation import evaluate
     from sonichu_jax.fileio import check_output_file, write_json
-    from sonichu_jax.metrics import format_table
+    from sonichu_jax.evaluation import format_table
 
     if not args.model and not args.predictions:
         raise InputError("nothing to evaluate: give --model DIR or --predictions CSV")

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from sonichu_jax.nn.sonichu import SonichuModel
     from sonichu_jax.overlay import save_overlay
     from sonichu_jax.preprocess import SonichuPreprocessor
-    from sonichu_jax.results import write_predictions_csv
+    from sonichu_jax.prediction_csv import write_predictions_csv
 
     if args.out:
         check_output_file(args.out, (".json", ".csv"))

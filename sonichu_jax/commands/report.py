@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.errors import InputError
     from sonichu_jax.fileio import check_output_file, write_json
-    from sonichu_jax.metrics import format_table
+    from sonichu_jax.evaluation import format_table
     from sonichu_jax.report import REPORT_SUFFIXES, write_report
 
     if args.batch_size < 1:

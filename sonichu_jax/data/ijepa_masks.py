@@ -1,41 +1,8 @@
-"""I-JEPA multi-block masks, sampled on the host with numpy (rules: docs/ijepa.md, "Masks").
-
-Per batch, one uniform draw ``r`` sets a target block's scale *and* aspect ratio, and a
-second draw sets the (square) context block's scale; the sizes are shared by every image
-of the batch. Per image, ``num_targets`` target blocks are placed at random, then the
-context block is placed and every target is cut out of it, so the context never sees a
-target patch. Indices are flat raster positions on the patch grid.
-
-Two modes:
-
-- ``official`` reproduces facebookresearch/ijepa (commit 52c1ae9): blocks are shrunk to at
-  most ``grid - 1`` and their top-left corner is drawn from ``[0, grid - size)``, so the
-  last patch row and column are never inside any block (the open PR #40); when 20
-  placements in a row leave the context with ``min_keep`` patches or fewer, the last
-  remaining target constraint is dropped (so the context *can* then overlap a target).
-- ``fixed`` lets blocks span the whole grid and places them uniformly over it; it never
-  relaxes the no-overlap constraint: after 20 failed placements it redraws that image's
-  targets, and after `MAX_ATTEMPTS` it raises `MaskSamplingError` naming the settings.
-
-In both modes a configuration that can never yield a valid block (the official code loops
-forever on it, issue #68) is rejected when the sampler is built.
-
-Static shapes: every batch has the same array shapes for a given config, so the train
-step compiles once. Targets: every target block of a batch has exactly ``h * w`` patches
-(targets are never constrained), padded to `target_len`, the largest ``h * w`` any draw
-can give (computed exactly from the draw's breakpoints). Context: with ``equalize =
-"batch_min"`` (the official behaviour) every context is cut to the shortest context of the
-batch, keeping the first patches in raster order (the cut drops bottom patches, as the
-official code does); with ``"none"`` each image keeps its whole context. Then every
-context is fitted to the static ``context_len`` (0 = the largest context block, so nothing
-more is cut): padded, or cut further the same raster-order way. Validity masks mark the
-real entries; padded indices are 0 and must be masked out by the consumer.
-
-Randomness: the sizes come from ``(seed, step)`` only, so every host of a multi-host run
-draws the same sizes for the same step (as the official collators, seeded by the step,
-do); placements come from ``(seed, step, process_index)``. A sampler therefore has no
-state besides its seed: the batch index that grain passes to `__call__` is the step, and
-checkpointing the grain iterator checkpoints the masks.
+"""I-JEPA multi-block masks, sampled on the host with numpy: ``official`` reproduces
+facebookresearch/ijepa's sampler, ``fixed`` lets blocks span the whole grid and never
+relaxes the no-overlap rule. Every batch has the same static shapes, and the masks are a
+pure function of ``(seed, step, process_index)``. The rules, the two modes, the static
+shapes and the randomness: docs/ijepa.md, "Masks".
 """
 
 from __future__ import annotations

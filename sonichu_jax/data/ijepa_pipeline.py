@@ -1,20 +1,9 @@
-"""The I-JEPA input pipeline: unlabelled frames -> random resized crops -> batches with
-static-shape multi-block masks.
-
-``frame indices of this host ([process_index::process_count]) -> shuffle -> repeat ->
-random_map(draw + crop) -> batch(B) -> map_with_index(masks) -> (main process) bad-frame
-check``. The crop is the official (torchvision-style) RandomResizedCrop, then an
-optional horizontal flip; gray frames are replicated to three channels after the resize
-(three times less resize work). The masks are keyed by the batch index, so the grain
-iterator state (``get_state``/``set_state``, orbax via ``grain.checkpoint``) restores the
-exact next images *and* masks.
-
-A frame that cannot be decoded does not end a run: its slot is filled by another frame
-drawn with the slot's own random generator (so the order stays deterministic and
-resumable), the batch says how many draws each slot skipped (``skipped``, which the train
-step counts), and the main process reports each bad file once. More bad files than
-``max_bad_fraction`` of the host's frames, or a slot that finds no decodable frame in
-`MAX_DRAWS` draws, stops the run with an `InputError` naming them.
+"""The I-JEPA input pipeline: this host's frames -> `EpochShuffle` -> random resized
+crop (+ flip; uint8 `to_wire` images, normalised on the device) -> batch -> masks keyed
+by the batch index, so the grain iterator state restores the exact next images and masks.
+A frame that cannot be decoded is replaced by another draw of the same slot (counted in
+``skipped``, reported once); more than ``max_bad_fraction`` bad frames stops the run with
+an `InputError`.
 """
 
 from __future__ import annotations
@@ -27,13 +16,14 @@ from typing import Callable, Sequence
 import cv2
 import grain
 import numpy as np
+from tqdm import tqdm
 
 from sonichu_jax.data.augment import to_unit_float
 from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
-from sonichu_jax.data.pipeline import PipelineConfig, finish_pipeline
+from sonichu_jax.data.pipeline import EpochShuffle, PipelineConfig, finish_pipeline, to_wire
 from sonichu_jax.data.records import Record
+from sonichu_jax.data.shards import load_image
 from sonichu_jax.errors import InputError
-from sonichu_jax.preprocess import normalize, read_image
 
 CROP_TRIES = 10  # torchvision's attempts before the central-crop fallback
 MAX_DRAWS = 16  # frames tried for one slot; at 1 % bad frames all fail with probability 1e-32
@@ -65,7 +55,7 @@ def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[flo
 
 @dataclass(frozen=True)
 class RandomResizedCrop:
-    """Record -> ``{"image": float32 (H, W, 3)}`` ImageNet-normalised, for grain's
+    """Record -> ``{"image": uint8 (H, W, 3)}`` (`to_wire`), for grain's
     ``random_map`` (a plain picklable class, so worker processes can receive it)."""
 
     image_size: tuple[int, int]  # (height, width) of the model input
@@ -74,18 +64,16 @@ class RandomResizedCrop:
     flip: bool = False
 
     def __call__(self, record: Record, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        image = record.image if isinstance(record.image, np.ndarray) else read_image(record.image)
-        x = to_unit_float(image)
-        top, left, h, w = crop_box(rng, x.shape[0], x.shape[1], self.scale, self.ratio)
+        image = load_image(record.image)
+        top, left, h, w = crop_box(rng, image.shape[0], image.shape[1], self.scale, self.ratio)
+        x = to_unit_float(image[top : top + h, left : left + w])
         out_h, out_w = self.image_size
         # INTER_AREA when shrinking: the antialiased resize torchvision now applies
         interp = cv2.INTER_AREA if h > out_h and w > out_w else cv2.INTER_LINEAR
-        x = cv2.resize(x[top : top + h, left : left + w], (out_w, out_h), interpolation=interp)
+        x = cv2.resize(x, (out_w, out_h), interpolation=interp)
         if self.flip and rng.random() < 0.5:
             x = x[:, ::-1]
-        if x.ndim == 2:
-            x = np.repeat(x[..., None], 3, axis=2)
-        return {"image": normalize(np.ascontiguousarray(x))}
+        return {"image": to_wire(np.ascontiguousarray(x))}
 
 
 @dataclass(frozen=True)
@@ -109,7 +97,7 @@ class FrameDraw:
                 index = int(rng.integers(len(self.records)))
                 continue
             return {**out, "skipped": np.int32(draw), "bad": bad}
-        return {"image": np.zeros((*self.crop.image_size, 3), np.float32), "skipped": np.int32(MAX_DRAWS), "bad": bad}
+        return {"image": np.zeros((*self.crop.image_size, 3), np.uint8), "skipped": np.int32(MAX_DRAWS), "bad": bad}
 
 
 class BadFrameCheck:
@@ -139,8 +127,6 @@ class BadFrameCheck:
 
 
 def _warn(text: str) -> None:
-    from tqdm import tqdm
-
     tqdm.write(text, file=sys.stderr)  # through an open progress bar
 
 
@@ -165,10 +151,8 @@ def make_pretrain_pipeline(
         raise InputError(f"{len(records)} frames, fewer than the {process_count} processes sharing them")
     mine = list(records)[process_index::process_count]
     ds = (
-        grain.MapDataset.range(len(mine))
+        EpochShuffle(grain.MapDataset.range(len(mine)), seed)
         .seed(seed)
-        .shuffle()
-        .repeat()
         .random_map(FrameDraw(mine, crop))
         .batch(batch_size, drop_remainder=True)
         .map_with_index(sampler)

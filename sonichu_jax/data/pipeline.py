@@ -5,7 +5,8 @@ pipeline that yields every record once (the I-JEPA frame pipeline is
 Every batch is a dict of numpy arrays whose shapes do not depend on the task, so a jitted
 step compiles once:
 
-- ``image`` float32 (B, H, W, 3), ImageNet-normalised, resized to the model size
+- ``image`` (B, H, W, 3) at the model size: uint8 in training batches (`to_wire`; the
+  device normalises them, `device_normalize`), float32 ImageNet-normalised in eval batches
 - ``keypoints`` float32 (B, Kmax, 2), normalised xy (pixel / size); 0 where not valid
 - ``valid`` float32 (B, Kmax): 0 for masked keypoints and for padding beyond the task's K
 - ``task_id`` int32 (B,): index into the configured task tuple, equal within a batch
@@ -44,12 +45,32 @@ import numpy as np
 from sonichu_jax.config import TaskSpec
 from sonichu_jax.data.augment import AugmentConfig, augment_sample, resize_sample
 from sonichu_jax.data.records import Record
+from sonichu_jax.data.shards import load_image
 from sonichu_jax.errors import InputError
-from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, read_image
+from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHTINGS = ("proportional", "balanced", "capped")
 _SCALE = (1.0 / IMAGENET_STD).astype(np.float32)
 _OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+
+
+def to_wire(x: np.ndarray) -> np.ndarray:
+    """A float [0, 1] gray (H, W) or RGB (H, W, 3) image -> uint8 (H, W, 3), rounded.
+
+    Training batches travel as uint8: a quarter of float32's bytes through grain's
+    shared memory (a fresh segment per batch, whose page faults were the workers' largest
+    cost: benchmarks/bench_data.py) and through the host-to-device copy. Rounding to 1/255
+    is far below the augmentation's own noise.
+    """
+    u = cv2.convertScaleAbs(x, alpha=255.0)
+    return cv2.cvtColor(u, cv2.COLOR_GRAY2RGB) if u.ndim == 2 else u
+
+
+def device_normalize(images):
+    """uint8 (..., 3) training images -> float32 ImageNet-normalised, on the device (jit it)."""
+    import jax.numpy as jnp
+
+    return images.astype(jnp.float32) * jnp.asarray(_SCALE / 255) + jnp.asarray(_OFFSET)
 
 
 def normalize_planes(x: np.ndarray) -> np.ndarray:
@@ -98,10 +119,12 @@ class ExampleLoader:
     """Decode, augment (or just resize) and normalise one record into the example dict.
 
     A plain picklable class rather than a closure so that grain worker processes can
-    receive it.
+    receive it. ``wire``: the image as `to_wire` uint8 instead of normalised float32.
     """
 
-    def __init__(self, tasks: Sequence[TaskSpec], image_size: tuple[int, int], augment: AugmentConfig | None):
+    def __init__(self, tasks: Sequence[TaskSpec], image_size: tuple[int, int], augment: AugmentConfig | None,
+                 wire: bool = False):
+        self.wire = wire
         self.task_ids = {t.name: i for i, t in enumerate(tasks)}
         self.flip_perms = {t.name: t.flip_perm for t in tasks}
         self.kmax = max(t.num_keypoints for t in tasks)
@@ -110,7 +133,7 @@ class ExampleLoader:
 
     def __call__(self, item: tuple[int, Record], rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         index, record = item
-        image = record.image if isinstance(record.image, np.ndarray) else read_image(record.image)
+        image = load_image(record.image)
         h, w = image.shape[:2]
         kps, valid = record.keypoints, record.valid
         if self.augment is None:
@@ -127,7 +150,7 @@ class ExampleLoader:
             out_kps[:k] = np.where(valid[:, None], kps / np.asarray(self.out_size, np.float32), 0.0)
             out_valid[:k] = valid
         return {
-            "image": normalize_planes(x),
+            "image": to_wire(x) if self.wire else normalize_planes(x),
             "keypoints": out_kps,
             "valid": out_valid,
             "task_id": np.int32(self.task_ids.get(record.task, 0)),
@@ -271,6 +294,29 @@ def _group_by_task(records: Sequence[Record], tasks: Sequence[TaskSpec]) -> list
     return groups
 
 
+class EpochShuffle(grain.MapDataset):
+    """``parent`` repeated without end, each epoch in its own seeded order (one permutation
+    per epoch, cached). Replaces ``shuffle().repeat()``: grain's per-index cipher costs
+    more the shorter the data (measured: 1.6 ms per record at 24 records, 60 µs at 1,000),
+    the most expensive step for small per-task, per-host shards."""
+
+    def __init__(self, parent: grain.MapDataset, seed: int):
+        super().__init__(parent)
+        self._seed, self._order = int(seed), (-1, None)
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, i = divmod(int(index), len(self._parent))
+        order = self._order  # one read: reader threads may replace it meanwhile
+        if order[0] != epoch:
+            order = self._order = (epoch, np.random.default_rng([self._seed, epoch]).permutation(len(self._parent)))
+        return self._parent[int(order[1][i])]
+
+
 def _stream_seed(seed: int, slot: int) -> int:
     return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
 
@@ -288,8 +334,15 @@ def finish_pipeline(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterD
 
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers),
+                            worker_init_fn=_one_cv2_thread)
     return it
+
+
+def _one_cv2_thread(worker_index: int, worker_count: int) -> None:
+    """Workers are the parallelism: OpenCV's own pool sizes itself to every core of the host
+    in each worker, oversubscribing a many-core host (no difference measurable on 2 cores)."""
+    cv2.setNumThreads(1)
 
 
 def make_train_pipeline(
@@ -300,7 +353,8 @@ def make_train_pipeline(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.IterDataset:
-    """Infinite, shuffled, augmented, task-homogeneous batches of ``config.batch_size``.
+    """Infinite, shuffled, augmented, task-homogeneous batches of ``config.batch_size``
+    (uint8 images: `to_wire`).
 
     ``records`` is any random-access sequence of labelled records (a source, a list);
     ``tasks`` the model's task table (``task_id`` indexes it; flip permutations come from
@@ -321,16 +375,15 @@ def make_train_pipeline(
     # Weights from the global counts so that every host draws the same task sequence.
     weights = task_weights([len(g) for g in groups], config.weighting, config.cap)
     counts = block_counts(weights, config.block_batches)
-    loader = ExampleLoader(tasks, config.image_size, config.augment)
+    loader = ExampleLoader(tasks, config.image_size, config.augment, wire=True)
     streams, slots = [], []
     for slot, group in enumerate(groups):
         if not group:
             continue
+        seed = _stream_seed(config.seed, slot)
         stream = (
-            grain.MapDataset.source(group)[pi::pc]
-            .seed(_stream_seed(config.seed, slot))
-            .shuffle()
-            .repeat()
+            EpochShuffle(grain.MapDataset.source(group)[pi::pc], seed)
+            .seed(seed)
             .random_map(loader)
             .batch(config.batch_size, drop_remainder=True)
         )

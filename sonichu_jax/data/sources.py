@@ -1,47 +1,9 @@
-"""Random-access data sources: FM_UIA CSV files, JSONL manifests, folders of frames.
+"""Random-access data sources: FM_UIA CSV files, JSONL manifests, folders of frames,
+packs (`sonichu_jax.data.shards`).
 
-Every source is a sequence of `Record` (``len(src)``, ``src[i]``) plus a `LoadReport`
-(``src.report``) that counts what was loaded, skipped and masked, and where. Bad input
-is never dropped silently: malformed rows/lines and wrong keypoint counts skip the record
-and are reported with file and line number; NaN or out-of-image keypoints are masked
-(``valid=False``) and reported; ``strict=True`` raises `InputError` at the first problem.
-
-Keypoints are in the continuous pixel frame of the original image (0 = left/top edge,
-pixel ``i`` centred at ``i + 0.5``); a point on the right or bottom edge (``x == W``) is
-still inside the image.
-
-FM_UIA CSV (one file per task)
-    A header row, one row per image. Keypoint columns ``point_{i}_xy`` (ordered by ``i``)
-    hold a JSON ``[x, y]`` in original pixels; an empty cell is a deliberately absent
-    keypoint (masked, not reported). The image-path column is ``image_column`` or the
-    first of ``image``, ``image_path``, ``img_path``, ``filename``, ``file_name``,
-    ``image_name``, ``path``, ``img``, ``file`` present (case-insensitive). Paths are
-    relative to ``image_root`` (default: the CSV's folder). An optional ``spacing_mm``
-    (or ``pixel_spacing``) column gives the pixel size in mm. The task is ``task=``, or
-    the file stem looked up in ``task_map``, or the stem matched to a task name
-    (case-insensitive).
-
-JSONL manifest (one JSON object per line; blank lines are ignored)
-    ``{"image": "images/HC/000001.png", "task": "HC", "keypoints": [[x, y], ...],
-    "valid": [true, ...], "is_pseudo": false, "spacing_mm": 0.12, "id": "HC-000001",
-    "confidence": 0.93, "width": 256, "height": 256}``
-
-    ``image`` (required) is relative to the manifest's folder unless absolute. ``task``
-    and ``keypoints`` may be null or absent for unlabelled frames. A ``null`` point or a
-    ``false`` in ``valid`` is a deliberate mask. ``is_pseudo`` marks pseudo-labels (they
-    never enter validation). ``width``/``height`` spare reading the image header for the
-    bounds check. ``id`` defaults to ``<manifest name>:<line>``.
-
-Frame folder
-    Every image file below a folder (`sonichu_jax.preprocess.IMAGE_EXTENSIONS`,
-    recursively, in `find_images` order), 8 or 16 bit, as unlabelled records with
-    ``task=None``.
-
-Text encoding
-    CSV files and manifests are UTF-8 (a byte-order mark is allowed). A line that is not
-    valid UTF-8 is a malformed record: skipped and reported with its line and the first
-    offending byte, like any other malformed row; a CSV header that is not UTF-8 makes
-    the whole file unreadable (`InputError`).
+Every source is a sequence of `Record` plus a `LoadReport` (``src.report``) of what was
+loaded, skipped and masked, and where; ``strict=True`` raises `InputError` at the first
+problem. The formats and the keypoint frame: README, "Data formats".
 """
 
 from __future__ import annotations
@@ -58,6 +20,7 @@ import numpy as np
 from sonichu_jax.config import CARD_TASKS, TaskSpec
 from sonichu_jax.data.imagesize import image_size
 from sonichu_jax.data.records import LoadReport, Record
+from sonichu_jax.data.shards import is_pack, load_pack
 from sonichu_jax.errors import InputError
 from sonichu_jax.preprocess import IMAGE_EXTENSIONS, find_images
 
@@ -568,7 +531,10 @@ def manifest_line(record: Record, root: str | None = None, size: tuple[int, int]
 
 
 def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Source:
-    """Every image file below ``root`` as an unlabelled record (`find_images` order)."""
+    """Every image file below ``root`` as an unlabelled record (`find_images` order), or
+    the records of the pack ``root`` is."""
+    if is_pack(root):
+        return load_pack(root)
     if not os.path.isdir(root):
         raise InputError(f"frame folder not found: {root}")
     paths = find_images(root, extensions)
@@ -598,14 +564,16 @@ def load_source(
     check_bounds: bool = True,
     log: Callable[[str], None] | None = _stderr,
 ) -> Source:
-    """A ``.jsonl`` manifest, a ``.csv`` file, or a directory (its ``manifest.jsonl`` if it
-    has one, else its CSV files). The load summary goes to ``log`` (stderr by default;
+    """A ``.jsonl`` manifest, a ``.csv`` file, or a directory (a pack, its ``manifest.jsonl``
+    if it has one, else its CSV files). The load summary goes to ``log`` (stderr by default;
     None to stay quiet)."""
     spec = os.fspath(spec)
     tasks = tuple(_task_table(tasks).values())
     if os.path.isdir(spec):
         manifest = os.path.join(spec, MANIFEST_NAME)
-        if os.path.isfile(manifest):
+        if is_pack(spec):
+            source = load_pack(spec)
+        elif os.path.isfile(manifest):
             source = load_manifest(manifest, tasks=tasks, strict=strict, check_bounds=check_bounds)
         else:
             source = load_csv_dir(

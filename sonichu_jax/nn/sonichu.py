@@ -11,6 +11,7 @@ from flax import nnx
 
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.errors import InputError
+from sonichu_jax.model_arrays import filled, read_pretrained, save_flax
 from sonichu_jax.nn.vit import VisionTransformer
 from sonichu_jax.nn.vitpose import ClassicHead, DeconvTrunk, SimpleHead, final_conv, soft_argmax
 
@@ -130,16 +131,20 @@ class SonichuModel(nnx.Module):
         refused); an encoder-only checkpoint, or ``tasks`` not in the checkpoint (names,
         or ``{name: keypoint count}``), get freshly initialised heads. ``rename``:
         ``[(regex, replacement), ...]`` applied to tensor names first. See
-        `sonichu_jax.checkpoint.load_pretrained` and docs/checkpoints.md."""
-        from sonichu_jax.checkpoint import load_pretrained
+        `sonichu_jax.model_arrays.read_pretrained` and docs/checkpoints.md."""
+        cfg, arrays = read_pretrained(path, layout=layout, dtype=dtype, report=report, strict=strict, tasks=tasks,
+                                      rename=rename, entry=entry)
+        return cls.from_arrays(cfg, arrays)
 
-        return load_pretrained(path, layout=layout, dtype=dtype, report=report, strict=strict, tasks=tasks,
-                               rename=rename, entry=entry)
+    @classmethod
+    def from_arrays(cls, cfg: ModelConfig, arrays: dict) -> "SonichuModel":
+        """A model in eval mode whose every variable comes from ``arrays`` (keys = Flax paths)."""
+        model = filled(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0))), arrays)
+        model.eval()
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json + flax_model.safetensors (Flax layout)."""
-        from sonichu_jax.checkpoint import save_flax
-
         save_flax(self, directory)
 
 

@@ -1,11 +1,6 @@
-"""A run report: one self-contained HTML page of what training runs did.
-
-`write_report(paths, out)` finds the runs under ``paths``, evaluates every finished run's
-model (and the teachers' median) on one set of images, and writes ``out``: the runs, the
-per-task MRE table (models as rows, with their forward passes per image), the per-image
-error distribution per task, every run's training curves, and the worst images of each
-model with label, prediction and error drawn. A run without a model yet gets its curves.
-"""
+"""A run report: one self-contained HTML page of what training runs did: the runs, the
+per-task MRE table of every finished run's model (and the teachers' median), the error
+distribution, the training curves, and each model's worst images drawn."""
 
 from __future__ import annotations
 
@@ -13,9 +8,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from sonichu_jax.config import ModelConfig
+from sonichu_jax.errors import InputError
 from sonichu_jax.fileio import atomic_path, check_output_file
+from sonichu_jax.report import page, plots
+from sonichu_jax.report.gallery import worst_tiles
 from sonichu_jax.report.runs import Run, find_runs, run_data_spec
-from sonichu_jax.report.scoring import Column, EvalSet, evaluation_set, score_runs, task_table
+from sonichu_jax.evaluation import task_table
+from sonichu_jax.report.scoring import Column, EvalSet, evaluation_set, score_runs
 
 __all__ = ["ReportResult", "Run", "find_runs", "run_data_spec", "write_report"]
 
@@ -44,11 +44,6 @@ def write_report(
     """Write the report of the runs under ``paths`` to ``out`` (.html); see the module
     docstring. ``data``: the images to evaluate on (every labelled one); by default a
     held-out ``data/test`` beside the runs, else the runs' own validation split."""
-    from sonichu_jax.config import ModelConfig
-    from sonichu_jax.errors import InputError
-    from sonichu_jax.report import page, plots
-    from sonichu_jax.report.gallery import worst_tiles
-
     out = check_output_file(out, REPORT_SUFFIXES, what="report")
     if worst < 0:
         raise InputError(f"the number of worst images must be >= 0, got {worst}")
@@ -58,7 +53,7 @@ def write_report(
     model_runs = [run for run in runs if run.model_dir is not None]
     evalset, columns, tasks = None, [], ()
     if model_runs:
-        tasks = task_table([ModelConfig.load(run.model_dir) for run in model_runs])
+        tasks = task_table([ModelConfig.load(run.model_dir) for run in model_runs], [run.name for run in model_runs])
         evalset = evaluation_set(model_runs, paths, tasks, data)
         columns = score_runs(model_runs, evalset.records, tta=tta, batch_size=batch_size, progress=progress)
         present = {r.task for r in evalset.records}

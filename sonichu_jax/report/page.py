@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from sonichu_jax import __version__
+from sonichu_jax.evaluation import table_rows
 from sonichu_jax.report.gallery import Tile
 from sonichu_jax.report.runs import Run
 from sonichu_jax.report.scoring import Column, EvalSet
@@ -55,32 +56,18 @@ def _runs_table(runs: Sequence[Run]) -> str:
 
 
 def _mre_table(columns: Sequence[Column], tasks: Sequence[str], unit: str) -> str:
-    def task_value(column: Column, task: str):
-        t = column.report.tasks.get(task)
-        return None if t is None else (t.mre_px if unit == "px" else t.mre_mm)
-
-    def totals(column: Column):
-        r = column.report
-        return (r.weighted_px, r.unweighted_px) if unit == "px" else (r.weighted_mm, r.unweighted_mm)
-
-    counts = {}
-    for task in tasks:
-        counts[task] = max((c.report.tasks[task].n if unit == "px" else c.report.tasks[task].n_mm)
-                           for c in columns if task in c.report.tasks)
-    head = "".join(f"<th>{_e(t)}<br><span class=muted>n={counts[t]}</span></th>" for t in tasks)
-    best = {t: min((v for c in columns if (v := task_value(c, t)) is not None and np.isfinite(v)), default=None)
-            for t in tasks}
+    """The core's table transposed: models as rows, tasks as columns, the best of each task in bold."""
+    *task_rows, weighted, unweighted = table_rows({c.name: c.report for c in columns}, unit, tasks)
+    head = "".join(f"<th>{_e(row.label)}<br><span class=muted>n={row.n}</span></th>" for row in task_rows)
+    best = [min((v for v in row.values if v is not None and np.isfinite(v)), default=None) for row in task_rows]
     rows = []
-    for column in columns:
-        cells = []
-        for task in tasks:
-            value = task_value(column, task)
-            mark = " class=best" if value is not None and value == best[task] else ""
-            cells.append(f"<td data-task='{_e(task)}'{mark}>{_fmt(value)}</td>")
-        weighted, unweighted = totals(column)
+    for j, column in enumerate(columns):
+        cells = "".join(
+            f"<td data-task='{_e(row.label)}'{' class=best' if row.values[j] is not None and row.values[j] == b else ''}>"
+            f"{_fmt(row.values[j])}</td>" for row, b in zip(task_rows, best))
         rows.append(f"<tr class={column.kind} data-model='{_e(column.name)}'><td>{_e(column.name)}</td>"
-                    f"<td>{column.kind}</td><td>{column.passes}</td>{''.join(cells)}"
-                    f"<td>{_fmt(weighted)}</td><td>{_fmt(unweighted)}</td></tr>")
+                    f"<td>{column.kind}</td><td>{column.passes}</td>{cells}"
+                    f"<td>{_fmt(weighted.values[j])}</td><td>{_fmt(unweighted.values[j])}</td></tr>")
     return (f"<table id=mre-{unit}><thead><tr><th>model</th><th>kind</th><th>passes / image</th>{head}"
             f"<th>weighted</th><th>unweighted</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 

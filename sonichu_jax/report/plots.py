@@ -16,7 +16,7 @@ _COLUMNS = 3
 
 
 def _figure(n_panels: int, width: float = 4.2, height: float = 2.7, extra_bottom: float = 0.0):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # half a second to import: only when a report is drawn
 
     rows = math.ceil(n_panels / _COLUMNS)
     cols = min(n_panels, _COLUMNS)

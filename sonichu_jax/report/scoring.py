@@ -10,8 +10,10 @@ import numpy as np
 
 from sonichu_jax.config import TaskSpec
 from sonichu_jax.data.records import Record
+from sonichu_jax.data.sources import load_source
+from sonichu_jax.data.splits import fair_split
 from sonichu_jax.errors import InputError
-from sonichu_jax.metrics import MREReport, ensemble, keypoint_errors
+from sonichu_jax.evaluation import MREReport, ensemble_images, image_mre, load_model, predict_records, score, sort_by_task
 from sonichu_jax.report.runs import Run, held_out_set, run_data_spec
 
 
@@ -35,22 +37,7 @@ class Column:
     errors_px: np.ndarray | None = None  # (len(indices),) mean error per image
 
 
-def task_table(configs: Sequence) -> tuple[TaskSpec, ...]:
-    """Every task of the models, first-seen order; a task must have one keypoint count."""
-    table: dict[str, TaskSpec] = {}
-    for cfg in configs:
-        for spec in cfg.tasks:
-            known = table.setdefault(spec.name, spec)
-            if known.num_keypoints != spec.num_keypoints:
-                raise InputError(f"task {spec.name} has {known.num_keypoints} keypoints in one model and "
-                                 f"{spec.num_keypoints} in another")
-    return tuple(table.values())
-
-
 def _validation_split(runs: Sequence[Run], tasks: tuple[TaskSpec, ...]) -> EvalSet:
-    from sonichu_jax.data.sources import load_source
-    from sonichu_jax.data.splits import fair_split
-
     settings = {}
     for run in runs:
         spec = run_data_spec(run.config)
@@ -73,8 +60,6 @@ def evaluation_set(runs: Sequence[Run], paths: Sequence[str], tasks: tuple[TaskS
                    data: str | None = None) -> EvalSet:
     """``data`` (all its labelled images) if given; else a held-out set kept beside the
     runs (``data/test`` of a directory of runs); else the runs' own validation split."""
-    from sonichu_jax.data.sources import load_source
-
     if data is not None:
         description = f"every labelled image of {os.path.abspath(data)}"
     else:
@@ -87,45 +72,30 @@ def evaluation_set(runs: Sequence[Run], paths: Sequence[str], tasks: tuple[TaskS
         evalset = EvalSet([r for r in source if r.has_label and not r.is_pseudo], description)
     if not evalset.records:
         raise InputError(f"no labelled images to evaluate on in {data or 'the validation split of the runs'}")
-    rank = {spec.name: i for i, spec in enumerate(tasks)}
-    evalset.records.sort(key=lambda r: rank[r.task])  # stable: task order, then file order
+    sort_by_task(evalset.records, tasks)
     return evalset
-
-
-def _finish(column: Column, records: Sequence[Record]) -> Column:
-    from sonichu_jax.evaluation import score
-
-    chosen = [records[i] for i in column.indices]
-    column.report = score(chosen, column.predictions)
-    column.errors_px = np.array([
-        np.nanmean(e) if np.isfinite(e).any() else np.nan
-        for e in (keypoint_errors(p, r.keypoints, r.valid) for p, r in zip(column.predictions, chosen))
-    ])
-    return column
 
 
 def score_runs(runs: Sequence[Run], records: Sequence[Record], *, tta: bool = True, batch_size: int = 8,
                progress: bool = True) -> list[Column]:
     """Every finished run's model on ``records`` (the tasks it has), then the median of the
     teachers when there are two or more."""
-    from sonichu_jax.evaluation import predict_records
-    from sonichu_jax.nn.sonichu import SonichuModel
-    from sonichu_jax.preprocess import SonichuPreprocessor
-
     columns = []
     for run in runs:
         if run.model_dir is None:
             continue
-        model = SonichuModel.from_pretrained(run.model_dir)
+        model, prep = load_model(run.model_dir)
         indices = [i for i, r in enumerate(records) if r.task in model.cfg.task_names]
-        preds = predict_records(model, SonichuPreprocessor.from_pretrained(run.model_dir, model.cfg),
-                                [records[i] for i in indices], tta=tta, batch_size=batch_size, progress=progress)
+        preds = predict_records(model, prep, [records[i] for i in indices], tta=tta, batch_size=batch_size,
+                                progress=progress)
         columns.append(Column(run.name, run.kind, 2 if tta else 1, indices, preds))
     teachers = [c for c in columns if c.kind == "teacher"]
     if len(teachers) >= 2:
-        lookup = [dict(zip(c.indices, c.predictions)) for c in teachers]
-        common = [i for i in teachers[0].indices if all(i in table for table in lookup)]
-        combined = [ensemble([table[i][None] for table in lookup], "median")[0].astype(np.float32) for i in common]
+        combined = ensemble_images([dict(zip(c.indices, c.predictions)) for c in teachers], "median")
         columns.append(Column(f"median of {len(teachers)} teachers", "ensemble",
-                              sum(c.passes for c in teachers), common, combined))
-    return [_finish(c, records) for c in columns]
+                              sum(c.passes for c in teachers), list(combined), list(combined.values())))
+    for column in columns:
+        chosen = [records[i] for i in column.indices]
+        column.report = score(chosen, column.predictions)
+        column.errors_px = np.array([image_mre(p, r.keypoints, r.valid) for p, r in zip(column.predictions, chosen)])
+    return columns

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 import numpy as np
 
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.convert.report import ConversionReport
+from sonichu_jax.convert.conversion_report import ConversionReport
 from sonichu_jax.convert.rules import Ignore, Refuse, Rule
 
 KNOWN_PREFIXES = ("module.", "model.")

@@ -1,4 +1,4 @@
-"""Results in the formats users already have: FM_UIA CSV predictions, per-image errors.
+"""Prediction files: FM_UIA CSV predictions, written by `predict`, read back by `evaluate`.
 
 A prediction CSV is an FM_UIA per-task CSV (the layout `sonichu_jax.data.sources.load_csv`
 reads: an ``image`` column and one ``point_{i}_xy`` column per keypoint, numbered from 1
@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +21,6 @@ from sonichu_jax.data.records import Record
 from sonichu_jax.data.sources import POINT_COLUMN, load_csv
 from sonichu_jax.errors import InputError
 from sonichu_jax.fileio import write_csv
-from sonichu_jax.metrics import keypoint_errors
 
 
 def write_predictions_csv(path: str | os.PathLike, task: str, predictions: Sequence) -> None:
@@ -87,30 +86,3 @@ def match_predictions(
         for name, (spec, preds) in files.items()
     }
     return kept, columns, missing
-
-
-def _finite(values) -> list[float | None]:
-    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64).ravel()]
-
-
-def image_errors(records: Sequence[Record], predictions: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-    """One entry per record: image, task, id, predicted keypoints (px), the error of each
-    keypoint (px; null where the label is masked) and their mean, and the same in mm
-    where the pixel spacing is known."""
-    out = []
-    for record, pred in zip(records, predictions):
-        errors = keypoint_errors(pred, record.keypoints, record.valid)
-        mean = float(np.nanmean(errors)) if np.isfinite(errors).any() else None
-        entry = {
-            "image": os.fspath(record.image) if not isinstance(record.image, np.ndarray) else record.source_id,
-            "task": record.task,
-            "id": record.source_id,
-            "prediction_px": np.asarray(pred, np.float64).round(4).tolist(),
-            "error_px": _finite(errors),
-            "mre_px": mean,
-        }
-        if record.spacing_mm is not None:
-            entry["error_mm"] = _finite(errors * record.spacing_mm)
-            entry["mre_mm"] = None if mean is None else mean * record.spacing_mm
-        out.append(entry)
-    return out

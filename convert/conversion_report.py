@@ -1,12 +1,6 @@
-"""What a conversion did, tensor by tensor, in a form a user can read and a test can check.
-
-Unexpected and missing tensors are reported the way transformers users know them: one
-block, grouped by prefix with parameter counts (``aux_head.*: 4.2 M parameters, 14
-tensors``), never a wall of names. Whether they are errors depends on the caller
-(`errors`): by default tensors the model does not use are skipped and said, missing
-backbone tensors are always an error, missing head tensors one unless new heads were asked
-for; ``strict`` refuses anything that does not fit exactly.
-"""
+"""What a conversion did, tensor by tensor, in a form a user can read and a test can check:
+unexpected and missing tensors in one block, grouped by prefix with parameter counts
+(``aux_head.*: 4.2 M parameters, 14 tensors``). Which of them are errors: `errors`."""
 
 from __future__ import annotations
 

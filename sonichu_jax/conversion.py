@@ -1,6 +1,7 @@
-"""Converting a checkpoint into a checkpoint directory: the Flax layout (streamed, one
-tensor at a time) or a PyTorch export (``sonichu``, ``hf-vitpose``), never half-written
-and never touching a file it does not write."""
+"""Converting a checkpoint into a model directory: the Flax layout (streamed, one tensor
+at a time) or a PyTorch export (``sonichu``, ``hf-vitpose``), never half-written and
+never touching a file it does not write. Above `sonichu_jax.convert`: it writes the
+preprocessor's file too."""
 
 from __future__ import annotations
 
@@ -9,39 +10,27 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from sonichu_jax.config import CONFIG_NAME, ModelConfig
+from sonichu_jax.config import CONFIG_NAME
 from sonichu_jax.convert.files import FLAX_WEIGHTS_NAME, PREPROCESSOR_NAME, TORCH_WEIGHTS_NAME, WEIGHT_NAMES, open_checkpoint
-from sonichu_jax.convert.infer import hf_vitpose_config
-from sonichu_jax.convert.layout import Plan, export_tensors, run_plan
-from sonichu_jax.convert.layouts import LAYOUTS
+from sonichu_jax.convert.engine import Plan, run_plan
+from sonichu_jax.convert.ijepa import PREDICTOR_CONFIG, PREDICTOR_WEIGHTS
+from sonichu_jax.convert.layouts import EXPORT_LAYOUTS, write_pytorch
 from sonichu_jax.convert.loading import ModelPlan, plan_model
 from sonichu_jax.convert.rename import RuleSpec
-from sonichu_jax.convert.report import ConversionError
-from sonichu_jax.convert.safetensors_io import SafetensorsWriter, write_safetensors
+from sonichu_jax.convert.conversion_report import ConversionError
+from sonichu_jax.convert.safetensors_io import SafetensorsWriter
 from sonichu_jax.errors import InputError
 from sonichu_jax.fileio import atomic_dir, write_json
+from sonichu_jax.preprocess import SonichuPreprocessor
 
-PREDICTOR_WEIGHTS = "flax_predictor.safetensors"
-PREDICTOR_CONFIG = "predictor_config.json"
-TARGETS = ("flax", "sonichu", "hf-vitpose")
+TARGETS = ("flax",) + EXPORT_LAYOUTS
 # Every file a conversion may write; with ``force`` only these are ever replaced.
 OUTPUT_NAMES = (CONFIG_NAME, FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, PREPROCESSOR_NAME, PREDICTOR_WEIGHTS,
                 PREDICTOR_CONFIG)
-
-
-def write_pytorch(flat: Mapping[str, np.ndarray], cfg: ModelConfig, directory: str | os.PathLike, layout: str) -> None:
-    """Flax arrays by path -> ``model.safetensors`` + ``config.json`` in ``layout``."""
-    if layout not in TARGETS[1:]:
-        raise InputError(f"cannot export to layout {layout!r}; choose one of {', '.join(TARGETS[1:])}")
-    config = hf_vitpose_config(cfg) if layout == "hf-vitpose" else cfg.to_dict()
-    tensors = export_tensors(flat, LAYOUTS[layout], cfg)
-    os.makedirs(directory, exist_ok=True)
-    write_safetensors(os.path.join(directory, TORCH_WEIGHTS_NAME), tensors, metadata={"format": "pt", "layout": layout})
-    write_json(os.path.join(directory, CONFIG_NAME), config)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -169,7 +158,6 @@ def convert_to_directory(
         {FLAX_WEIGHTS_NAME} | ({PREDICTOR_WEIGHTS, PREDICTOR_CONFIG} if predictor else set())
         if to == "flax" else {TORCH_WEIGHTS_NAME})
     _check_shadows(out, writing)
-    from sonichu_jax.preprocess import SonichuPreprocessor  # OpenCV: only when writing
 
     with _staging(out) as tmp:
         if to == "flax":

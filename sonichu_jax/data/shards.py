@@ -1,0 +1,176 @@
+"""Packed data sets: frames and their records in ArrayRecord shards (`sonichu-jax pack`).
+
+A pack is a folder of ``shard-NNNNN.array_record`` files and ``pack.json``, which lists
+the shards with their record counts and every record's labels, so loading a pack reads
+no image. Each shard item is self-describing: a 4-byte little-endian header length, the
+record as JSON, then the image: the frame file's own bytes (``encoded``, decoded again at
+every read) or its decoded uint8/uint16 pixels (``decoded``, larger, no decode cost).
+Items are written one per group (``group_size:1``) so that any one can be read alone:
+grain's global shuffle and per-host sharding read only the items they draw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from sonichu_jax.data.records import LoadReport, Record
+from sonichu_jax.errors import InputError
+
+PACK_INDEX = "pack.json"
+FORMAT = "sonichu-jax pack 1"
+STORES = ("encoded", "decoded")
+
+
+def _decode(data: bytes | np.ndarray, what: str) -> np.ndarray:
+    """Encoded image bytes -> RGB(A) or gray array, as `sonichu_jax.preprocess.read_image`."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"cannot decode image: {what}")
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    return image
+
+
+class PackedImage:
+    """A record's image inside a pack: ``read()`` gives the array (what `load_image` calls);
+    ``str()`` names it ``PACK#ITEM`` in messages."""
+
+    def __init__(self, shards, index: int, name: str):
+        self.shards, self.index, self.name = shards, index, name
+
+    def read(self) -> np.ndarray:
+        item = self.shards[self.index]
+        (n,) = struct.unpack_from("<I", item)
+        header = json.loads(item[4 : 4 + n])
+        payload = memoryview(item)[4 + n :]
+        if header["store"] == "encoded":
+            return _decode(payload, str(self))
+        return np.frombuffer(payload, header["dtype"]).reshape(header["shape"])
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def load_image(image) -> np.ndarray:
+    """A record's image as an array: arrays as they are, packed frames read, paths decoded."""
+    from sonichu_jax.preprocess import read_image
+
+    if isinstance(image, np.ndarray):
+        return image
+    return image.read() if isinstance(image, PackedImage) else read_image(image)
+
+
+def _record_fields(record: Record) -> dict:
+    """The JSON form of a record's labels (the image itself goes in the shard)."""
+    out = {"id": record.source_id, "task": record.task, "is_pseudo": record.is_pseudo,
+           "spacing_mm": record.spacing_mm, "confidence": record.confidence}
+    if record.keypoints is not None:
+        out["keypoints"] = record.keypoints.tolist()
+        out["valid"] = record.valid.tolist()
+    return out
+
+
+def write_pack(records: Sequence[Record], out: str, *, store: str = "decoded", shard_size: int = 4096,
+               progress: Callable[[int], None] | None = None, warn: Callable[[str], None] | None = None) -> dict:
+    """Write ``records`` as a pack into the empty folder ``out`` (the caller makes it atomic).
+
+    A frame that cannot be read is reported through ``warn`` and skipped; returns the
+    ``pack.json`` contents plus ``skipped`` (how many were)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    if store not in STORES:
+        raise InputError(f"store must be one of {STORES}, got {store!r}")
+    shards, index, skipped, writer = [], [], 0, None
+    for record in records:
+        try:
+            data = image = None
+            if store == "encoded" and isinstance(record.image, str):
+                with open(record.image, "rb") as fh:
+                    data = fh.read()
+                image = _decode(data, record.image)  # checked now, not at training time
+            else:
+                image = load_image(record.image)
+        except (InputError, OSError, cv2.error) as exc:
+            skipped += 1
+            (warn or print)(f"skipping a frame that cannot be read: {record.image} ({exc})")
+            continue
+        finally:
+            if progress is not None:
+                progress(1)
+        fields = _record_fields(record)
+        header = {**fields, "store": store}
+        if store == "encoded":
+            if data is None:  # an array or a packed frame: encode it losslessly
+                bgr = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}.get(image.shape[2] if image.ndim == 3 else 1)
+                data = cv2.imencode(".png", image if bgr is None else cv2.cvtColor(image, bgr))[1].tobytes()
+        else:
+            header.update(dtype=image.dtype.str, shape=list(image.shape))
+            data = np.ascontiguousarray(image).tobytes()
+        head = json.dumps(header).encode()
+        if writer is None or shards[-1]["records"] == shard_size:
+            if writer is not None:
+                writer.close()
+            shards.append({"file": f"shard-{len(shards):05d}.array_record", "records": 0})
+            # zstd (the default) saves a third on decoded pixels; PNG bytes are compressed already
+            writer = ArrayRecordWriter(os.path.join(out, shards[-1]["file"]),
+                                       "group_size:1" + (",uncompressed" if store == "encoded" else ""))
+        writer.write(struct.pack("<I", len(head)) + head + data)
+        shards[-1]["records"] += 1
+        index.append({**fields, "width": int(image.shape[1]), "height": int(image.shape[0])})
+    if writer is not None:
+        writer.close()
+    if not index:
+        raise InputError(f"no readable frame among the {len(records)} records; nothing to pack")
+    meta = {"format": FORMAT, "store": store, "shards": shards, "records": index}
+    with open(os.path.join(out, PACK_INDEX), "w") as fh:
+        json.dump(meta, fh)
+    return {**meta, "skipped": skipped}
+
+
+def is_pack(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, PACK_INDEX))
+
+
+def load_pack(root: str):
+    """A pack as a `sonichu_jax.data.sources.Source` whose images read from the shards.
+
+    A shard that is missing, truncated or damaged raises `InputError` naming it."""
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from sonichu_jax.data.sources import Source
+
+    path = os.path.join(root, PACK_INDEX)
+    try:
+        with open(path) as fh:
+            meta = json.load(fh)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+        shards = [(os.path.join(root, s["file"]), int(s["records"])) for s in meta["shards"]]
+        entries = meta["records"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable pack index ({exc})") from None
+    for file, count in shards:
+        try:
+            found = ArrayRecordReader(file).num_records() if os.path.isfile(file) else None
+        except Exception:  # the reader's own errors carry no type of their own
+            found = None
+        if found != count:
+            state = "missing" if found is None else f"truncated or damaged ({found} of {count} records)"
+            raise InputError(f"pack shard {file} is {state}; pack the data again")
+    if sum(c for _, c in shards) != len(entries):
+        raise InputError(f"{path}: lists {len(entries)} records but its shards hold {sum(c for _, c in shards)}")
+    data = ArrayRecordDataSource([f for f, _ in shards])
+    records = [
+        Record(image=PackedImage(data, i, f"{root}#{i}"), task=e["task"], keypoints=e.get("keypoints"),
+               valid=e.get("valid"), is_pseudo=e["is_pseudo"], spacing_mm=e["spacing_mm"], source_id=e["id"],
+               confidence=e["confidence"])
+        for i, e in enumerate(entries)
+    ]
+    return Source(records, LoadReport(root, loaded=len(records)))
