@@ -130,12 +130,13 @@ def load(path):
 
 def soup(paths):
     """The teachers' weights averaged, every variable (the heads too)."""
-    from sonichu_jax.checkpoint import flat_state, model_from_arrays
+    from sonichu_jax.model_arrays import flat_state
+    from sonichu_jax.nn.sonichu import SonichuModel
 
     models = [load(p)[0] for p in paths]
     states = [flat_state(m) for m in models]
     mean = {k: np.mean([np.asarray(s[k], np.float32) for s in states], axis=0) for k in states[0]}
-    model = model_from_arrays(models[0].cfg, mean)
+    model = SonichuModel.from_arrays(models[0].cfg, mean)
     model.eval()
     return model, load(paths[0])[1]
 
