@@ -42,7 +42,7 @@ PROFILES = {
     "full": Profile(("AOP", "HC", "FUGC"), n_train=(120, 60, 30), n_unlabelled=120, n_test=40,
                     pretrain_steps=200, teacher_steps=160, student_steps=240, eval_every=80),
     "quick": Profile(("HC", "fetal_femur"), n_train=(48, 24), n_unlabelled=32, n_test=16,
-                     pretrain_steps=20, teacher_steps=40, student_steps=60, eval_every=20),
+                     pretrain_steps=20, teacher_steps=60, student_steps=60, eval_every=20),
 }
 
 # The card's five regimes, as their config files define them (pseudo-label round,
