@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from sonichu_jax.data.synthetic import write_synthetic_dataset
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
     from sonichu_jax.train.pretrain import BACKBONE_DIR, pretrain
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     work = os.path.abspath(args.work)
     frames = os.path.join(work, "frames")

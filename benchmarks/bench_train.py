@@ -75,7 +75,7 @@ def main() -> None:
         objective = Distillation(teacher_graph, cfg, DistillSettings())
         teachers = {"params": params, "rest": rest}
         aux = (jax.device_put(teachers, teacher_shardings(mesh, teachers)),)
-    trainer = build_trainer(config, mesh, objective=objective, extra=aux)
+    trainer = build_trainer(config, mesh, objective=objective, aux=aux)
     state, step = trainer.init_state(lambda: SonichuModel(cfg, rngs=nnx.Rngs(0))), trainer.step
     rng = np.random.default_rng(0)
     batches = [mesh_lib.global_batch(mesh, random_batch(cfg, args.batch, i % len(cfg.tasks), rng)) for i in range(4)]

@@ -56,6 +56,8 @@ def resolve_weights(path: str | os.PathLike) -> tuple[str | None, str]:
         if os.path.isfile(candidate):
             return path, candidate
     present = ", ".join(sorted(os.listdir(path))[:10]) or "nothing"
+    if path.rstrip("/").endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar", ".json")):
+        raise InputError(f"{path} is a folder, not a weights file (it has: {present})")
     raise InputError(f"{path} holds none of {', '.join(WEIGHT_NAMES)} (it has: {present}); name the weights file")
 
 
@@ -66,7 +68,7 @@ def hub_directory(name: str) -> str:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
     except ImportError:
-        raise InputError(f"{name} is not a local path; loading it from the Hugging Face Hub needs "
+        raise InputError(f"{name} not found locally; loading it from the Hugging Face Hub needs "
                          "huggingface_hub: pip install 'sonichu-jax[hub]'") from None
 
     offline = []
@@ -79,7 +81,7 @@ def hub_directory(name: str) -> str:
             return None
         except Exception as exc:  # unknown repository, gated, network
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(f"{name} is not a local path, and the Hugging Face Hub gave no {filename}: {first}") from None
+            raise InputError(f"{name} not found locally, and the Hugging Face Hub gave no {filename}: {first}") from None
 
     for optional in (CONFIG_NAME, PREPROCESSOR_NAME):
         fetch(optional)
@@ -95,16 +97,21 @@ def hub_directory(name: str) -> str:
                     raise InputError(f"Hub repository {name}: {weights} names {shard}, which is missing")
         return os.path.dirname(local)
     where = "the Hugging Face Hub cache (offline)" if all(offline) else f"the Hugging Face Hub repository {name}"
-    raise InputError(f"{name} is not a local path, and {where} holds none of {', '.join(WEIGHT_NAMES)}")
+    raise InputError(f"{name} not found locally, and {where} holds none of {', '.join(WEIGHT_NAMES)}")
 
 
 def local_path(path: str | os.PathLike) -> str:
     """``path`` itself, or the local snapshot folder of a Hub name (``owner/name``) when no
-    such local path exists."""
+    such local path exists. A name whose owner is a local folder is a mistyped path: it
+    is never sent over the network."""
     path = os.fspath(path)
-    if not os.path.exists(path) and HUB_NAME.fullmatch(path):
-        return hub_directory(path)
-    return path
+    if os.path.exists(path) or not HUB_NAME.fullmatch(path):
+        return path
+    owner = path.split("/")[0]
+    if os.path.exists(owner):
+        raise InputError(f"checkpoint not found: {path} ({owner} is a local folder, so {path} is not looked up on "
+                         "the Hugging Face Hub)")
+    return hub_directory(path)
 
 
 @dataclass

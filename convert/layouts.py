@@ -294,7 +294,8 @@ def _no_layout(names: list[str], shapes: dict) -> InputError:
     scores = {name: layout_coverage(stripped, layout) for name, layout in LAYOUTS.items() if name != "flax"}
     best = max(scores, key=lambda k: scores[k][0])
     known, unknown = scores[best]
-    nearest = (f"Nearest layout: {best} ({known} of {len(names)} names known; not e.g. {', '.join(unknown[:3])})"
+    missing = f"not e.g. {', '.join(unknown[:3])}" if unknown else "but too few of its tensors for a model"
+    nearest = (f"Nearest layout: {best} ({known} of {len(names)} names known; {missing})"
                if known else "No layout knows any of these names")
     return InputError(
         f"cannot tell the checkpoint layout from its tensor names. It holds {len(names)} tensors "

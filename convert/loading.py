@@ -39,13 +39,15 @@ def state_defaults(cfg: ModelConfig) -> dict:
 
 def task_specs(tasks: Tasks, known: Sequence[TaskSpec]) -> tuple[TaskSpec, ...]:
     """The task table asked for: names (keypoint counts from the checkpoint's own table,
-    else the card's), `TaskSpec`s, or ``{name: keypoint count}``."""
+    else the card's), `TaskSpec`s, or ``{name: keypoint count}``. A task the checkpoint
+    holds keeps its flip permutation; a new one has the one its `TaskSpec` gives."""
+    by_name = {t.name: t for t in (*CARD_TASKS, *known)}
     if isinstance(tasks, Mapping):
         bad = [f"{name}: {count!r}" for name, count in tasks.items() if not isinstance(count, int) or count < 1]
         if bad:
             raise InputError(f"tasks must map names to keypoint counts (integers >= 1); got {', '.join(bad)}")
-        return tuple(TaskSpec(name, count) for name, count in tasks.items())
-    by_name = {t.name: t for t in (*CARD_TASKS, *known)}
+        same = lambda name, count: name in by_name and by_name[name].num_keypoints == count  # noqa: E731
+        return tuple(by_name[name] if same(name, count) else TaskSpec(name, count) for name, count in tasks.items())
     specs = []
     for task in tasks or ():
         if isinstance(task, TaskSpec):
@@ -113,6 +115,10 @@ def plan_model(
     inferred and ``read_values``), how ``ckpt`` fills a Sonichu model (and, with
     ``with_predictor``, an I-JEPA predictor the checkpoint holds)."""
     chosen = detect_layout(ckpt.source, layout)
+    if chosen.infer is None and not ckpt.config:  # else a ViT-B default, and a shape line per tensor
+        missing = os.path.join(ckpt.directory or os.path.dirname(os.path.abspath(ckpt.weights)), CONFIG_NAME)
+        raise InputError(f"{missing} is missing: the architecture of a {chosen.name}-layout checkpoint is read from "
+                         "it, not from tensor shapes; put the config.json written with these weights beside them")
     try:
         inferred = infer_config(ckpt.source, chosen, ckpt.config, task_name, Options(encoder=encoder),
                                 overrides=overrides, read_values=read_values)

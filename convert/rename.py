@@ -4,19 +4,48 @@ adapted without editing any code (``decoders\\.(\\w+)\\.up\\.0`` -> ``heads.\\1.
 
 A rule is ``(pattern, replacement)`` with Python `re.sub` semantics, or the text
 ``PATTERN=REPLACEMENT`` (split at the last ``=``: tensor names never contain one, patterns
-may). Rules apply in order, each to the result of the previous one.
+may). Rules apply in order, each to the result of the previous one, within a time bound:
+a pattern such as ``(a+)+$`` backtracks for ever on a name it nearly matches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Iterable, Sequence
+import signal
+import threading
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from sonichu_jax.errors import InputError
 
 RuleSpec = str | tuple[str, str]
+SECONDS_PER_NAME = 1.0  # a sane rule takes microseconds on a tensor name
+
+
+class _TooSlow(Exception):
+    pass
+
+
+def _raise_too_slow(signum, frame):
+    raise _TooSlow
+
+
+@contextlib.contextmanager
+def _time_bound(seconds: float) -> Iterator[None]:
+    """Python's regex engine checks signals while it backtracks, so an interval timer
+    stops it (main thread only: elsewhere Python allows no handler, and no bound holds)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _raise_too_slow)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def parse_rules(specs: Sequence[RuleSpec] | None) -> list[tuple[re.Pattern, str]]:
@@ -40,9 +69,13 @@ def rename(name: str, rules: list[tuple[re.Pattern, str]], used: set[str] | None
     """``name`` after every rule; the patterns that matched are added to ``used``."""
     for regex, replacement in rules:
         try:
-            new = regex.sub(replacement, name)
+            with _time_bound(SECONDS_PER_NAME):
+                new = regex.sub(replacement, name)
         except (re.error, IndexError) as exc:
             raise InputError(f"rename rule {regex.pattern!r} -> {replacement!r} fails on {name}: {exc}") from None
+        except _TooSlow:
+            raise InputError(f"rename rule pattern {regex.pattern!r} ran over {SECONDS_PER_NAME:g} s on {name}: it "
+                             "backtracks without end (nested repeats such as (a+)+); write it without them") from None
         if used is not None and new != name:
             used.add(regex.pattern)
         name = new

@@ -90,6 +90,11 @@ def read_header(path: str) -> tuple[dict, dict, int]:
     if not isinstance(metadata, dict):
         raise _bad(path, "__metadata__ is not an object")
     data_end = max((_check_entry(path, name, entry) for name, entry in header.items()), default=0)
+    # as the format's own validator: no two tensors share bytes (one would alias the other)
+    ranges = sorted((e["data_offsets"], n) for n, e in header.items() if e["data_offsets"][0] < e["data_offsets"][1])
+    for ((_, end), first), ((begin, _), second) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise _bad(path, f"tensors {first} and {second} overlap (data_offsets)")
     available = os.path.getsize(path) - 8 - size
     if data_end > available:
         raise InputError(f"{path} is truncated: its header declares {data_end} bytes of tensor data, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from typing import Iterable
 
 import numpy as np
@@ -60,6 +61,13 @@ def load_tree(path: str):
     except ImportError:
         raise InputError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch), "
                          "or convert it to safetensors first") from None
+    if zipfile.is_zipfile(path):  # torch.save stores its entries; a deflated one may be a zip bomb
+        with zipfile.ZipFile(path) as archive:
+            packed = [i for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise InputError(f"{path} holds {len(packed)} compressed entries ({sum(i.compress_size for i in packed):,} "
+                             f"bytes declared to expand to {sum(i.file_size for i in packed):,}), which torch.save "
+                             "never writes; re-save the state dict with torch.save")
     try:  # torch >= 2.5 lists a zip file's refused globals without unpickling it
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - a legacy (pre-zip) file cannot be scanned; loading it names one

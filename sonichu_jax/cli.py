@@ -16,6 +16,7 @@ import threading
 
 from sonichu_jax import __version__
 from sonichu_jax.errors import SonichuError
+from sonichu_jax.fileio import os_reason
 
 # subcommand name -> module under sonichu_jax.commands
 COMMANDS: dict[str, str] = {
@@ -36,7 +37,7 @@ COMMANDS: dict[str, str] = {
     "plan": "plan",
 }
 
-# Exit codes: 0 done; 1 a run that failed (diverged) or a parity check that failed;
+# Exit codes: 0 done; 1 a run that failed (diverged, an OS error) or a parity check that failed;
 # 2 bad input (any SonichuError); 128 + signal number for a training run stopped by
 # SIGINT / SIGTERM after saving its checkpoint (the shell's convention: 130, 143).
 
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except SonichuError as exc:
         print(f"sonichu-jax {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk, a read-only folder: the run failed, the input may be fine
+        print(f"sonichu-jax {args.command}: error: {os_reason(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sonichu-jax {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
         return 128 + signal.SIGINT

@@ -22,8 +22,9 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # Compute options: how a model computes, not what. The same weights give the same
 # function under any of them; they are not part of the architecture.
 REMAT_KINDS = ("none", "block", "block_save_dots")
-ATTENTION_KINDS = ("auto", "xla", "cudnn", "heads_major")
+ATTENTION_KINDS = ("auto", "xla", "cudnn", "heads_major", "splash")
 HEAD_CONV_KINDS = ("matmul", "conv")
+DECODERS = ("soft_argmax", "argmax")  # heatmaps -> xy (sonichu_jax.nn.vitpose.decode)
 COMPUTE_FIELDS = ("dtype", "remat", "attention", "head_conv")
 
 CONFIG_NAME = "config.json"
@@ -92,11 +93,13 @@ class ModelConfig:
     num_deconv: int = 2
     batch_norm_eps: float = 1e-5
     softargmax_beta: float = 1.0
+    decoder: str = "soft_argmax"
     dtype: str = "float32"  # compute dtype; parameters are always float32
     # Compute options (COMPUTE_FIELDS). remat: recompute each transformer block in the
     # backward pass ("block"), or all but its matmuls ("block_save_dots"), to fit larger
-    # batches per chip. attention: jax.nn.dot_product_attention's implementation (auto
-    # picks cuDNN on GPUs where it can), or heads_major (einsums laid out per head). head_conv: the heads' 2x2 and 1x1 convolutions as
+    # batches per chip. attention: auto (the fastest for the platform compiled for:
+    # nn.vit.AUTO_ATTENTION), jax.nn.dot_product_attention's xla or cudnn, heads_major
+    # (einsums laid out per head) or splash (Pallas TPU kernel). head_conv: the heads' 2x2 and 1x1 convolutions as
     # shifted-copy matmuls (fast backward on CPU) or as XLA convolutions.
     remat: str = "none"
     attention: str = "auto"
@@ -124,6 +127,7 @@ class ModelConfig:
             ("remat", self.remat, REMAT_KINDS),
             ("attention", self.attention, ATTENTION_KINDS),
             ("head_conv", self.head_conv, HEAD_CONV_KINDS),
+            ("decoder", self.decoder, DECODERS),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")

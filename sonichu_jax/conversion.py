@@ -24,7 +24,7 @@ from sonichu_jax.convert.rename import RuleSpec
 from sonichu_jax.convert.conversion_report import ConversionError
 from sonichu_jax.convert.safetensors_io import SafetensorsWriter
 from sonichu_jax.errors import InputError
-from sonichu_jax.fileio import atomic_dir, write_json
+from sonichu_jax.fileio import atomic_dir, check_output, write_json
 from sonichu_jax.preprocess import SonichuPreprocessor
 
 TARGETS = ("flax",) + EXPORT_LAYOUTS
@@ -33,26 +33,10 @@ OUTPUT_NAMES = (CONFIG_NAME, FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, PREPROCESSOR
                 PREDICTOR_CONFIG)
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def check_output_dir(out: str | os.PathLike, inputs: Sequence[str], force: bool) -> str:
-    """Check, before any work, that ``out`` can become the output folder: not a file, not
-    below one, not the input, not holding it or held by it; an existing non-empty folder
-    only with ``force``. Returns the real path."""
-    out = os.path.realpath(os.fspath(out))
-    if os.path.isfile(out):
-        raise InputError(f"output {out} is an existing file, not a folder")
-    parent = os.path.dirname(out)
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
-        raise InputError(f"output {out} is below {parent}, which is a file")
-    for given in inputs:
-        src = os.path.realpath(given)
-        if _inside(src, out) or (os.path.isdir(src) and _inside(out, src)):
-            raise InputError(f"output {out} and the checkpoint {given} overlap; write the conversion elsewhere")
+    """Check, before any work, that ``out`` can become the output folder (`check_output`);
+    an existing non-empty folder only with ``force``. Returns the real path."""
+    out = os.path.realpath(check_output(out, what="output", folder=True, inputs=inputs))
     if os.path.isdir(out) and os.listdir(out) and not force:
         raise InputError(f"output {out} already exists and is not empty; replacing its files must be asked for")
     return out

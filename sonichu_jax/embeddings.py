@@ -22,14 +22,14 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sonichu_jax.errors import InputError
-from sonichu_jax.fileio import atomic_path, check_output_file
+from sonichu_jax.fileio import atomic_path, check_output
 
 FEATURE_SUFFIXES = (".safetensors", ".npz")
 
 
 def check_features_path(path: str | os.PathLike) -> str:
     """Check before any work that ``path`` can become a feature file."""
-    return check_output_file(path, FEATURE_SUFFIXES, what="feature file")
+    return check_output(path, FEATURE_SUFFIXES, what="feature file")
 
 
 def save_features(path: str | os.PathLike, names: Sequence[str], features: np.ndarray,

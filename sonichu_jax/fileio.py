@@ -50,7 +50,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
     may be removed from an existing folder is the caller's business. On failure the
     temporary folder is deleted and ``path`` is left as it was.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.realpath(os.fspath(path))  # a link to an empty folder: fill that folder
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
@@ -65,21 +65,45 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
             shutil.rmtree(tmp)
 
 
-def check_output_file(path: str | os.PathLike, suffixes: Sequence[str] = (), what: str = "output file") -> str:
-    """Check, before any work, that ``path`` can become a file: not an existing folder,
-    not below an existing file, and (if given) ending in one of ``suffixes``. Returns the
-    absolute path."""
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output(path: str | os.PathLike, suffixes: Sequence[str] = (), what: str = "output file", *,
+                 folder: bool = False, inputs: Sequence[str] = (), data: Sequence[str] = ()) -> str:
+    """Check, before any work, that ``path`` can become a command's output file (or, with
+    ``folder``, folder) and replaces nothing the command reads. ``inputs`` are read whole
+    (checkpoints, run directories, the command's own output folder): an output is not one
+    of them, inside one, nor (a folder) holding one. ``data`` are images and data sets: a
+    file output is none of them, a folder output neither holds nor lies inside one. Also
+    refused: a file name without one of ``suffixes``, an existing folder given as a file
+    (and the reverse), a path below a file. Returns the absolute path."""
     path = os.fspath(path)
     if suffixes and not path.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise InputError(f"{what} {path} must end in {' or '.join(suffixes)}")
-    if os.path.isdir(path):
+    if not folder and os.path.isdir(path):
         raise InputError(f"{what} {path} is an existing folder, not a file name")
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{what} {path} is an existing file, not a folder")
     parent = os.path.dirname(os.path.abspath(path))
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise InputError(f"{what} {path} is below {parent}, which is a file")
+    real = os.path.realpath(path)
+    for given, whole in [(p, True) for p in inputs] + [(p, False) for p in data]:
+        other = os.path.realpath(os.fspath(given))
+        if real == other or ((whole or folder) and _inside(real, other)) or (folder and _inside(other, real)):
+            raise InputError(f"{what} {path} overlaps {given}, which this command reads or writes; "
+                             "write it elsewhere")
     return os.path.abspath(path)
+
+
+def os_reason(exc: OSError) -> str:
+    """One line: the path and the system's reason (``[Errno 30] ...: 'x'`` reads badly)."""
+    where = " -> ".join(os.fspath(f) for f in (exc.filename, exc.filename2) if f is not None)
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

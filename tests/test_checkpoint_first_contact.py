@@ -309,7 +309,7 @@ def test_hub_name_loads_from_the_cache_offline(sonichu_src, tmp_path):
     assert out.stdout.splitlines()[0] == str(snapshot / "model.safetensors")
     size, expected_size = out.stdout.splitlines()[2].split("] [")
     assert size + "]" == "[" + expected_size  # the preprocessor is found through the Hub name too
-    assert "owner/not-cached is not a local path, and the Hugging Face Hub cache (offline) holds none of" in out.stderr
+    assert "owner/not-cached not found locally, and the Hugging Face Hub cache (offline) holds none of" in out.stderr
     expected = load_file(os.path.join(src, "model.safetensors"))["backbone.blocks.0.attn.qkv.weight"].numpy()
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 

@@ -1,6 +1,7 @@
 """Compute options (ModelConfig.remat, .attention, .head_conv) change how a model computes,
 never what: each variant gives the default path's outputs and gradients (float32, tight
-tolerance), with the same parameter names and shapes."""
+tolerance), with the same parameter names and shapes. Pallas's splash attention runs in
+interpret mode here (no TPU), which executes the kernel's own code on CPU."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ def _assert_same(variant: nnx.Module, reference: nnx.Module, inputs, apply):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("changes", [{"attention": "heads_major"}, {"remat": "block_save_dots"}],
+# The splash encoder is slow (its kernels interpreted); the predictor test below covers the same path.
+@pytest.mark.parametrize("changes", [{"attention": "heads_major"},
+                                     pytest.param({"attention": "splash"}, marks=pytest.mark.slow),
+                                     {"remat": "block_save_dots"}],
                          ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_encoder_variant_matches_default_path(changes):
     """The context-encoder path: a kept subset of tokens, some of them padding."""
@@ -71,7 +75,8 @@ def test_head_conv_variant_matches_default_path():
                  feats, apply)
 
 
-def test_predictor_heads_major_attention_with_padding_matches():
+@pytest.mark.parametrize("attention", ["heads_major", "splash"])
+def test_predictor_attention_variant_with_padding_matches(attention):
     """I-JEPA's predictor on padded (static-shape) contexts and targets."""
     cfg = tiny(width=32, num_heads=2)
     rng = np.random.default_rng(0)
@@ -83,8 +88,96 @@ def test_predictor_heads_major_attention_with_padding_matches():
     def apply(m, c):
         return jnp.where(tgt_valid[..., None], m(c, ctx_idx, tgt_idx, ctx_valid, tgt_valid), 0.0)
 
-    _assert_same(Predictor(cfg.replace(attention="heads_major"), 16, 1, rngs=nnx.Rngs(1)),
+    _assert_same(Predictor(cfg.replace(attention=attention), 16, 1, rngs=nnx.Rngs(1)),
                  Predictor(cfg, 16, 1, rngs=nnx.Rngs(0)), ctx, apply)
+
+
+def _numpy_attention(q, k, v, valid):
+    """Softmax attention in float64 numpy: the independent reference."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    logits = np.einsum("bnth,bnsh->bnts", q, k)
+    if valid is not None:
+        logits = np.where(np.asarray(valid)[:, None, None, :], logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return np.einsum("bnts,bnsh->bnth", probs / probs.sum(-1, keepdims=True), v)
+
+
+# (batch, heads, tokens, head dim): the predictor's 32-wide heads and the encoder's 64-wide
+# ones, token counts that the kernel pads to 128 and 256 (with and without padding tokens).
+@pytest.mark.parametrize("shape, padded", [((2, 3, 40, 32), True), ((1, 2, 130, 64), False), ((2, 1, 128, 64), False)],
+                         ids=str)
+def test_splash_kernel_matches_softmax_attention(shape, padded):
+    """Values against float64 numpy; gradients (q, k, v) against the plain float32 path,
+    over the real queries (the outputs at padding positions are meaningless)."""
+    from sonichu_jax.nn.vit import softmax_attention, splash_attention
+
+    b, _, t, hd = shape
+    rng = np.random.default_rng(t)
+    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
+    q = q * hd**-0.5
+    valid = jnp.asarray(np.arange(t)[None] < rng.integers(t // 4, t, (b, 1))) if padded else None
+    real = jnp.ones((b, 1, t, 1), bool) if valid is None else valid[:, None, :, None]
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.where(real, jnp.sin(3.0 * fn(q, k, v, valid)), 0.0))
+
+    out = jax.jit(splash_attention)(q, k, v, valid)
+    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, _numpy_attention(q, k, v, valid), 0),
+                               rtol=1e-5, atol=1e-5)
+    grads = jax.jit(jax.grad(loss(splash_attention), argnums=(0, 1, 2)))(q, k, v)
+    expected = jax.jit(jax.grad(loss(softmax_attention), argnums=(0, 1, 2)))(q, k, v)
+    for g, e in zip(grads, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * float(jnp.abs(e).max()))
+
+
+SHARDED_SPLASH = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from sonichu_jax.nn.vit import softmax_attention, splash_attention
+from sonichu_jax.train.mesh import make_mesh, on_mesh
+mesh = make_mesh(data=2, fsdp=2)
+batch = NamedSharding(mesh, P(("data", "fsdp")))
+rng = np.random.default_rng(0)
+q, k, v = (jnp.asarray(rng.normal(size=(4, 2, 24, 32)), jnp.float32) for _ in range(3))
+valid = jnp.asarray(np.arange(24)[None] < np.array([[24], [5], [17], [9]]))
+loss = lambda fn: lambda q, k, v: jnp.sum(jnp.where(valid[:, None, :, None], jnp.sin(fn(q, k, v, valid)), 0.0))
+sharded = jax.jit(on_mesh(jax.grad(loss(splash_attention), (0, 1, 2)), mesh), in_shardings=(batch,) * 3)(q, k, v)
+plain = jax.grad(loss(softmax_attention), (0, 1, 2))(q, k, v)
+print(max(float(jnp.abs(a - b).max() / jnp.abs(b).max()) for a, b in zip(sharded, plain)))
+"""
+
+
+def test_splash_runs_per_device_on_a_mesh():
+    """On a mesh of 4 (fake CPU) devices the kernel runs on each device's share of the
+    batch (shard_map), each sequence with its own padding: gradients as the plain path's."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r = subprocess.run([sys.executable, "-c", SHARDED_SPLASH], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 1e-5
+
+
+def test_auto_attention_resolves_for_the_platform_compiled_for():
+    """`auto` follows the mesh a step is traced under, not the default backend: the plan
+    traces on a CPU host for TPU devices."""
+    from sonichu_jax.nn import vit
+    from sonichu_jax.train.mesh import make_mesh, on_mesh
+
+    assert vit.resolve_attention("auto", "tpu") == "splash"
+    assert vit.resolve_attention("auto", "cpu") == "heads_major"
+    assert vit.resolve_attention("auto", "gpu") == "auto"  # jax.nn.dot_product_attention picks (cuDNN)
+    assert vit.resolve_attention("xla", "tpu") == "xla"
+    assert vit.target_platform() == jax.default_backend() == "cpu"  # no mesh: the default backend
+    seen = []
+    mesh = make_mesh(devices=jax.devices()[:1])
+    jax.eval_shape(on_mesh(lambda: seen.append(vit.target_platform()), mesh))
+    tpu = jax.sharding.AbstractDevice(device_kind="TPU v5", num_cores=None, platform="tpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("data",), abstract_device=tpu)):
+        seen.append(vit.target_platform())
+    assert seen == ["cpu", "tpu"]
 
 
 def test_compute_options_are_validated():

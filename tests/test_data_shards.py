@@ -84,7 +84,7 @@ def test_teacher_trains_from_a_pack_with_the_png_folders_losses(femur, tmp_path)
     """Same seed, same records in the same order, bit-identical pixels: the per-step losses
     agree to float32 rounding (rtol 1e-6; measured: identical)."""
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     pack = tmp_path / "pack"
     assert main(["pack", femur, "--out", str(pack), "--quiet"]) == 0
@@ -109,3 +109,11 @@ def test_a_frame_folder_packs_as_unlabelled_frames(femur, tmp_path):
     assert [r.source_id for r in packed] == [r.source_id for r in files] and len(packed) == 80
     assert all(r.task is None and r.keypoints is None for r in packed)
     np.testing.assert_array_equal(load_image(packed[5].image), read_image(files[5].image))
+
+
+def test_a_pack_never_overlaps_its_source(femur, tmp_path, capsys):
+    for out in (femur, os.path.join(femur, "pack"), os.path.dirname(femur)):
+        assert main(["pack", femur, "--out", out, "--quiet", "--force"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"pack folder {out} overlaps {femur}" in err[0], err
+    assert not os.path.exists(os.path.join(femur, "pack"))

@@ -58,7 +58,7 @@ def test_loss_terms_match_numpy():
     b["is_pseudo"] = np.array([0, 1, 0, 0], np.float32)  # pseudo-labels are not real labels
     pred = rng.uniform(size=(4, 4, 2)).astype(np.float32)
     target = rng.uniform(size=(4, 4, 2)).astype(np.float32)
-    total, parts = objective.loss(pred, b, target)
+    total, parts = objective.loss({"coords": pred}, b, target)
     real = np.array([1, 0, 0, 1], bool)
     expected_real = np.abs(pred - b["keypoints"])[real][:, :2].mean()
     expected_teacher = np.abs(pred - target)[:, :2].mean()  # every sample, the task's keypoints only
@@ -75,7 +75,7 @@ def test_teachers_stay_frozen_and_have_no_optimiser_state(cfg):
     aux = jax.device_put(aux, shardings)
     before = flat(aux)
     objective = Distillation(graphdef, cfg, DistillSettings())
-    state, step, mesh, _ = setup(cfg, objective=objective, extra=(aux,))
+    state, step, mesh, _ = setup(cfg, objective=objective, aux=(aux,))
     plain = build_trainer(TeacherConfig(model=cfg, optim=OptimConfig(warmup_steps=1), steps=100), mesh).state
     assert jax.tree.structure(state.opt_state) == jax.tree.structure(plain.opt_state)
     b = batch(cfg, 8, 0)

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from sonichu_jax.errors import InputError
-from sonichu_jax.fileio import atomic_dir, atomic_path, check_output_file, write_json
+from sonichu_jax.fileio import atomic_dir, atomic_path, check_output, write_json
 
 
 def _mode(path) -> int:
@@ -57,12 +57,12 @@ def test_atomic_dir_replaces_only_an_empty_folder(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["empty"]
 
 
-def test_check_output_file_refuses_folders_paths_below_files_and_suffixes(tmp_path):
+def test_check_output_refuses_folders_paths_below_files_and_suffixes(tmp_path):
     (tmp_path / "file.txt").write_text("")
     with pytest.raises(InputError, match="existing folder"):
-        check_output_file(tmp_path)
+        check_output(tmp_path)
     with pytest.raises(InputError, match="which is a file"):
-        check_output_file(tmp_path / "file.txt" / "deeper" / "out.json")
+        check_output(tmp_path / "file.txt" / "deeper" / "out.json")
     with pytest.raises(InputError, match=r"\.json or \.csv"):
-        check_output_file(tmp_path / "out.txt", (".json", ".csv"))
-    assert check_output_file(tmp_path / "new" / "out.JSON", (".json",)) == str(tmp_path / "new" / "out.JSON")
+        check_output(tmp_path / "out.txt", (".json", ".csv"))
+    assert check_output(tmp_path / "new" / "out.JSON", (".json",)) == str(tmp_path / "new" / "out.JSON")

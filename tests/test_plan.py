@@ -41,7 +41,8 @@ def test_topology_names(name, expected):
     ("tpu", "not GEN:AxBxC or GEN-N; examples"),
     ("v5p:4x4", "v5p slices have 3 axes"),
     ("v5p-12", "only power-of-two slices"),
-    ("cpu:0", "cpu:N with N >= 1"),
+    ("cpu:0", "cpu:N with 1 <= N <= 512"),
+    ("cpu:8192", "cpu:N with 1 <= N <= 512"),
 ])
 def test_bad_topology_names_say_what_is_known(name, message):
     with pytest.raises(InputError, match=message):
@@ -73,6 +74,25 @@ def test_fit_check_and_estimates():
     plan.compiler_flops, plan.bytes_accessed = chip.peak_flops, 2 * chip.hbm_bandwidth
     plan = estimate(plan, topology, step_seconds=-95.0)
     assert plan.time_source == "roofline" and plan.step_seconds == pytest.approx(3.0)
+
+
+def test_pallas_kernels_are_priced_by_their_roofline():
+    """The cost model gives Pallas kernels no time: their FLOPs at peak plus their bytes
+    at HBM bandwidth are added to its step time, and to the roofline's totals."""
+    from sonichu_jax.train.plans.plan import Plan, estimate
+    from sonichu_jax.train.plans.topology import Topology
+
+    chip = CHIPS["v5p"]
+    plan = Plan(stage="pretrain", topology="v5p:2x2x1", device_kind="TPU v5", devices=4, hosts=1,
+                mesh={"data": 4, "fsdp": 1}, global_batch=64, batch_per_chip=16, steps=10, memory={"total": 1},
+                compiler_flops=3 * chip.peak_flops, bytes_accessed=chip.hbm_bandwidth, model_flops=chip.peak_flops,
+                kernel_flops=chip.peak_flops, kernel_bytes=0.5 * chip.hbm_bandwidth)
+    topology = Topology("v5p:2x2x1", chip, (), 1)
+    plan = estimate(plan, topology, step_seconds=2.0)
+    assert plan.kernel_seconds == pytest.approx(1.5) and plan.step_seconds == pytest.approx(3.5)
+    assert plan.time_source == "cost model" and plan.mfu == pytest.approx(1 / 3.5)
+    plan = estimate(plan, topology, step_seconds=None)  # the totals already hold the kernels'
+    assert plan.time_source == "roofline" and plan.step_seconds == pytest.approx(4.0)
 
 
 def test_a_step_the_compiler_cannot_fit_is_refused_with_its_figures(monkeypatch):
@@ -189,8 +209,10 @@ TINY = {"ijepa": "ijepa_tiny", "teacher": "teacher_tiny", "distill": "distill_ti
 # (one deconvolution takes the teacher's compile from 4.4 to 3.2 s here).
 SMALLER = {
     "ijepa": ["model.depth=1", "model.width=32", "predictor.depth=1", "predictor.width=16"],
+    # heads_major: at 4 tokens the splash kernel's padding to 128 would be most of the
+    # step (the I-JEPA plans cover auto's splash kernels).
     "teacher": ["model.depth=1", "model.image_size=(32, 32)", "model.width=32", "model.num_deconv=1",
-                "model.deconv_filters=16"],
+                "model.deconv_filters=16", "model.attention=heads_major"],
 }
 SMALLER["distill"] = SMALLER["teacher"]
 
@@ -229,8 +251,54 @@ def test_tiny_steps_compile_for_tpu_slices(tpu_plans, stage, topology):
     assert plan.fits and plan.hbm_bytes == CHIPS[topology.split(":")[0]].hbm_bytes
     assert 0 < plan.step_seconds < 1 and 0 < plan.mfu < 1
     assert plan.img_per_s == pytest.approx(plan.global_batch / plan.step_seconds)
-    assert plan.model_flops <= plan.compiler_flops < 2 * plan.model_flops
+    # The compiler's count covers all but I-JEPA's attention (splash kernels, counted at
+    # 128 padded tokens where its config has 16 or fewer): the model's FLOPs plus
+    # elementwise work.
+    assert plan.model_flops <= plan.compiler_flops and (plan.kernel_flops > 0) == (stage == "ijepa")
+    assert plan.compiler_flops - plan.kernel_flops < 2 * plan.model_flops
     assert sum(plan.breakdown["by_kind"].values()) == pytest.approx(1.0)
+
+
+@tpu
+def test_auto_attention_compiles_splash_kernels_for_tpu_and_the_plan_prices_them(tpu_plans):
+    """Planned on this CPU host for a TPU slice, `model.attention=auto` resolves from the
+    target devices (splash kernels in the program); their FLOPs are the hand count."""
+    plan = tpu_plans("ijepa", "v5p:2x2x2")
+    kernels = plan.breakdown["kernels"]
+    assert kernels["calls"] > 0 and plan.kernel_flops == kernels["flops"] > 0
+    assert 0 < plan.kernel_seconds < plan.step_seconds
+
+
+@tpu
+def test_splash_kernel_flops_and_bytes_match_a_hand_count():
+    """One attention's gradient on a 4-chip slice: the forward kernel (2 matmuls) and the
+    fused backward (5), over 2 sequences per chip padded from 182 to 256 tokens."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from sonichu_jax.nn.vit import splash_attention
+    from sonichu_jax.train.mesh import make_mesh, on_mesh
+    from sonichu_jax.train.plans.breakdown import pallas_kernels
+    from sonichu_jax.train.plans.topology import make_topology
+
+    mesh = make_mesh(devices=list(make_topology("v5p:2x2x1").devices))
+    b, h, t, hd = 8, 12, 182, 32
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    x = jax.ShapeDtypeStruct((b, h, t, hd), jnp.bfloat16, sharding=batch)
+    valid = jax.ShapeDtypeStruct((b, t), jnp.bool_, sharding=batch)
+
+    def loss(q, k, v, valid):
+        return jnp.sum(splash_attention(q, k, v, valid).astype(jnp.float32))
+
+    step = jax.jit(on_mesh(jax.grad(loss, (0, 1, 2)), mesh), in_shardings=(batch,) * 4)
+    kernels = pallas_kernels(step.lower(x, x, x, valid).compile().as_text())
+    per_matmul = 2 * (b // 4) * h * 256 * 256 * hd
+    assert kernels["calls"] == 2 and kernels["flops"] == (2 + 5) * per_matmul
+    # At least: q, k, v read by both kernels (bf16, tokens minor: no lane padding); o, do,
+    # dq, dk and dv (head_dim minor: 32 of HBM's 128 lanes used) written or read once.
+    qkv, o = 3 * (b // 4) * h * 256 * hd * 2, (b // 4) * h * 256 * 128 * 2
+    assert 2 * qkv + 5 * o <= kernels["bytes"] < 2 * (2 * qkv + 5 * o)
 
 
 @tpu

@@ -46,3 +46,18 @@ def test_readme_python_block_runs(index, placeholders, monkeypatch, tmp_path):
     if "report" in namespace:  # loading with a new head: HC kept, NEW made fresh and reported
         assert namespace["model"].cfg.task_names == ("HC", "NEW")
         assert namespace["report"] and "NEW" in namespace["report"][0].summary()
+
+
+def test_quick_start_data_has_the_tiny_configs_tasks():
+    """Every `make-synthetic data/...` of the README and the tiny configs' docstrings makes
+    exactly the tiny configs' tasks: no run of the quick start skips records of others."""
+    from sonichu_jax.train.presets import tiny_teacher
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    texts = [open(README).read()] + [open(os.path.join(root, "configs", f"{stage}_tiny.py")).read()
+                                     for stage in ("teacher", "ijepa")]
+    commands = [m for text in texts for m in re.findall(r"make-synthetic data/\S+ --n \d+([^#\n]*)", text)]
+    assert len(commands) >= 4
+    tasks = tiny_teacher().model.task_names
+    for rest in commands:
+        assert rest.split() == ["--tasks", *tasks], rest

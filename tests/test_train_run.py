@@ -113,6 +113,12 @@ def test_resume_comparison():
     # the compute options change how the step computes, not the train state
     compute = ["model.dtype=bfloat16", "model.attention=heads_major", "model.remat=block", "model.head_conv=conv"]
     assert check_resume(saved, to_dict(apply_overrides(same, compute)), "run") is None
+    # a run saved before the loss section and the decoder existed resumes with their defaults, not another
+    del saved["loss"], saved["model"]["decoder"]
+    defaults = to_dict(TeacherConfig())
+    assert check_resume(saved, to_dict(same), "run", defaults=defaults) is None
+    with pytest.raises(ConfigError, match=r"loss.kind: 'l1' \(saved\) vs 'heatmap_mse' \(now\)"):
+        check_resume(saved, to_dict(apply_overrides(same, ["loss.kind=heatmap_mse"])), "run", defaults=defaults)
 
 
 def test_non_finite_checkpoint_is_damaged(tmp_path):

@@ -36,7 +36,7 @@ FIXTURE_SETS = ["model.deconv_filters=16", "data.batch_size=8", "epochs=15", "lo
 
 @pytest.fixture(scope="module")
 def trained(femur_data, tmp_path_factory):
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     config = apply_overrides(load_config_file(TINY), FIXTURE_SETS)
     out = tmp_path_factory.mktemp("run")
@@ -188,7 +188,7 @@ def test_a_longer_schedule_resumes_and_says_so(trained, femur_data, tmp_path, ca
     """11.4: more epochs (more steps) are allowed: said in one line, and the saved config
     follows; so are other compute options, whose state is the same. (``stop_after=0``:
     the resume is checked and the checkpoint restored, nothing is trained or compiled.)"""
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     _, run = trained
     copy = tmp_path / "run"
@@ -208,7 +208,7 @@ def test_resuming_a_finished_run_reports_without_logging_twice(trained, femur_da
     """A finished run resumed trains nothing: its result reports the MRE measured again at
     the last step (the same weights, so the same number), and metrics.jsonl keeps one
     validation line per step."""
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     first, run = trained
     copy = tmp_path / "run"

@@ -46,13 +46,13 @@ def initial_weights(cfg, seed=0):
 
 
 def setup(cfg, optim=OptimConfig(warmup_steps=1), mesh=None, seed=0, total_steps=100, wrap=None,
-          objective=None, extra=()):
+          objective=None, aux=()):
     """(state, compiled step, mesh, optimizer) from the trainer's builder; ``wrap`` wraps
-    the step function (tests count traces with it); ``objective`` and ``extra`` make a
+    the step function (tests count traces with it); ``objective`` and ``aux`` make a
     distillation step."""
     mesh = mesh or mesh_lib.make_mesh()
     config = TeacherConfig(model=cfg, optim=optim, steps=total_steps, seed=seed)
-    trainer = build_trainer(config, mesh, objective=objective, extra=extra, wrap=wrap)
+    trainer = build_trainer(config, mesh, objective=objective, aux=aux, wrap=wrap)
     model_graph, weights = initial_weights(cfg, seed)
     state = trainer.init_state(lambda w: nnx.merge(model_graph, w), weights)
     return state, trainer.step, mesh, trainer.optimizer

@@ -21,6 +21,7 @@ import ast
 import dataclasses
 import importlib.util
 import os
+import traceback
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,21 +29,35 @@ from typing import Any
 
 from sonichu_jax.config import ModelConfig
 
-from sonichu_jax.errors import ConfigError
+from sonichu_jax.errors import ConfigError, SonichuError
 
 
 @dataclass(frozen=True)
 class InitConfig:
     """Where the weights start: ``scratch``; ``pretrained`` (a whole SonichuModel
     checkpoint dir, e.g. converted PyTorch weights); ``backbone`` (only the encoder of a
-    checkpoint dir, e.g. an I-JEPA backbone; heads start random)."""
+    checkpoint dir, e.g. an I-JEPA backbone; heads start random). ``new_heads=fresh``
+    lets ``pretrained`` start the configured tasks the checkpoint lacks from new heads."""
 
     kind: str = "scratch"
     path: str = ""
+    new_heads: str = "refuse"
 
     def __post_init__(self):
         if self.kind not in ("scratch", "pretrained", "backbone"):
             raise ConfigError(f"init.kind must be scratch, pretrained or backbone, got {self.kind!r}")
+        require(self.new_heads in ("refuse", "fresh"), "init.new_heads", self.new_heads, "refuse or fresh")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The objective (`sonichu_jax.train.objectives`): ``l1``, ``heatmap_mse``,
+    ``l1+heatmap_mse`` or ``module:Factory``; ``sigma`` is the Gaussian targets' width in
+    heatmap pixels, ``heatmap_weight`` the heatmap term's weight beside L1."""
+
+    kind: str = "l1"
+    sigma: float = 2.0
+    heatmap_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ class TeacherConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -149,8 +165,12 @@ class TeacherConfig:
     def validate(self) -> "TeacherConfig":
         """Check the values together (the overrides applied); raises `ConfigError`."""
         from sonichu_jax.data.pipeline import WEIGHTINGS
+        from sonichu_jax.train.objectives import objective_factory
 
         validate_run(self)
+        objective_factory(self.loss.kind)
+        require(self.loss.sigma > 0, "loss.sigma", self.loss.sigma, "> 0")
+        require(self.loss.heatmap_weight >= 0, "loss.heatmap_weight", self.loss.heatmap_weight, ">= 0")
         d, o = self.data, self.optim
         require(d.batch_size >= 1, "data.batch_size", d.batch_size, ">= 1")
         require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
@@ -416,14 +436,25 @@ def load_config_file(path: str | os.PathLike) -> TeacherConfig:
     """Execute a config file (a path, or the name of a bundled config) and return its
     ``get_config()``."""
     path = resolve_config_path(path)
+    if not path.endswith(".py"):
+        raise ConfigError(f"config file {path} is not a .py file defining get_config()")
     name = "sonichu_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if get_config is None:
-        raise ConfigError(f"{path} defines no get_config()")
-    config = get_config()
+    try:
+        spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if get_config is None:
+            raise ConfigError(f"{path} defines no get_config()")
+        config = get_config()
+    except SonichuError:
+        raise
+    except Exception as exc:  # the user's code: its line, not our traceback
+        syntax = isinstance(exc, SyntaxError)
+        lines = [exc.lineno] if syntax else [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+                                             if os.path.exists(f.filename) and os.path.samefile(f.filename, path)]
+        where = f", line {lines[-1]}" if lines else ""
+        raise ConfigError(f"config file {path}{where}: {type(exc).__name__}: {exc.msg if syntax else exc}") from None
     if not dataclasses.is_dataclass(config):
         raise ConfigError(f"{path}: get_config() must return a config dataclass, got {type(config).__name__}")
     return config

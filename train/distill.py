@@ -21,8 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from sonichu_jax.checkpoint import abstract_model
 from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
@@ -35,9 +33,9 @@ from sonichu_jax.train.loop import RunResult, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.state import split_model
 from sonichu_jax.train.schedule import in_steps
-from sonichu_jax.train.step import l1_loss, make_predict_step
-from sonichu_jax.train.supervised import Trainer, build_trainer
-from sonichu_jax.train.teacher import SupervisedStage
+from sonichu_jax.train.objectives import L1, l1_loss
+from sonichu_jax.train.step import make_predict_step
+from sonichu_jax.train.supervised import SupervisedStage, Trainer, build_trainer
 
 CARD_TEACHERS = 5  # R1, R2, R3, Selective, r3capped
 
@@ -68,6 +66,8 @@ def resolve_teacher_dir(path: str) -> str:
         return exported
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
+    if not os.path.exists(path):
+        raise InputError(f"teacher not found: {path}")
     raise InputError(f"teacher {path} holds no config.json (nor model/config.json of a finished run)")
 
 
@@ -114,18 +114,14 @@ def stack_teachers(models: list[SonichuModel]):
 
 
 def teacher_shardings(mesh, tree):
-    """Each teacher's arrays sharded like the student's (fsdp rule on the trailing
-    dimensions), the teacher axis unsplit."""
-
-    def one(x):
-        inner = mesh_lib.param_sharding(mesh, tuple(x.shape[1:])).spec
-        return NamedSharding(mesh, P(None, *inner))
-
-    return jax.tree.map(one, tree)
+    """Each teacher's arrays sharded like the student's (their partition metadata), the
+    teacher axis unsplit."""
+    return mesh_lib.state_shardings(mesh, tree, leading=1)
 
 
-class Distillation:
-    """The distillation objective for `sonichu_jax.train.step.make_train_step`."""
+class Distillation(L1):
+    """The distillation objective (`sonichu_jax.train.objectives`): ``aux`` holds the
+    stacked frozen teachers, ``targets`` their reduced prediction."""
 
     def __init__(self, teacher_graphdef, teacher_cfg: ModelConfig, settings: DistillSettings):
         self.settings = settings
@@ -141,8 +137,8 @@ class Distillation:
         coords = self._predict_all(aux["params"], aux["rest"], batch["image"], task)
         return combine(coords, self.settings.reduce, jnp)
 
-    def loss(self, pred, batch, target):
-        s = self.settings
+    def loss(self, outputs, batch, target):
+        s, pred = self.settings, outputs["coords"]
         real = batch["has_label"] if s.pseudo_as_real else batch["has_label"] * (1.0 - batch["is_pseudo"])
         loss_real = l1_loss(pred, batch["keypoints"], batch["valid"] * real[:, None])
         # The teacher term covers every sample, over the task's keypoints (not the padding).
@@ -166,7 +162,7 @@ class DistillStage(SupervisedStage):
         self.objective = Distillation(graphdef, models[0].cfg, self.config.distill)
         return super().examples()
 
-    def step_inputs(self, mesh) -> tuple:
+    def aux_inputs(self, mesh) -> tuple:
         return (jax.device_put(self.teachers, teacher_shardings(mesh, self.teachers)),)
 
 
@@ -180,7 +176,7 @@ def abstract_run(config: DistillConfig, mesh: jax.sharding.Mesh, teachers: int =
     mesh_lib.check_batch(config.data.batch_size, mesh)
     graphdef, aux = abstract_teachers(config.model, teachers, mesh)
     objective = Distillation(graphdef, config.model, config.distill)
-    return build_trainer(config, mesh, objective=objective, extra=(aux,))
+    return build_trainer(config, mesh, objective=objective, aux=(aux,))
 
 
 def abstract_teachers(cfg: ModelConfig, teachers: int, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, dict]:

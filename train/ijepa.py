@@ -324,7 +324,7 @@ def build_pretrainer(config: IJEPAConfig, mesh: jax.sharding.Mesh, wrap: Callabl
     shardings = mesh_lib.state_shardings(mesh, abstract)
     fn = make_train_step(graphdef, config)
     step = jax.jit(
-        wrap(fn) if wrap is not None else fn,
+        mesh_lib.on_mesh(wrap(fn) if wrap is not None else fn, mesh),
         in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
         out_shardings=(shardings, mesh_lib.replicated(mesh)),
         donate_argnums=0,

@@ -52,8 +52,8 @@ class Program(NamedTuple):
     """What a stage builds for the driver."""
 
     state: Any  # the abstract train state with shardings: the restore target
-    step: Callable  # jitted ``step(state, batch, *extra) -> (state, metrics)``, state donated
-    extra: tuple = ()  # further (placed) step inputs
+    step: Callable  # jitted ``step(state, batch, *aux) -> (state, metrics)``, state donated
+    aux: tuple = ()  # further (placed) step inputs
 
 
 class Stage:
@@ -129,8 +129,8 @@ def run(stage: Stage, out_dir: str | os.PathLike, *, resume: bool = False, stop_
     many steps as if preempted (checkpoint saved), for tests and time-boxed jobs; ``sinks``
     receive every metrics window and validation besides ``metrics.jsonl`` and the console."""
     driver = _Run(stage, RunDir(out_dir), resume, sinks)
-    driver.prepare()
     try:
+        driver.prepare()
         driver.start()
         driver.train(stop_after)
         return driver.finish()
@@ -158,12 +158,15 @@ class _Run:
         config = stage.config.validate()
         distributed.start(config.distributed)
         self.primary = jax.process_index() == 0
+        if self.primary:  # one lock per run, however many hosts
+            self.run_dir.lock(self.say)
         saved = self.run_dir.check(self.resume)
         self.mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
         mesh_lib.check_batch(config.data.batch_size, self.mesh)
         mesh_lib.local_batch_size(config.data.batch_size)
         config, per_epoch = resolve_schedule(config, stage.examples())
-        note = check_resume(saved, to_dict(config), str(self.run_dir)) if saved is not None else None
+        note = None if saved is None else check_resume(saved, to_dict(config), str(self.run_dir),
+                                                       defaults=to_dict(type(config)()))
         stage.config = self.config = config
         self.say(distributed.banner(stage.name, self.mesh, config.data.batch_size, config.steps, per_epoch))
         for line in (distributed.shared_storage_note(str(self.run_dir)), note):
@@ -184,6 +187,8 @@ class _Run:
             is_finite = jax.jit(all_finite)
             restored = self.ckpt.restore_latest(self.program.state, self.batches,
                                                 lambda s: bool(jax.device_get(is_finite(s))), self.say)
+            if not restored:
+                self.run_dir.check_restart()
             self.say(f"resumed from step {restored[1]}" if restored else "no intact checkpoint: starting at step 0")
         # A fresh state first: a failing initialisation (say, a wrong init.path) leaves no
         # checkpoints/ behind that would make the directory look like a run.
@@ -215,7 +220,7 @@ class _Run:
                 self.profile.before_step(self.step + 1)
                 local = next(self.batches)
                 batch = mesh_lib.global_batch(self.mesh, {k: local[k] for k in self.stage.batch_keys})
-                self.state, metrics = self.program.step(self.state, batch, *self.program.extra)
+                self.state, metrics = self.program.step(self.state, batch, *self.program.aux)
                 self.step += 1
                 self.profile.after_step(self.step, self.state)
                 self.buffer.add(self.step, metrics)
@@ -302,3 +307,4 @@ class _Run:
             self.ckpt.close()
         for sink in self.sinks:
             sink.close()
+        self.run_dir.unlock()

@@ -2,14 +2,17 @@
 `sonichu_jax.train.distributed`).
 
 The mesh has two axes: ``data`` (batch only) and ``fsdp`` (batch *and* parameters). The
-batch is split over both; a parameter is split over ``fsdp`` along its largest divisible
-dimension, so fsdp=1 means plain data parallelism with replicated parameters.
+batch is split over both; a parameter is split over ``fsdp`` as its partition metadata
+says (`nnx.get_partition_spec`: the largest dimension, see `sonichu_jax.nn.vit.fsdp`)
+where the mesh divides that dimension, so fsdp=1 means plain data parallelism with
+replicated parameters.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sonichu_jax.errors import ConfigError
@@ -40,29 +43,44 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def param_sharding(mesh: jax.sharding.Mesh, shape: tuple[int, ...]) -> NamedSharding:
-    """FSDP rule: split the largest dimension that the fsdp axis divides; scalars, small
-    and indivisible arrays stay replicated."""
-    size = mesh.shape["fsdp"]
-    if size == 1 or not shape:
-        return replicated(mesh)
-    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-        if shape[dim] % size == 0 and shape[dim] >= size:
-            spec = [None] * len(shape)
-            spec[dim] = "fsdp"
-            return NamedSharding(mesh, P(*spec))
-    return replicated(mesh)
+def fit(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> P:
+    """``spec`` for an array of ``shape`` on ``mesh``: a mesh axis stays only on a dimension
+    it splits (more than one device, dividing the size); nothing split gives ``P()``."""
+    def keep(axes, size):
+        names = axes if isinstance(axes, tuple) else (axes,)
+        devices = int(np.prod([mesh.shape[a] for a in names if a is not None]))
+        return axes if devices > 1 and size % devices == 0 else None
+
+    kept = [keep(axes, size) for axes, size in zip(spec, shape)]
+    return P(*kept) if any(a is not None for a in kept) else P()
 
 
-def state_shardings(mesh: jax.sharding.Mesh, abstract_tree):
-    """Shardings for a pytree of ShapeDtypeStructs (from ``jax.eval_shape``)."""
-    return jax.tree.map(lambda x: param_sharding(mesh, tuple(x.shape)), abstract_tree)
+def state_shardings(mesh: jax.sharding.Mesh, tree, leading: int = 0):
+    """Shardings for a pytree of arrays or ShapeDtypeStructs (inside ``nnx.Variable``s)
+    from their partition metadata, `fit` to ``mesh``; ``leading`` stacked axes (one per
+    teacher, say) stay whole. Arrays without metadata are replicated."""
+    def one(x, spec):
+        inner = fit(spec, tuple(x.shape[leading:]), mesh)
+        return NamedSharding(mesh, P(*[None] * leading, *inner) if leading else inner)
+
+    return jax.tree.map(one, tree, nnx.get_partition_spec(tree))
 
 
 def abstract_with_shardings(tree, shardings):
     """ShapeDtypeStructs carrying shardings (of arrays or of ShapeDtypeStructs): inputs an
     ahead-of-time lowering accepts, and the target orbax restores into."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def on_mesh(fn, mesh: jax.sharding.Mesh):
+    """``fn`` traced under ``mesh`` (as JAX's abstract mesh): the model reads from it the
+    platform it compiles for and the batch axes a per-device kernel runs over
+    (`nn.vit.target_platform`, `splash_attention`)."""
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return traced
 
 
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:

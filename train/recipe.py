@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import jax
 
-from sonichu_jax.errors import InputError
+from sonichu_jax.errors import InputError, SonichuError
 from sonichu_jax.evaluation import MREReport
+from sonichu_jax.fileio import check_output
 from sonichu_jax.report import write_report
 from sonichu_jax.train import presets
 from sonichu_jax.train.configlib import InitConfig
@@ -97,12 +98,35 @@ class DemoResult:
     artefacts: dict[str, str] = field(default_factory=dict)  # what else a stage left (backbone, pseudo-labels)
 
 
+# What the demo writes in its folder: ``force`` replaces these and nothing else.
+DEMO_ENTRIES = ("data", "ijepa", "pseudo", "teachers", "student", "untrained", "overlays", "report.html",
+                "results.json", "jax_cache")
+
+
+class Stopped(SonichuError):
+    """A signal stopped a stage (its checkpoint saved): the demo ends too, 128 + signal."""
+
+    def __init__(self, what: str, signum: int):
+        super().__init__(f"stopped by signal {signum} during {what}; the demo's later stages did not run")
+        self.exit_code = 128 + signum
+
+
+def went_on(result, what: str) -> None:
+    if result.signal:
+        raise Stopped(what, result.signal)
+
+
 def prepare_out(out: str, force: bool) -> str:
-    out = os.path.abspath(out)
+    out = check_output(out, what="demo folder", folder=True)
     if os.path.exists(out) and os.listdir(out):
         if not force:
             raise InputError(f"{out} already exists and is not empty; choose another directory, or replace it (force)")
-        shutil.rmtree(out)
+        for name in DEMO_ENTRIES:  # links are removed, never followed
+            path = os.path.join(out, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
     os.makedirs(out, exist_ok=True)
     # Teachers share one architecture, so their programs are identical: compile once.
     jax.config.update("jax_compilation_cache_dir", os.path.join(out, "jax_cache"))
@@ -149,7 +173,7 @@ def pretrain_backbone(out: str, profile: Profile, data: dict[str, str]) -> str:
     stage("2/6 I-JEPA pretraining on the unlabelled frames")
     ijepa_dir = os.path.join(out, "ijepa")
     config = apply_overrides(presets.tiny_ijepa(profile.tasks, profile.pretrain_steps), profile.pretrain_overrides)
-    pretrain(config, os.path.join(data["unlabelled"], "images"), ijepa_dir)
+    went_on(pretrain(config, os.path.join(data["unlabelled"], "images"), ijepa_dir), "pretraining")
     return os.path.join(ijepa_dir, BACKBONE_DIR)
 
 
@@ -157,7 +181,7 @@ def train_teachers(out: str, profile: Profile, data: dict[str, str], backbone: s
                    regimes=("R0", *REGIMES), folder: str = "teachers") -> dict[str, str]:
     """Each regime's run directory, in order; R0, R1 and R2 write the next round of
     pseudo-labels (when it is not there yet) for the regimes after them."""
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     stage(f"3/6 teachers: {', '.join(regimes)}" + ("" if backbone else " (from scratch)"))
     run_dirs = {}
@@ -166,7 +190,7 @@ def train_teachers(out: str, profile: Profile, data: dict[str, str], backbone: s
         sets = ", ".join(f"{p.path} <= {p.max_disagreement_px:g} px" for p in config.data.pseudo_labels)
         print(f"--- {regime}: labels + {sets}, {config.data.weighting}" if sets else f"--- {regime}: labels only")
         run_dirs[regime] = os.path.join(out, folder, regime)
-        train_teacher(config, data["train"], run_dirs[regime])
+        went_on(train_teacher(config, data["train"], run_dirs[regime]), f"teacher {regime}")
         pseudo_path = os.path.join(pseudo_dir, WRITES.get(regime, ""))
         if regime in WRITES and not os.path.exists(pseudo_path):
             write_pseudo(run_dirs[regime], regime, data["unlabelled"], config, pseudo_path)
@@ -194,7 +218,7 @@ def distill_student(out: str, profile: Profile, data: dict[str, str], backbone: 
     r3 = regime_config("R3", profile, backbone, pseudo_dir, profile.student_steps)
     fields = {f.name: getattr(r3, f.name) for f in dataclasses.fields(r3)}
     config = DistillConfig(**{**fields, "seed": 10}, distill=DistillSettings(teacher_weight=teacher_weight))
-    distill(config, teacher_dirs, data["train"], student_dir)
+    went_on(distill(config, teacher_dirs, data["train"], student_dir), "distillation")
     return os.path.join(student_dir, "model")
 
 

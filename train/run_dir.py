@@ -13,15 +13,18 @@ Layout (every stage; a stage writes the exports it has):
     damaged_checkpoints/<step>   checkpoints that could not be read back (set aside)
 
 A directory holding any of these is a run: a new run refuses it, and resuming requires
-one. Resuming compares the saved config with the new one (`check_resume`). Paths may be
-URLs (``gs://...``): they go through `etils.epath`, as orbax's own do.
+one, with a checkpoint if it holds results. Resuming compares the saved config with the
+new one (`check_resume`). While a run writes, ``run.lock`` names its process (`RunDir.lock`).
+Paths may be URLs (``gs://...``): they go through `etils.epath`, as orbax's own do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 from typing import Any, Callable
 
 from etils import epath
@@ -45,6 +48,9 @@ RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbon
 RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers",
                      "data.max_bad_fraction")
 SCHEDULE_KEYS = ("steps", "epochs")
+# What a restart from step 0 would replace (a non-empty metrics.jsonl too).
+RESULTS = ("model", "best", "backbone", "backbone_pytorch")
+LOCK_FILE = "run.lock"
 
 # The compute options may change too: they change how the step computes, never the state.
 COMPUTE_KEYS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
@@ -55,6 +61,7 @@ class RunDir:
         out_dir = os.fspath(out_dir)
         self.url = "://" in out_dir
         self.path = epath.Path(out_dir if self.url else os.path.abspath(out_dir))
+        self.locked = self.created = False
 
     def __str__(self) -> str:
         return os.fspath(self.path)
@@ -83,9 +90,72 @@ class RunDir:
         if CONFIG_FILE not in found:
             raise InputError(f"cannot resume {self}: it holds no run ({CONFIG_FILE} is missing)")
         try:
-            return json.loads((self.path / CONFIG_FILE).read_text())
+            saved = json.loads((self.path / CONFIG_FILE).read_text())
         except ValueError as exc:
             raise InputError(f"cannot resume {self}: {CONFIG_FILE} is not valid JSON ({exc})") from None
+        if self.last_checkpoint() is None:
+            self.check_restart()
+        return saved
+
+    def last_checkpoint(self) -> int | None:
+        """The newest finished checkpoint's step (orbax writes into a temporary name first)."""
+        folder = self.path / CHECKPOINTS
+        steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        return max(steps, default=None)
+
+    def check_restart(self) -> None:
+        """A resumed run without an intact checkpoint starts at step 0: refused where that
+        would replace results."""
+        held = [n for n in RESULTS if (self.path / n).exists()]
+        metrics = self.path / METRICS_FILE
+        held += [METRICS_FILE] if metrics.exists() and metrics.stat().length else []
+        if held:
+            raise InputError(f"cannot resume {self}: it holds {', '.join(held)} but no intact checkpoint, and "
+                             "starting again would replace them; train into another directory")
+
+    def lock(self, say: Callable[[str], None]) -> None:
+        """Take the directory for this process (before anything is written): a second process
+        is refused naming the holder; a lock whose process on this host has ended is taken
+        over with a note. Object storage (``gs://``) has no exclusive create: not locked."""
+        if self.url or (self.path.exists() and not self.path.is_dir()):
+            return  # `check` refuses a file
+        self.created = not self.path.exists()
+        os.makedirs(self.path, exist_ok=True)
+        path = self.join(LOCK_FILE)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        while True:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = _holder(path)
+                if holder is None:
+                    self.unlock()
+                    raise InputError(f"{self} is in use: {path} names no process; remove it if no run uses the "
+                                     "directory") from None
+                who = f"process {holder['pid']} on {holder['host']}, started {holder['started']}"
+                # our own pid: a restarted container's earlier run (this process holds no lock yet)
+                if holder["host"] != me["host"] or (holder["pid"] != me["pid"] and _alive(holder["pid"])):
+                    self.unlock()
+                    raise InputError(f"{self} is in use by {who}; wait for it to end or choose another directory "
+                                     f"(remove {path} only if that process is gone)") from None
+                say(f"note: taking over {path} from {who}, which is no longer running")
+                os.unlink(path)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.locked = True
+            return
+
+    def unlock(self) -> None:
+        """Release the lock; a folder the lock created and nothing else filled goes too."""
+        if self.locked and (_holder(self.join(LOCK_FILE)) or {}).get("pid") == os.getpid():
+            os.unlink(self.join(LOCK_FILE))
+        self.locked = False
+        if self.created:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass  # the run wrote something: keep it
 
     def write_config(self, config: dict) -> None:
         if self.url:
@@ -95,12 +165,35 @@ class RunDir:
             write_json(self.path / CONFIG_FILE, config)
 
 
+def _holder(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            holder = json.load(fh)
+        return holder if {"pid", "host", "started"} <= set(holder) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def export_to(out_dir: str, name: str, write: Callable[[str], None]) -> None:
-    """Let ``write(directory)`` write the export ``name`` of a run. On object storage
-    (``gs://``) it writes into a local temporary folder whose files are then copied up,
-    since exports are written with plain file operations."""
+    """Let ``write(directory)`` write the export ``name`` of a run; a link of that name is
+    replaced, never written through. On object storage (``gs://``) it writes into a local
+    temporary folder whose files are then copied up, since exports are written with plain
+    file operations."""
     if "://" not in out_dir:
-        write(os.path.join(out_dir, name))
+        target = os.path.join(out_dir, name)
+        if os.path.islink(target):
+            os.unlink(target)
+        write(target)
         return
     target = epath.Path(out_dir) / name
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,12 +215,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 _ABSENT = "(absent)"
 
 
-def check_resume(saved: dict, new: dict, run: str) -> str | None:
+def check_resume(saved: dict, new: dict, run: str, defaults: dict | None = None) -> str | None:
     """Compare a run's saved config with the config it is resumed with (both in their
     JSON form). Architecture, data, optimiser, seed and batch changes, and a shorter
     schedule, raise one `ConfigError` naming every differing key with both values; a
-    longer schedule returns the line that says so."""
+    longer schedule returns the line that says so. A key the saved config lacks (a run
+    written before that field existed) matches its value in ``defaults``."""
     old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
+    for key, value in _flatten(json.loads(json.dumps(defaults or {}))).items():
+        old.setdefault(key, value)
     changed = {k: (old.get(k, _ABSENT), now.get(k, _ABSENT)) for k in old.keys() | now.keys()
                if old.get(k, _ABSENT) != now.get(k, _ABSENT)}
     refused = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE + COMPUTE_KEYS) and k not in SCHEDULE_KEYS}

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.nn.sonichu import unflip
 from sonichu_jax.nn.vitpose import soft_argmax
 from sonichu_jax.train.guard import keep_if_finite
+from sonichu_jax.train.objectives import L1, check_loss
 from sonichu_jax.train.optim import GroupedAdamW, get_group, with_groups
 from sonichu_jax.train.state import TrainState, merge_model
 
@@ -38,67 +38,62 @@ def _pad_keypoints(coords: jax.Array, kmax: int) -> jax.Array:
 
 def head_branches(graphdef, cfg: ModelConfig, run: Callable) -> list[Callable]:
     """One `lax.switch` branch per task. Each branch merges the model from its operands
-    (a branch must not close over traced state) and returns ``(coords padded to Kmax,
-    non-parameter state)``: only the chosen head's BatchNorm statistics change."""
-    kmax = max_keypoints(cfg)
+    (a branch must not close over traced state) and returns ``(run(model, features,
+    task), non-parameter state)``: only the chosen head's BatchNorm statistics change.
+    ``run`` pads its outputs' keypoint axis to Kmax, so that every branch's match."""
 
     def branch(task: str):
         def apply(params, rest, x):
             model = merge_model(graphdef, cfg, params, rest)
-            coords = run(model, x, task)
-            return _pad_keypoints(coords, kmax), nnx.state(model, nnx.Not(nnx.Param))
+            return run(model, x, task), nnx.state(model, nnx.Not(nnx.Param))
 
         return apply
 
     return [branch(t) for t in cfg.task_names]
 
 
-def l1_loss(pred: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
-    """Mean absolute error per normalised coordinate over the weighted keypoints."""
-    err = jnp.abs(pred - target).sum(-1)
-    return (err * weight).sum() / jnp.maximum(2.0 * weight.sum(), 1.0)
+def head_outputs(cfg: ModelConfig) -> Callable:
+    """The training branch body: the task's ``heatmaps`` (B, h, w, Kmax) float32, zero on
+    padded keypoints, and their soft-argmax ``coords`` (B, Kmax, 2)."""
+    kmax = max_keypoints(cfg)
 
+    def run(model, features, task):
+        hm = model.head_heatmaps(features, task)
+        pad = kmax - hm.shape[-1]
+        coords = _pad_keypoints(soft_argmax(hm, cfg.softargmax_beta), kmax)
+        return {"coords": coords, "heatmaps": jnp.pad(hm, ((0, 0), (0, 0), (0, 0), (0, pad)))}
 
-class Supervised:
-    """The teacher objective: L1 on the real (non-pseudo or pseudo) labels of the batch.
-
-    An objective supplies ``targets(batch, aux)`` (computed inside the step, outside the
-    gradient: e.g. frozen teachers' predictions from ``aux``) and ``loss(pred, batch,
-    targets) -> (loss, extra metrics)``.
-    """
-
-    def targets(self, batch, aux):
-        return None
-
-    def loss(self, pred, batch, targets):
-        return l1_loss(pred, batch["keypoints"], batch["valid"] * batch["has_label"][:, None]), {}
+    return run
 
 
 def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_backbone: bool, objective=None):
     """``step(state, batch[, aux]) -> (state, metrics)``; jit it with ``donate_argnums=0``.
 
-    ``objective`` defaults to `Supervised`; ``aux`` is whatever else the objective reads
-    (the distillation step passes the frozen teachers).
+    ``objective`` (`sonichu_jax.train.objectives`, default L1) computes the loss from the
+    model's outputs; ``aux`` is whatever else its ``targets`` read (the distillation
+    step's frozen teachers).
     """
-    objective = objective or Supervised()
+    objective = objective or L1()
     trainable = optimizer.groups
     frozen = [g for g in (("backbone",),) if g not in trainable]
-    beta = cfg.softargmax_beta
 
     def features(model, images):
         x = model.feature_map(images)
         # A frozen backbone needs no backward pass; cut it so XLA drops it.
         return jax.lax.stop_gradient(x) if freeze_backbone else x
 
-    branches = head_branches(graphdef, cfg, lambda m, f, task: soft_argmax(m.head_heatmaps(f, task), beta))
+    branches = head_branches(graphdef, cfg, head_outputs(cfg))
 
     def loss_fn(train_params, frozen_params, state: TrainState, batch, targets):
         params = _join(train_params, frozen_params, trainable, frozen)
         model = merge_model(graphdef, cfg, params, state.rest)
         feats = features(model, batch["image"])
         task_index = batch["task_id"][0]
-        pred, rest = jax.lax.switch(task_index, branches, params, state.rest, feats)
-        loss, parts = objective.loss(pred, batch, targets)
+        outputs, rest = jax.lax.switch(task_index, branches, params, state.rest, feats)
+        if getattr(objective, "needs_features", False):
+            outputs["features"] = feats
+        loss, parts = objective.loss(outputs, batch, targets)
+        check_loss(objective, loss, parts)
         return loss, (rest, parts)
 
     def step(state: TrainState, batch, aux=None) -> tuple[TrainState, dict]:
@@ -133,22 +128,15 @@ def _join(train_params: dict, frozen_params: dict, trainable: list, frozen: list
 
 def make_predict_step(graphdef, cfg: ModelConfig, tta: bool):
     """``predict(params, rest, images, task_index) -> (V, B, Kmax, 2)`` normalised xy in
-    eval mode (BatchNorm running statistics): V = 1 view, or 2 with flip TTA (the plain
-    view, then the mirrored view mapped back to the original frame). The TTA prediction
-    is their mean; their disagreement is the pseudo-label confidence.
-
-    The backbone runs once, outside the switch (on the images and, with TTA, their
-    mirror images as one batch), so the program holds one backbone and one copy per head.
+    eval mode, decoded with the model's decoder: `SonichuModel.forward_views` with the
+    backbone outside the switch, so the program holds one backbone and one copy per head.
     """
-    beta = cfg.softargmax_beta
+    kmax = max_keypoints(cfg)
 
     def run(model, feats, task):
         model.eval()
-        coords = soft_argmax(model.head_heatmaps(feats, task), beta)
-        if not tta:
-            return coords
-        plain, mirrored = jnp.split(coords, 2)
-        return jnp.concatenate([plain, unflip(mirrored, cfg.task(task).flip_perm)])
+        views = model.decode_views(feats, task, tta)
+        return jnp.pad(views, ((0, 0), (0, 0), (0, kmax - views.shape[2]), (0, 0)))
 
     branches = head_branches(graphdef, cfg, run)
 
@@ -158,21 +146,7 @@ def make_predict_step(graphdef, cfg: ModelConfig, tta: bool):
         if tta:
             images = jnp.concatenate([images, images[:, :, ::-1]])
         feats = model.feature_map(images)
-        coords, _ = jax.lax.switch(task_index, branches, params, rest, feats)
-        return coords.reshape(2 if tta else 1, -1, *coords.shape[1:])
+        views, _ = jax.lax.switch(task_index, branches, params, rest, feats)
+        return views
 
     return predict
-
-
-def compile_train_step(step_fn, state_shardings, batch_sharding, replicated, aux_shardings=None):
-    """jit with donated state and explicit shardings: the state stays where it is.
-    ``aux_shardings`` (e.g. the frozen teachers') adds a third, non-donated argument."""
-    in_shardings = (state_shardings, batch_sharding)
-    if aux_shardings is not None:
-        in_shardings += (aux_shardings,)
-    return jax.jit(
-        step_fn,
-        in_shardings=in_shardings,
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )

@@ -1,4 +1,13 @@
-"""The supervised trainer (teachers and the distilled student), built in two parts.
+"""The supervised stage (teachers and, with another objective, the distilled student,
+`sonichu_jax.train.distill`), run by `sonichu_jax.train.loop.run`, and its trainer.
+
+Data: the labelled source split with the card's fair split (validation never sees
+pseudo-labels), plus the configured pseudo-label sets in training; an epoch is the
+training records (pseudo-label copies included) over the global batch. Exports: the
+final weights as ``model/`` and the checkpoint with the lowest validation MRE as
+``best/``, both loadable with `SonichuModel.from_pretrained`.
+
+The trainer is built in two parts.
 
 `build_trainer` is pure construction: the graphdef and the abstract train state (from
 `jax.eval_shape`), their shardings on a mesh, the grouped optimiser, the jitted step and
@@ -15,6 +24,7 @@ benchmarks/bench_train.py.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,9 +35,13 @@ from flax import nnx
 from sonichu_jax.checkpoint import abstract_model
 from sonichu_jax.config import COMPUTE_FIELDS, ModelConfig
 from sonichu_jax.errors import ConfigError
+from sonichu_jax.evaluation import MREReport
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
-from sonichu_jax.train.configlib import TeacherConfig
+from sonichu_jax.train.configlib import TeacherConfig, with_absolute_path
+from sonichu_jax.train.loop import Program, RunResult, Stage, run
+from sonichu_jax.train.metrics_log import MetricsSink
+from sonichu_jax.train.objectives import make_objective
 from sonichu_jax.train.optim import GroupedAdamW
 from sonichu_jax.train.run_dir import export_to
 from sonichu_jax.train.schedule import in_steps
@@ -39,7 +53,7 @@ from sonichu_jax.train.state import (
     trainable_groups,
 )
 from sonichu_jax.train.step import BATCH_KEYS, make_train_step, max_keypoints
-from sonichu_jax.train.validation import make_eval_step
+from sonichu_jax.train.validation import make_eval_step, validate
 
 
 def abstract_batch(cfg: ModelConfig, global_batch: int, mesh: jax.sharding.Mesh) -> dict:
@@ -54,7 +68,7 @@ def abstract_batch(cfg: ModelConfig, global_batch: int, mesh: jax.sharding.Mesh)
 
 @dataclass
 class Trainer:
-    """A supervised run's program on a mesh; ``state``, ``batch`` and ``extra`` are
+    """A supervised run's program on a mesh; ``state``, ``batch`` and ``aux`` are
     ShapeDtypeStructs carrying their shardings."""
 
     config: TeacherConfig
@@ -63,13 +77,13 @@ class Trainer:
     optimizer: GroupedAdamW
     state: TrainState
     batch: dict
-    extra: tuple  # further step inputs, e.g. the frozen teachers of a distillation
-    step: Callable  # jitted ``step(state, batch, *extra) -> (state, metrics)``, state donated
+    aux: tuple  # further step inputs, e.g. the frozen teachers of a distillation
+    step: Callable  # jitted ``step(state, batch, *aux) -> (state, metrics)``, state donated
 
     def lower(self):
         """The step lowered from the abstract inputs: ``.compile()`` it for memory and
         cost analyses, or to run it."""
-        return self.step.lower(self.state, self.batch, *self.extra)
+        return self.step.lower(self.state, self.batch, *self.aux)
 
     def shardings(self) -> TrainState:
         return jax.tree.map(lambda x: x.sharding, self.state)
@@ -98,10 +112,10 @@ class Trainer:
             export_to(out_dir, name, model.save_pretrained)
 
 
-def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=None, extra: tuple = (),
+def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=None, aux: tuple = (),
                   wrap: Callable | None = None) -> Trainer:
     """The program of ``config`` on ``mesh``, allocating nothing. ``objective`` replaces
-    the supervised loss (`sonichu_jax.train.step.Supervised`); ``extra`` are the further
+    the one ``loss.kind`` names (`sonichu_jax.train.objectives`); ``aux`` are the further
     step inputs it reads (arrays or ShapeDtypeStructs, with shardings); ``wrap`` wraps
     the step function before ``jit`` (tests count traces with it)."""
     cfg, optim = config.model, config.optim
@@ -112,17 +126,18 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
     optimizer = GroupedAdamW(optim, cfg, config.steps, groups, params)
     abstract = jax.eval_shape(lambda: fresh_state(SonichuModel(cfg, rngs=nnx.Rngs(config.seed)), optimizer))
     shardings = mesh_lib.state_shardings(mesh, abstract)
+    objective = objective or make_objective(config.loss, cfg)
     fn = make_train_step(graphdef, cfg, optimizer, optim.freeze_backbone, objective)
-    extra_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in extra)
+    aux_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in aux)
     step = jax.jit(
-        wrap(fn) if wrap is not None else fn,
-        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), *extra_shardings),
+        mesh_lib.on_mesh(wrap(fn) if wrap is not None else fn, mesh),
+        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), *aux_shardings),
         out_shardings=(shardings, mesh_lib.replicated(mesh)),
         donate_argnums=0,
     )
-    extra = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(extra, extra_shardings))
+    aux = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(aux, aux_shardings))
     return Trainer(config, mesh, graphdef, optimizer, mesh_lib.abstract_with_shardings(abstract, shardings),
-                   abstract_batch(cfg, config.data.batch_size, mesh), extra, step)
+                   abstract_batch(cfg, config.data.batch_size, mesh), aux, step)
 
 
 def abstract_run(config: TeacherConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Trainer:
@@ -144,10 +159,11 @@ def _mismatch(a: ModelConfig, b: ModelConfig, fields: tuple[str, ...]) -> list[s
     return [f"{f}: {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in fields if getattr(a, f) != getattr(b, f)]
 
 
-def check_whole_model(path: str) -> None:
+def check_whole_model(path: str) -> ModelConfig:
     """``init.kind=pretrained`` takes the heads as trained: refuse, from the headers and
     before loading, a checkpoint that holds only a backbone (an I-JEPA or timm encoder, a
-    converted backbone, a pretraining export), whose heads the loader would make up."""
+    converted backbone, a pretraining export), whose heads the loader would make up.
+    Returns the checkpoint's config."""
     from sonichu_jax.convert import open_checkpoint
     from sonichu_jax.convert.loading import plan_model
 
@@ -159,6 +175,26 @@ def check_whole_model(path: str) -> None:
         raise ConfigError(f"init.kind=pretrained needs a whole model, but init.path {path} holds {trained} "
                           f"(its {len(planned.cfg.tasks)} heads would start untrained); use init.kind=backbone to "
                           "start from its encoder with new heads")
+    return planned.cfg
+
+
+def check_tasks(cfg: ModelConfig, saved: ModelConfig, init) -> list[str]:
+    """The configured tasks the checkpoint lacks (allowed with ``init.new_heads=fresh``); a
+    task both have must agree in keypoint count and flip permutation (one line each)."""
+    have = {t.name: t for t in saved.tasks}
+    for spec in cfg.tasks:
+        old = have.get(spec.name, spec)
+        if old.num_keypoints != spec.num_keypoints:
+            raise ConfigError(f"task {spec.name} has {old.num_keypoints} keypoints in init.path {init.path} but "
+                              f"{spec.num_keypoints} configured: give the new task another name")
+        if old.flip_perm != spec.flip_perm:
+            raise ConfigError(f"task {spec.name}: flip_perm {old.flip_perm} in init.path {init.path}, "
+                              f"{spec.flip_perm} configured; configure the checkpoint's flip_perm")
+    new = [t.name for t in cfg.tasks if t.name not in have]
+    if new and init.new_heads != "fresh":
+        raise ConfigError(f"init.path {init.path} has no head for task {', '.join(new)}; "
+                          "--set init.new_heads=fresh starts them from new heads")
+    return new
 
 
 def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
@@ -169,15 +205,19 @@ def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
     if not init.path:
         raise ConfigError(f"init.kind={init.kind!r} needs init.path (a checkpoint directory)")
     if init.kind == "pretrained":
-        check_whole_model(init.path)
-    other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype)
-    if init.kind == "pretrained":
-        fields = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in COMPUTE_FIELDS)
-        diff = _mismatch(cfg, other.cfg, fields)
+        saved = check_whole_model(init.path)
+        new = check_tasks(cfg, saved, init)
+        fields = tuple(f.name for f in dataclasses.fields(ModelConfig)
+                       if f.name not in (*COMPUTE_FIELDS, "tasks", "decoder"))
+        diff = _mismatch(cfg, saved, fields)
         if diff:
             raise ConfigError(f"init.path {init.path} does not match the configured model: " + "; ".join(diff))
+        other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype, tasks=cfg.tasks)
+        if new and jax.process_index() == 0:
+            print(f"init: new heads for {', '.join(new)} (not in {init.path})")
         graphdef, weights = nnx.split(other)
         return (lambda w: nnx.merge(graphdef, w)), (weights,)
+    other = SonichuModel.from_pretrained(init.path, dtype=cfg.dtype)
     diff = _mismatch(cfg, other.cfg, _BACKBONE_FIELDS)
     if diff:
         raise ConfigError(f"backbone {init.path} does not match the configured encoder: " + "; ".join(diff))
@@ -188,3 +228,95 @@ def model_initializer(config: TeacherConfig) -> tuple[Callable, tuple]:
         return model
 
     return with_backbone, (nnx.state(other.backbone),)
+
+
+# -- the stage --------------------------------------------------------------------------
+def load_data(config: TeacherConfig):
+    """(train records incl. selected pseudo-labels, validation records)."""
+    from sonichu_jax.data.sources import load_source
+    from sonichu_jax.data.splits import fair_split
+    from sonichu_jax.train.pseudo_label import select_pseudo_records
+
+    tasks = config.model.tasks
+    log = print if jax.process_index() == 0 else None
+    source = load_source(config.data.source, tasks=tasks, log=log)
+    train_idx, val_idx = fair_split(source, config.data.val_fraction, config.data.split_seed)
+    train = [source[i] for i in train_idx]
+    for pset in config.data.pseudo_labels:
+        path = os.path.join(config.data.pseudo_dir, pset.path)  # join keeps an absolute path
+        train += select_pseudo_records(pset, load_source(path, tasks=tasks, log=log), tasks, config.seed)
+    return train, [source[i] for i in val_idx]
+
+
+def pipeline_config(config: TeacherConfig, batch_size: int, augment: bool):
+    from sonichu_jax.data.augment import AugmentConfig
+    from sonichu_jax.data.pipeline import PipelineConfig
+
+    d = config.data
+    return PipelineConfig(batch_size=batch_size, image_size=config.model.image_size, seed=config.seed,
+                          weighting=d.weighting, cap=d.cap, augment=AugmentConfig() if augment else None,
+                          num_workers=d.num_workers)
+
+
+class SupervisedStage(Stage):
+    name = "train-teacher"
+    batch_keys = BATCH_KEYS
+
+    def __init__(self, config: TeacherConfig, objective=None):
+        super().__init__(config)
+        self.objective = objective  # None: the one loss.kind names
+        self._eval = None
+
+    def examples(self) -> int:
+        self.train_records, self.val_records = load_data(self.config)
+        return len(self.train_records)
+
+    def aux_inputs(self, mesh) -> tuple:
+        """Further step inputs placed on ``mesh`` (a distillation's teachers)."""
+        return ()
+
+    def build(self, mesh) -> Program:
+        self.mesh = mesh
+        aux = self.aux_inputs(mesh)
+        self.trainer = build_trainer(self.config, mesh, objective=self.objective, aux=aux)
+        return Program(self.trainer.state, self.trainer.step, aux)
+
+    def initial_state(self):
+        make_model, args = model_initializer(self.config)
+        return self.trainer.init_state(make_model, *args)
+
+    def batches(self):
+        from sonichu_jax.data.pipeline import make_train_pipeline
+
+        local = mesh_lib.local_batch_size(self.config.data.batch_size)
+        pipe = pipeline_config(self.config, local, self.config.data.augment)
+        return iter(make_train_pipeline(self.train_records, self.config.model.tasks, pipe))
+
+    def validation_every(self) -> int | None:
+        return self.config.log.eval_every_steps if self.val_records else None
+
+    def validate_at_start(self) -> bool:
+        return self.config.log.eval_at_start
+
+    def validate(self, state) -> MREReport:
+        if self._eval is None:
+            from sonichu_jax.data.pipeline import make_eval_pipeline
+
+            local = mesh_lib.local_batch_size(self.config.data.batch_size)
+            pipe = make_eval_pipeline(self.val_records, self.config.model.tasks,
+                                      pipeline_config(self.config, local, False))
+            self._eval = (self.trainer.eval_step(), pipe)
+        eval_step, pipe = self._eval
+        return validate(eval_step, state, iter(pipe), self.mesh, self.config.model)
+
+    def export(self, state, out_dir: str, best: bool = False) -> None:
+        self.trainer.export(state, out_dir, "best" if best else "model")
+
+
+def train_teacher(config: TeacherConfig, data_spec: str | os.PathLike | None, out_dir: str | os.PathLike, *,
+                  resume: bool = False, stop_after: int | None = None, sinks: tuple[MetricsSink, ...] = ()
+                  ) -> RunResult:
+    """Train (or continue) a teacher on ``data_spec`` (default: ``config.data.source``);
+    ``stop_after`` ends the call after that many steps as if preempted (checkpoint saved)."""
+    stage = SupervisedStage(with_absolute_path(config, "data.source", data_spec))
+    return run(stage, out_dir, resume=resume, stop_after=stop_after, sinks=sinks)

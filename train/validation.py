@@ -37,7 +37,7 @@ def make_eval_step(graphdef, cfg: ModelConfig, mesh, tta: bool, state_shardings)
         return keypoint_distances(views.mean(0), batch)
 
     return jax.jit(
-        step,
+        mesh_lib.on_mesh(step, mesh),
         in_shardings=(state_shardings.params, state_shardings.rest, mesh_lib.batch_sharding(mesh)),
         out_shardings=mesh_lib.replicated(mesh),
     )

@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "only the files this conversion writes")
 
 
+def checkpoint_inputs(source: str) -> list[str]:
+    """What opening ``source`` reads: the folder, or the file and the configs beside it."""
+    if not os.path.isfile(source):
+        return [source]
+    return [source] + [os.path.join(os.path.dirname(source), n) for n in ("config.json", "preprocessor_config.json")]
+
+
 def _print_report(report, listing: bool) -> None:
     print(report.summary())
     if listing:
@@ -53,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from sonichu_jax.conversion import convert_to_directory
     from sonichu_jax.convert import ConversionError
     from sonichu_jax.errors import InputError
-    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.fileio import check_output, write_json
 
     if args.report_json:
-        check_output_file(args.report_json, (".json",), "report file")
+        check_output(args.report_json, (".json",), "report file", inputs=checkpoint_inputs(args.source) + [args.out])
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
         raise InputError(f"{args.out} already exists and is not empty; pass --force to replace the files "
                          "this conversion writes (nothing else in it is touched)")

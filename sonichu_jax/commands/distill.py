@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sonichu_jax.commands.run_options import add_run_arguments, load_run_config, report
+from sonichu_jax.commands.run_options import add_run_arguments, load_run_config, report, run_stage
 
 HELP = "distil several teachers (their coordinate-wise median) into one student"
 
@@ -23,4 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from sonichu_jax.train.distill import DistillConfig, distill
 
     config = load_run_config(args, DistillConfig)
-    return report(distill(config, args.teachers, args.data, args.out, resume=args.resume), "student validation MRE")
+    result = run_stage(lambda: distill(config, args.teachers, args.data, args.out, resume=args.resume), args.out)
+    return report(result, "student validation MRE")

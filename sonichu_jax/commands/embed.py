@@ -22,16 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sonichu_jax.commands import check_batch_size
     import numpy as np
 
-    from sonichu_jax.embeddings import check_features_path, save_features
+    from sonichu_jax.embeddings import FEATURE_SUFFIXES, save_features
     from sonichu_jax.errors import InputError
+    from sonichu_jax.fileio import check_output
     from sonichu_jax.inference import expand_inputs, iter_embeddings
     from sonichu_jax.nn.sonichu import SonichuModel
     from sonichu_jax.preprocess import SonichuPreprocessor
 
-    check_features_path(args.out)
+    check_batch_size(args.batch_size)
     files, missing = expand_inputs(args.inputs)
+    check_output(args.out, FEATURE_SUFFIXES, "feature file", inputs=[args.model], data=args.inputs + files)
     if not files and not missing:
         raise InputError(f"no images found in {', '.join(args.inputs)}")
     model = SonichuModel.from_pretrained(args.model, dtype=args.dtype)

@@ -29,17 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sonichu_jax.commands import check_batch_size
     from sonichu_jax.errors import InputError
-    from sonichu_jax.evaluation import evaluate
-    from sonichu_jax.fileio import check_output_file, write_json
-    from sonichu_jax.evaluation import format_table
+    from sonichu_jax.evaluation import evaluate, format_table
+    from sonichu_jax.fileio import check_output, write_json
 
     if not args.model and not args.predictions:
         raise InputError("nothing to evaluate: give --model DIR or --predictions CSV")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_batch_size(args.batch_size)
     if args.json:
-        check_output_file(args.json, (".json",))
+        check_output(args.json, (".json",), inputs=args.model, data=[args.data] + args.predictions)
     result = evaluate(args.data, args.model, args.predictions, tasks=args.tasks, tta=not args.no_tta,
                       batch_size=args.batch_size, ensemble_method=args.ensemble, strict=args.strict,
                       progress=not args.quiet)

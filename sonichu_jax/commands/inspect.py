@@ -21,10 +21,11 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from sonichu_jax.convert.inspection import format_inspection, inspect_checkpoint
-    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.commands.convert import checkpoint_inputs
+    from sonichu_jax.fileio import check_output, write_json
 
     if args.json and args.json != "-":
-        check_output_file(args.json, (".json",), "JSON file")
+        check_output(args.json, (".json",), "JSON file", inputs=checkpoint_inputs(args.checkpoint))
     info = inspect_checkpoint(args.checkpoint, layout=args.layout, rename=args.rename, entry=args.entry,
                               task_name=args.task_name)
     if args.json == "-":

@@ -33,15 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from sonichu_jax.data.shards import is_pack, write_pack
     from sonichu_jax.data.sources import load_frames, load_source
     from sonichu_jax.errors import InputError
-    from sonichu_jax.fileio import atomic_dir
+    from sonichu_jax.fileio import atomic_dir, check_output
 
-    out = os.path.abspath(args.out)
     if args.shard_size < 1:
         raise InputError(f"--shard-size must be >= 1, got {args.shard_size}")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out {args.out} is an existing file, not a folder")
-    if os.path.realpath(out) == os.path.realpath(args.src):
-        raise InputError(f"--out {args.out} is SRC itself; pack into another folder")
+    out = check_output(args.out, what="pack folder", folder=True, data=[args.src])
     replace = os.path.isdir(out) and bool(os.listdir(out))
     if replace and not args.force:
         raise InputError(f"--out {args.out} already exists and is not empty; pass --force to replace the pack there")

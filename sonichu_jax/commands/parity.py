@@ -89,11 +89,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sonichu_jax import checkpoint
-    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.commands import check_batch_size
+    from sonichu_jax.commands.convert import checkpoint_inputs
+    from sonichu_jax.fileio import check_output, write_json
     from sonichu_jax.nn.sonichu import SonichuModel
 
+    check_batch_size(args.batch_size)
     if args.json:
-        check_output_file(args.json, (".json",), "JSON file")
+        check_output(args.json, (".json",), "JSON file", inputs=checkpoint_inputs(args.model))
     torch_cls = load_torch_model_class(args.torch_module or REFERENCE_MODULE)
     loaded: list = []
     jax_model = SonichuModel.from_pretrained(args.model, layout=args.layout, rename=args.rename, entry=args.entry,

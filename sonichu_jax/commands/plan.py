@@ -31,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cpu_count(topologies: list[str]) -> int:
-    counts = [int(t.split(":", 1)[1]) for t in topologies
-              if t.strip().lower().startswith("cpu:") and t.split(":", 1)[1].strip().isdigit()]
-    return max(counts, default=0)
+    """The fake CPU devices the topologies need; each topology checked before JAX starts."""
+    from sonichu_jax.train.plans.topology import parse
+
+    return max((shape[0] for gen, shape in map(parse, topologies) if gen == "cpu"), default=0)
 
 
 def _start_jax_for_plans(cpu_devices: int) -> None:
@@ -75,7 +76,7 @@ def _schedule_note(config, plan) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.errors import InputError
-    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.fileio import check_output, write_json
     from sonichu_jax.train.configlib import apply_overrides, load_config_file, to_dict
 
     if args.teachers < 1:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.examples is not None and args.examples < 1:
         raise InputError(f"--examples must be >= 1, got {args.examples}")
     if args.json:
-        check_output_file(args.json, (".json",))
+        check_output(args.json, (".json",), inputs=[args.config])
     config = apply_overrides(load_config_file(args.config), args.overrides)
     if hasattr(config, "validate"):
         config = config.validate()

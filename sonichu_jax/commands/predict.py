@@ -27,23 +27,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sonichu_jax.commands import check_batch_size, warn_unflipped
     from sonichu_jax.errors import InputError
-    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.fileio import check_output, write_json
     from sonichu_jax.inference import expand_inputs, iter_predictions, relative_names
     from sonichu_jax.nn.sonichu import SonichuModel
     from sonichu_jax.overlay import save_overlay
     from sonichu_jax.preprocess import SonichuPreprocessor
     from sonichu_jax.prediction_csv import write_predictions_csv
 
-    if args.out:
-        check_output_file(args.out, (".json", ".csv"))
-    if args.overlay and os.path.exists(args.overlay) and not os.path.isdir(args.overlay):
-        raise InputError(f"overlay folder {args.overlay} is an existing file")
+    check_batch_size(args.batch_size)
     files, missing = expand_inputs(args.inputs)
     if not files and not missing:
         raise InputError(f"no images found in {', '.join(args.inputs)}")
+    if args.out:
+        check_output(args.out, (".json", ".csv"), inputs=[args.model], data=args.inputs + files)
+    if args.overlay:  # an overlay never replaces an input, nor becomes one of the next run
+        check_output(args.overlay, what="overlay folder", folder=True, inputs=[args.model], data=args.inputs + files)
     model = SonichuModel.from_pretrained(args.model, dtype=args.dtype, rename=args.rename)
     model.cfg.task(args.task)
+    if not args.no_tta:
+        warn_unflipped(model.cfg, [args.task], args.model)
     prep = SonichuPreprocessor.from_pretrained(args.model, model.cfg)
     overlay_names = dict(zip(files, relative_names(files)))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sonichu_jax.commands.run_options import add_run_arguments, load_run_config
+from sonichu_jax.commands.run_options import add_run_arguments, load_run_config, run_stage
 
 HELP = "I-JEPA pretraining of the encoder on unlabelled frames; exports a backbone for train-teacher"
 
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from sonichu_jax.train.pretrain import BACKBONE_DIR, pretrain
 
     config = load_run_config(args, IJEPAConfig)
-    result = pretrain(config, args.frames, args.out, resume=args.resume)
+    result = run_stage(lambda: pretrain(config, args.frames, args.out, resume=args.resume), args.out)
     if result.finished:
         metrics = result.last_metrics or {}
         print(f"done: {result.step} steps, loss {metrics.get('loss', float('nan')):.4f}, target std "

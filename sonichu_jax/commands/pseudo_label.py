@@ -23,15 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sonichu_jax.commands import check_batch_size
     import os
 
     from sonichu_jax.data.sources import load_frames, load_source
     from sonichu_jax.errors import InputError
+    from sonichu_jax.fileio import check_output
     from sonichu_jax.nn.sonichu import SonichuModel
     from sonichu_jax.train.pseudo_label import write_pseudo_labels
 
-    if not args.out.lower().endswith(".jsonl"):
-        raise InputError(f"--out must be a .jsonl file, got {args.out}")
+    check_batch_size(args.batch_size)
+    if not args.max_disagreement >= 0:  # NaN too
+        raise InputError(f"the disagreement threshold must be >= 0 px, got {args.max_disagreement}")
+    check_output(args.out, (".jsonl",), "pseudo-label manifest", inputs=[args.model], data=[args.images])
     model = SonichuModel.from_pretrained(args.model)
     if os.path.isdir(args.images) and args.task:
         records = list(load_frames(args.images))

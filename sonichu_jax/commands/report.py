@@ -24,16 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sonichu_jax.errors import InputError
-    from sonichu_jax.fileio import check_output_file, write_json
+    from sonichu_jax.commands import check_batch_size
     from sonichu_jax.evaluation import format_table
+    from sonichu_jax.fileio import check_output, write_json
     from sonichu_jax.report import REPORT_SUFFIXES, write_report
 
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_output_file(args.out, REPORT_SUFFIXES, what="report")
+    check_batch_size(args.batch_size)
+    data = args.runs + ([args.data] if args.data else [])
+    check_output(args.out, REPORT_SUFFIXES, what="report", data=data)
     if args.json:
-        check_output_file(args.json, (".json",))
+        check_output(args.json, (".json",), data=data + [args.out])
     result = write_report(args.runs, args.out, data=args.data, worst=args.worst, tta=not args.no_tta,
                           batch_size=args.batch_size, progress=not args.quiet)
     columns = {c.name: c.report for c in result.columns}

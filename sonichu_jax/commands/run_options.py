@@ -39,6 +39,19 @@ def load_run_config(args: argparse.Namespace, kind: type):
     return apply_overrides(config, list(args.overrides) + distributed)
 
 
+def run_stage(call, out: str):
+    """``call()``; an OS error (a full disk, a read-only folder) also names the run's last
+    intact checkpoint, from which ``--resume`` continues."""
+    try:
+        return call()
+    except OSError as exc:
+        from sonichu_jax.train.run_dir import RunDir
+
+        step = RunDir(out).last_checkpoint()
+        last = "none" if step is None else f"step {step} in {RunDir(out).join('checkpoints')}"
+        raise OSError(exc.errno, f"{exc.strerror or exc}; last intact checkpoint: {last}", exc.filename) from None
+
+
 def report(result, what: str = "validation MRE") -> int:
     """The closing line of a supervised run, and the exit code."""
     if result.finished and result.validation is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sonichu_jax.commands.run_options import add_run_arguments, load_run_config, report
+from sonichu_jax.commands.run_options import add_run_arguments, load_run_config, report, run_stage
 
 HELP = "train a ViTPose teacher (per-task heads, L1 on soft-argmax coordinates) from a config file"
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sonichu_jax.train.configlib import TeacherConfig
-    from sonichu_jax.train.teacher import train_teacher
+    from sonichu_jax.train.supervised import train_teacher
 
     config = load_run_config(args, TeacherConfig)
-    return report(train_teacher(config, args.data, args.out, resume=args.resume))
+    return report(run_stage(lambda: train_teacher(config, args.data, args.out, resume=args.resume), args.out))

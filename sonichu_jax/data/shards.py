@@ -137,14 +137,13 @@ def is_pack(path: str) -> bool:
     return os.path.isfile(os.path.join(path, PACK_INDEX))
 
 
-def load_pack(root: str):
-    """A pack as a `sonichu_jax.data.sources.Source` whose images read from the shards.
+def load_pack(root: str) -> tuple[list[Record], LoadReport]:
+    """A pack's records, whose images read from the shards, and its load report
+    (`sonichu_jax.data.sources` wraps them as a `Source`).
 
     A shard that is missing, truncated or damaged raises `InputError` naming it."""
     from array_record.python.array_record_data_source import ArrayRecordDataSource
     from array_record.python.array_record_module import ArrayRecordReader
-
-    from sonichu_jax.data.sources import Source
 
     path = os.path.join(root, PACK_INDEX)
     try:
@@ -173,4 +172,4 @@ def load_pack(root: str):
                confidence=e["confidence"])
         for i, e in enumerate(entries)
     ]
-    return Source(records, LoadReport(root, loaded=len(records)))
+    return records, LoadReport(root, loaded=len(records))

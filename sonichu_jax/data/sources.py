@@ -534,9 +534,10 @@ def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> S
     """Every image file below ``root`` as an unlabelled record (`find_images` order), or
     the records of the pack ``root`` is."""
     if is_pack(root):
-        return load_pack(root)
+        return Source(*load_pack(root))
     if not os.path.isdir(root):
-        raise InputError(f"frame folder not found: {root}")
+        raise InputError(f"frame folder {root} is a file, not a folder" if os.path.isfile(root)
+                         else f"frame folder not found: {root}")
     paths = find_images(root, extensions)
     if not paths:
         raise InputError(f"no image files ({', '.join(extensions)}) under {root}")
@@ -572,7 +573,7 @@ def load_source(
     if os.path.isdir(spec):
         manifest = os.path.join(spec, MANIFEST_NAME)
         if is_pack(spec):
-            source = load_pack(spec)
+            source = Source(*load_pack(spec))
         elif os.path.isfile(manifest):
             source = load_manifest(manifest, tasks=tasks, strict=strict, check_bounds=check_bounds)
         else:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.nn.vit import Block, FixedEmbedding, layer_norm, run_blocks, sincos_2d_table
+from sonichu_jax.nn.vit import FSDP, Block, FixedEmbedding, fsdp, layer_norm, run_blocks, sincos_2d_table
 
 
 def predictor_config(cfg: ModelConfig, width: int, depth: int) -> ModelConfig:
@@ -33,12 +33,15 @@ class Predictor(nnx.Module):
         pcfg = predictor_config(cfg, width, depth)
         dtype = jnp.dtype(cfg.dtype)
         self.cfg = pcfg
-        self.embed = nnx.Linear(cfg.width, width, dtype=dtype, rngs=rngs)
-        self.mask_token = nnx.Param(nnx.initializers.truncated_normal(stddev=0.02)(rngs.params(), (1, 1, width)))
-        self.pos_embed = FixedEmbedding(jnp.asarray(sincos_2d_table(width, cfg.grid))[None])
+        self.embed = nnx.Linear(cfg.width, width, dtype=dtype, rngs=rngs, kernel_metadata=fsdp(FSDP, None),
+                                bias_metadata=fsdp(FSDP))
+        self.mask_token = nnx.Param(nnx.initializers.truncated_normal(stddev=0.02)(rngs.params(), (1, 1, width)),
+                                    **fsdp(None, None, FSDP))
+        self.pos_embed = FixedEmbedding(jnp.asarray(sincos_2d_table(width, cfg.grid))[None], **fsdp(None, None, FSDP))
         self.blocks = nnx.List([Block(pcfg, rngs=rngs) for _ in range(depth)])
         self.norm = layer_norm(pcfg, rngs=rngs)
-        self.proj = nnx.Linear(width, cfg.width, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(width, cfg.width, dtype=dtype, rngs=rngs, kernel_metadata=fsdp(None, FSDP),
+                               bias_metadata=fsdp(FSDP))
 
     def __call__(self, context_tokens: jax.Array, context_idx: jax.Array, target_idx: jax.Array,
                  context_valid: jax.Array | None = None, target_valid: jax.Array | None = None) -> jax.Array:

@@ -13,7 +13,7 @@ from sonichu_jax.config import ModelConfig
 from sonichu_jax.errors import InputError
 from sonichu_jax.model_arrays import filled, read_pretrained, save_flax
 from sonichu_jax.nn.vit import VisionTransformer
-from sonichu_jax.nn.vitpose import ClassicHead, DeconvTrunk, SimpleHead, final_conv, soft_argmax
+from sonichu_jax.nn.vitpose import ClassicHead, DeconvTrunk, SimpleHead, decode, final_conv
 
 
 EMBED_POOLS = ("mean", "none")
@@ -42,10 +42,11 @@ class SonichuModel(nnx.Module):
     """Multi-task keypoint model.
 
     ``heatmaps(pixel_values, task)`` -> (B, H/4, W/4, K) float32,
-    ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1] and
+    ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1] (``cfg.decoder``) and
     ``embed(pixel_values, pool="mean")`` -> (B, D) or (B, gh, gw, D) backbone features;
-    all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled,
-    one compilation per (task or pooling, batch shape, tta).
+    all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled
+    in eval mode (whatever mode the model is in), one compilation per (task or pooling,
+    batch shape, tta).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -78,13 +79,25 @@ class SonichuModel(nnx.Module):
     def forward_heatmaps(self, pixel_values: jax.Array, task: str) -> jax.Array:
         return self.head_heatmaps(self.feature_map(pixel_values), task)
 
-    def forward_predict(self, pixel_values: jax.Array, task: str, tta: bool) -> jax.Array:
-        beta = self.cfg.softargmax_beta
-        coords = soft_argmax(self.forward_heatmaps(pixel_values, task), beta)
+    def forward_views(self, pixel_values: jax.Array, task: str, tta: bool) -> jax.Array:
+        """(V, B, K, 2) decoded xy: V = 1, or 2 with flip TTA, whose mirrored images go
+        through the backbone in the same batch as the plain ones (one pass)."""
+        if tta:
+            pixel_values = jnp.concatenate([pixel_values, pixel_values[:, :, ::-1]])
+        return self.decode_views(self.feature_map(pixel_values), task, tta)
+
+    def decode_views(self, features: jax.Array, task: str, tta: bool) -> jax.Array:
+        """`forward_views` from the backbone features: the mirrored half is mapped back
+        to the original frame. The TTA prediction is the views' mean; their disagreement
+        is the pseudo-label confidence."""
+        coords = decode(self.head_heatmaps(features, task), self.cfg)
         if not tta:
-            return coords
-        flipped = soft_argmax(self.forward_heatmaps(pixel_values[:, :, ::-1], task), beta)
-        return 0.5 * (coords + unflip(flipped, self.cfg.task(task).flip_perm))
+            return coords[None]
+        plain, mirrored = jnp.split(coords, 2)
+        return jnp.stack([plain, unflip(mirrored, self.cfg.task(task).flip_perm)])
+
+    def forward_predict(self, pixel_values: jax.Array, task: str, tta: bool) -> jax.Array:
+        return self.forward_views(pixel_values, task, tta).mean(0)
 
     def forward_embed(self, pixel_values: jax.Array, pool: str) -> jax.Array:
         features = self.feature_map(pixel_values).astype(jnp.float32)
@@ -148,19 +161,27 @@ class SonichuModel(nnx.Module):
         save_flax(self, directory)
 
 
+def _inference_copy(graphdef, state) -> SonichuModel:
+    """The traced copy the jitted entry points run, in eval mode (BatchNorm's running
+    statistics) whatever mode the caller's model is in; the caller's model is untouched."""
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    return model
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _jit_heatmaps(graphdef, state, pixel_values, task):
-    return nnx.merge(graphdef, state).forward_heatmaps(pixel_values, task)
+    return _inference_copy(graphdef, state).forward_heatmaps(pixel_values, task)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _jit_predict(graphdef, state, pixel_values, task, tta):
-    return nnx.merge(graphdef, state).forward_predict(pixel_values, task, tta)
+    return _inference_copy(graphdef, state).forward_predict(pixel_values, task, tta)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _jit_embed(graphdef, state, pixel_values, pool):
-    return nnx.merge(graphdef, state).forward_embed(pixel_values, pool)
+    return _inference_copy(graphdef, state).forward_embed(pixel_values, pool)
 
 
 def count_params(model: nnx.Module) -> int:

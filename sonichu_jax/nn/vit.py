@@ -18,6 +18,16 @@ class FixedEmbedding(nnx.Variable):
     """A table that is part of the state (saved, converted, sharded) but never trained."""
 
 
+FSDP = "fsdp"  # the mesh axis that parameters are split over (sonichu_jax.train.mesh)
+
+
+def fsdp(*axes) -> dict:
+    """Variable metadata: the partition spec ``axes`` (a mesh axis or None per dimension:
+    FSDP on the largest one) that `nnx.get_partition_spec` reads. Nothing is placed when
+    the module is built; a run, or a researcher's own code, places the state from it."""
+    return {"out_sharding": axes, "eager_sharding": False}
+
+
 class PatchEmbed(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         pad = cfg.patch_padding
@@ -30,6 +40,8 @@ class PatchEmbed(nnx.Module):
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=jnp.float32,
             rngs=rngs,
+            kernel_metadata=fsdp(None, None, None, FSDP),
+            bias_metadata=fsdp(FSDP),
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -40,14 +52,89 @@ class PatchEmbed(nnx.Module):
 # jax.nn.dot_product_attention's implementation per ModelConfig.attention (None: JAX
 # picks, i.e. cuDNN flash attention on GPUs where the shapes allow, XLA otherwise).
 _ATTENTION_IMPLEMENTATION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+# What `auto` becomes on the platform a step compiles for (docs/scaling.md has the
+# measurements); elsewhere (GPUs) it stays jax.nn.dot_product_attention's own choice.
+AUTO_ATTENTION = {"tpu": "splash", "cpu": "heads_major"}
+
+
+def target_platform() -> str:
+    """The platform the traced computation compiles for: that of the mesh it is traced
+    under (the training steps set it, `train.mesh.on_mesh`, also when a plan compiles
+    for a TPU slice on a CPU host), else the default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
+
+
+def resolve_attention(kind: str, platform: str) -> str:
+    return AUTO_ATTENTION.get(platform, kind) if kind == "auto" else kind
+
+
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """(B, heads, T, head_dim) scaled q, k, v -> the same shape; padding keys masked."""
+    # Logits leave the matmul in the compute dtype (what bfloat16 autocast does too): a
+    # float32 result would make its gradient float32 as well, and both backward matmuls
+    # then run at float32 speed. Mask and softmax stay float32.
+    logits = jnp.einsum("bnth,bnsh->bnts", q, k).astype(jnp.float32)
+    if valid is not None:
+        logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    return jnp.einsum("bnts,bnsh->bnth", jax.nn.softmax(logits, axis=-1).astype(q.dtype), v)
+
+
+def splash_length(tokens: int) -> tuple[int, int]:
+    """(padded length, block) of a sequence in the splash kernel: whole sequences of up to
+    1024 tokens in one block, padded to the kernel's 128 lanes; longer ones in blocks of 512."""
+    size = -(-tokens // 128) * 128
+    block = size if size <= 1024 else 512
+    return -(-size // block) * block, block
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """`softmax_attention` as Pallas's TPU splash attention kernel, which keeps the logits
+    on chip (interpreted off TPU, for tests). Tokens are padded to `splash_length`;
+    segment ids keep padding keys out of every real token's softmax. Under a mesh the
+    kernel runs per device on its share of the batch (`shard_map`)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    b, n, t, _ = q.shape
+    size, block = splash_length(t)
+    segments = None  # every token attends to every token
+    if valid is not None or size > t:  # padding: segment 0, never a real token's
+        segments = jnp.ones((b, t), jnp.int32) if valid is None else valid.astype(jnp.int32)
+        segments = jnp.pad(segments, ((0, 0), (0, size - t)))
+    q, k, v = (jnp.pad(a, ((0, 0), (0, 0), (0, size - t), (0, 0))) for a in (q, k, v))
+    # q, k and v with the tokens minor: 128 lanes of tokens rather than 32 or 64 of
+    # head_dim (the lanes of a TPU array) halve to quarter the bytes they take in HBM.
+    # One backward kernel computes dq, dk and dv from one read of its inputs.
+    minor = splash.QKVLayout.SEQ_MINOR
+    blocks = splash.BlockSizes(block, block, block, block, block, block, use_fused_bwd_kernel=True,
+                               q_layout=minor, k_layout=minor, v_layout=minor)
+    platform = target_platform()
+
+    def per_device(q, k, v, segments):
+        kernel = splash.make_splash_mha(splash.MultiHeadMask([splash.FullMask((size, size))] * n), block_sizes=blocks,
+                                        head_shards=1, q_seq_shards=1, interpret=platform != "tpu")
+        ids = lambda s: None if s is None else splash.SegmentIds(s, s)  # noqa: E731
+        return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=ids(s)))(q, k, v, segments)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        batch = jax.sharding.PartitionSpec(mesh.axis_names)
+        per_device = jax.shard_map(per_device, in_specs=batch, out_specs=batch, check_vma=False)
+    return per_device(q, k, v, segments)[:, :, :t]
 
 
 def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_heads: int,
-                          valid: jax.Array | None) -> jax.Array:
+                          valid: jax.Array | None, splash: bool = False) -> jax.Array:
     """Multi-head self-attention computed heads-major, (B, heads, T, head_dim), straight
     from the fused qkv and proj kernels viewed per head: no activation is reshaped or
-    transposed between the projections and the two attention matmuls."""
+    transposed between the projections and the softmax (or ``splash``) attention."""
     b, t, d = x.shape
+    if splash:  # pad the tokens the kernel needs before the projections: no copies of q, k, v
+        size = splash_length(t)[0]
+        x = jnp.pad(x, ((0, 0), (0, size - t), (0, 0)))
+        valid = jnp.pad(jnp.ones((b, t), bool) if valid is None else valid, ((0, 0), (0, size - t)))
     hd = d // num_heads
     dtype = qkv.dtype or x.dtype
     w = qkv.kernel[...].astype(dtype).reshape(d, 3, num_heads, hd)
@@ -55,16 +142,9 @@ def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_h
     if qkv.bias is not None:
         bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, 1, hd)
         q, k, v = q + bias[0], k + bias[1], v + bias[2]
-    # Logits leave the matmul in the compute dtype (what bfloat16 autocast does too): a
-    # float32 result would make its gradient float32 as well, and both backward matmuls
-    # then run at float32 speed. Mask and softmax stay float32.
-    logits = jnp.einsum("bnth,bnsh->bnts", q * jnp.asarray(hd**-0.5, dtype), k).astype(jnp.float32)
-    if valid is not None:
-        logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum("bnts,bnsh->bnth", probs, v)
+    out = (splash_attention if splash else softmax_attention)(q * jnp.asarray(hd**-0.5, dtype), k, v, valid)
     wp = proj.kernel[...].astype(dtype).reshape(num_heads, hd, d)
-    return jnp.einsum("bnth,nhd->btd", out, wp) + proj.bias[...].astype(dtype)
+    return (jnp.einsum("bnth,nhd->btd", out, wp) + proj.bias[...].astype(dtype))[:, :t]
 
 
 class Attention(nnx.Module):
@@ -72,20 +152,23 @@ class Attention(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         self.num_heads = cfg.num_heads
         self.kind = cfg.attention
-        self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, use_bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
-        self.proj = nnx.Linear(cfg.width, cfg.width, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(cfg.width, 3 * cfg.width, use_bias=cfg.qkv_bias, dtype=dtype, rngs=rngs,
+                              kernel_metadata=fsdp(None, FSDP), bias_metadata=fsdp(FSDP))
+        self.proj = nnx.Linear(cfg.width, cfg.width, dtype=dtype, rngs=rngs, kernel_metadata=fsdp(FSDP, None),
+                               bias_metadata=fsdp(FSDP))
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         """``valid`` (B, T) bool, optional: tokens that may be attended to. Padding tokens
         (False) then change no other token's output, so a padded sequence encodes its real
         tokens exactly as the unpadded one would (I-JEPA's static-shape masks)."""
-        if self.kind == "heads_major":
-            return heads_major_attention(x, self.qkv, self.proj, self.num_heads, valid)
+        kind = resolve_attention(self.kind, target_platform())
+        if kind in ("heads_major", "splash"):
+            return heads_major_attention(x, self.qkv, self.proj, self.num_heads, valid, kind == "splash")
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         mask = None if valid is None else valid[:, None, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=_ATTENTION_IMPLEMENTATION[self.kind])
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=_ATTENTION_IMPLEMENTATION[kind])
         return self.proj(out.reshape(b, t, d))
 
 
@@ -93,15 +176,18 @@ class Mlp(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         hidden = int(cfg.width * cfg.mlp_ratio)
-        self.fc1 = nnx.Linear(cfg.width, hidden, dtype=dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, cfg.width, dtype=dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(cfg.width, hidden, dtype=dtype, rngs=rngs, kernel_metadata=fsdp(None, FSDP),
+                              bias_metadata=fsdp(FSDP))
+        self.fc2 = nnx.Linear(hidden, cfg.width, dtype=dtype, rngs=rngs, kernel_metadata=fsdp(FSDP, None),
+                              bias_metadata=fsdp(FSDP))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
 def layer_norm(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(cfg.width, epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    return nnx.LayerNorm(cfg.width, epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
+                         scale_metadata=fsdp(FSDP), bias_metadata=fsdp(FSDP))
 
 
 class Block(nnx.Module):
@@ -148,11 +234,11 @@ class VisionTransformer(nnx.Module):
         self.patch_embed = PatchEmbed(cfg, rngs=rngs)
         n = cfg.num_patches
         if cfg.pos_embed == "sincos":
-            self.pos_embed = FixedEmbedding(jnp.asarray(sincos_2d_table(cfg.width, cfg.grid))[None])
+            self.pos_embed = FixedEmbedding(jnp.asarray(sincos_2d_table(cfg.width, cfg.grid))[None], **fsdp(None, None, FSDP))
         else:
             slots = n + 1 if cfg.pos_embed == "learned_cls_folded" else n
             init = nnx.initializers.truncated_normal(stddev=0.02)
-            self.pos_embed = nnx.Param(init(rngs.params(), (1, slots, cfg.width), jnp.float32))
+            self.pos_embed = nnx.Param(init(rngs.params(), (1, slots, cfg.width), jnp.float32), **fsdp(None, None, FSDP))
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
         self.norm = layer_norm(cfg, rngs=rngs)
 

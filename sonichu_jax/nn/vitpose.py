@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
+from sonichu_jax.nn.vit import FSDP, fsdp
 
 def conv_as_matmul(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
     """Stride-1 convolution (HWIO kernel, ``pad`` zeros on every side) as one matmul over
@@ -45,8 +46,9 @@ class PointwiseConv(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, dtype, *, rngs: nnx.Rngs, conv: str = "matmul"):
         init = nnx.initializers.lecun_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (1, 1, in_features, out_features), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.kernel = nnx.Param(init(rngs.params(), (1, 1, in_features, out_features), jnp.float32),
+                                **fsdp(None, None, FSDP, None))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32), **fsdp(FSDP))
         self.dtype = dtype
         self.conv = conv
 
@@ -69,7 +71,8 @@ class Deconv4x4(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, dtype, *, rngs: nnx.Rngs, conv: str = "matmul"):
         init = nnx.initializers.lecun_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (4, 4, in_features, out_features), jnp.float32))
+        self.kernel = nnx.Param(init(rngs.params(), (4, 4, in_features, out_features), jnp.float32),
+                                **fsdp(None, None, FSDP, None))
         self.dtype = dtype
         self.conv = conv
 
@@ -98,10 +101,14 @@ class DeconvTrunk(nnx.Module):
         # Normalisation statistics in float32 whatever the compute dtype.
         self.norms = nnx.List(
             [
-                nnx.BatchNorm(c, epsilon=cfg.batch_norm_eps, momentum=0.9, dtype=jnp.float32, rngs=rngs)
+                nnx.BatchNorm(c, epsilon=cfg.batch_norm_eps, momentum=0.9, dtype=jnp.float32, rngs=rngs,
+                              scale_metadata=fsdp(FSDP), bias_metadata=fsdp(FSDP))
                 for c in channels[1:]
             ]
         )
+        for norm in self.norms:  # BatchNorm takes no metadata for its statistics
+            norm.mean.set_metadata(**fsdp(FSDP))
+            norm.var.set_metadata(**fsdp(FSDP))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for deconv, norm in zip(self.deconvs, self.norms):
@@ -120,6 +127,8 @@ def final_conv(in_features: int, num_keypoints: int, kernel: int, cfg: ModelConf
         padding=((pad, pad), (pad, pad)),
         dtype=jnp.dtype(cfg.dtype),
         rngs=rngs,
+        kernel_metadata=fsdp(None, None, FSDP, None),
+        bias_metadata=fsdp(FSDP),
     )
 
 
@@ -163,3 +172,30 @@ def soft_argmax(heatmaps: jax.Array, beta: float = 1.0) -> jax.Array:
     x = jnp.einsum("bwk,w->bk", probs.sum(axis=1), xs)
     y = jnp.einsum("bhk,h->bk", probs.sum(axis=2), ys)
     return jnp.stack([x, y], axis=-1)
+
+
+def argmax_decode(heatmaps: jax.Array) -> jax.Array:
+    """(B, h, w, K) -> (B, K, 2) normalised xy: the heatmap maximum moved a quarter pixel
+    towards its higher neighbour on each axis, where both neighbours exist (mmpose 0.x
+    ``keypoints_from_heatmaps``, post_process="default", which ViTPose evaluates with)."""
+    hm = heatmaps.astype(jnp.float32)
+    b, h, w, k = hm.shape
+    flat = jnp.moveaxis(hm, 3, 1).reshape(b, k, h * w)
+    idx = jnp.argmax(flat, axis=-1)
+    py, px = idx // w, idx % w
+
+    def at(dy, dx):
+        return jnp.take_along_axis(flat, (jnp.clip(py + dy, 0, h - 1) * w + jnp.clip(px + dx, 0, w - 1))[..., None],
+                                   axis=-1)[..., 0]
+
+    inside = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
+    sx = jnp.where(inside, jnp.sign(at(0, 1) - at(0, -1)), 0.0) * 0.25
+    sy = jnp.where(inside, jnp.sign(at(1, 0) - at(-1, 0)), 0.0) * 0.25
+    return jnp.stack([(px + sx + 0.5) / w, (py + sy + 0.5) / h], axis=-1)
+
+
+def decode(heatmaps: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Heatmaps -> normalised xy with the model's configured decoder (``cfg.decoder``)."""
+    if cfg.decoder == "argmax":
+        return argmax_decode(heatmaps)
+    return soft_argmax(heatmaps, cfg.softargmax_beta)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.errors import InputError
-from sonichu_jax.fileio import atomic_path, check_output_file
+from sonichu_jax.fileio import atomic_path, check_output
 from sonichu_jax.report import page, plots
 from sonichu_jax.report.gallery import worst_tiles
 from sonichu_jax.report.runs import Run, find_runs, run_data_spec
@@ -44,7 +44,7 @@ def write_report(
     """Write the report of the runs under ``paths`` to ``out`` (.html); see the module
     docstring. ``data``: the images to evaluate on (every labelled one); by default a
     held-out ``data/test`` beside the runs, else the runs' own validation split."""
-    out = check_output_file(out, REPORT_SUFFIXES, what="report")
+    out = check_output(out, REPORT_SUFFIXES, what="report")
     if worst < 0:
         raise InputError(f"the number of worst images must be >= 0, got {worst}")
     paths = [os.fspath(p) for p in paths]

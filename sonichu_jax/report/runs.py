@@ -62,6 +62,8 @@ class Run:
             return None
         at = "before its first logged step" if self.last_step is None else f"at step {self.last_step}"
         of = f" of {self.total_steps}" if self.total_steps else ""
+        if self.last_step is not None and self.last_step == self.total_steps:
+            return f"finished ({self.last_step} steps) but its {MODEL_DIR}/ is missing, so only its curves are shown"
         return f"stopped {at}{of}: no {MODEL_DIR}/ yet, so only its curves are shown"
 
 

@@ -69,6 +69,9 @@ def evaluation_set(runs: Sequence[Run], paths: Sequence[str], tasks: tuple[TaskS
         evalset = _validation_split(runs, tasks)
     else:
         source = load_source(data, tasks=tasks, log=None)
+        if source.report.skipped:  # the count printed beside the MRE must not pass for the whole set
+            issues = ", ".join(f"{k} {v}" for k, v in source.report.counts().items())
+            description += f", less {source.report.skipped} records skipped ({issues})"
         evalset = EvalSet([r for r in source if r.has_label and not r.is_pseudo], description)
     if not evalset.records:
         raise InputError(f"no labelled images to evaluate on in {data or 'the validation split of the runs'}")

@@ -1,7 +1,8 @@
 """Where the compiler's estimated step time goes: the TPU compiler annotates every
 top-level instruction of the compiled program with its cost model's cycle estimate
 (``estimated_cycles``); summed by kind and by the JAX operation they came from, they show
-what limits a step. Collectives carry no estimate; their bytes are counted instead.
+what limits a step. Collectives carry no estimate; their bytes are counted instead, and
+so are Pallas kernels' FLOPs and bytes, which the cost model does not price either.
 """
 
 from __future__ import annotations
@@ -17,16 +18,53 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _ITEMSIZE = {"pred": 1, "bf16": 2}
+_KERNEL = re.compile(r"%([\w\-]+?)(?:\.\d+)? = (.*?) custom-call\(.*?custom_call_target=\"tpu_custom_call\""
+                     r"(?:, operand_layout_constraints=\{(.*?)\}, frontend_attributes)?"
+                     r"(?:=\{kernel_metadata=\{\s*\"xprof_metadata\":\"([^\n]*))?")
+# Matmuls of (q rows x k rows x head dim) in each of Pallas's splash attention kernels
+# (jax.experimental.pallas.ops.tpu.splash_attention): the forward pass computes the
+# logits and probs x v; the fused backward kernel (as nn.vit.splash_attention runs it)
+# recomputes the logits, then dv, dprobs, dk and dq.
+_KERNEL_MATMULS = {"splash_mha_fwd": 2, "splash_mha_dkv": 5}
 
 
-def _bytes_of(shape_text: str) -> int:
+def _bytes_of(shape_text: str, lanes: bool = False) -> int:
+    """Bytes of the arrays in ``shape_text``; with ``lanes``, as TPU HBM holds them: the
+    minor dimension of a matrix rounded up to the 128 lanes of a tile."""
     total = 0
     for dtype, dims in _ARRAY.findall(shape_text):
         size = _ITEMSIZE.get(dtype) or int(re.sub(r"\D", "", dtype)) // 8
-        for d in filter(None, dims.split(",")):
-            size *= int(d)
+        shape = [int(d) for d in dims.split(",") if d]
+        if lanes and len(shape) > 1:
+            shape[-1] = -(-shape[-1] // 128) * 128
+        for d in shape:
+            size *= d
         total += size
     return total
+
+
+def _dims(shape_text: str) -> list[list[int]]:
+    """Floating-point arrays' dimensions, in order."""
+    return [[int(d) for d in dims.split(",") if d] for dtype, dims in _ARRAY.findall(shape_text) if dtype[0] in "bf"]
+
+
+def pallas_kernels(hlo_text: str) -> dict:
+    """Pallas TPU kernels of a compiled program, per chip per step: {"calls", "flops",
+    "bytes"}. Bytes: every operand read and result written once, as HBM holds them (the
+    splash kernels run one block per sequence, `nn.vit.splash_attention`); FLOPs for
+    the splash kernels, counted from their q and k operands (others count bytes only)."""
+    calls, flops, nbytes = 0, 0.0, 0
+    for name, results, operands, metadata in _KERNEL.findall(hlo_text):
+        calls += 1
+        nbytes += _bytes_of(results, lanes=True) + _bytes_of(operands, lanes=True)
+        matmuls = next((n for prefix, n in _KERNEL_MATMULS.items() if name.startswith(prefix)), 0)
+        if matmuls:
+            q, k = _dims(operands)[:2]  # (..., rows, head dim), or (..., head dim, rows) for SEQ_MINOR (2)
+            size = 1
+            for d in q:
+                size *= d
+            flops += 2.0 * matmuls * size * k[-1 if '\\"k_layout\\": 2' in metadata else -2]
+    return {"calls": calls, "flops": flops, "bytes": nbytes}
 
 
 def _fusion_kind(bodies: dict[str, str], name: str, depth: int = 0) -> str:
@@ -77,6 +115,7 @@ def breakdown(hlo_text: str, top: int = 12) -> dict:
         "by_kind": {k: v / total for k, v in by_kind.most_common()},
         "top_ops": [(src, kind, v / total) for (src, kind), v in by_op.most_common(top)],
         "collective_bytes": collective,
+        "kernels": pallas_kernels(hlo_text),
     }
 
 
@@ -84,4 +123,8 @@ def render(result: dict) -> str:
     lines = ["est. cycles by kind: " + ", ".join(f"{k} {v:.1%}" for k, v in result["by_kind"].items() if v >= 0.005)]
     lines += [f"  {share:6.1%}  {kind:<15} {src}" for src, kind, share in result["top_ops"]]
     lines.append(f"collectives: {result['collective_bytes'] / 2**20:.1f} MiB per chip per step (not in the estimate)")
+    k = result.get("kernels") or {}
+    if k.get("calls"):
+        lines.append(f"Pallas kernels (not in the cycles above; in the estimate by their roofline): {k['calls']} calls, "
+                     f"{k['flops'] / 1e12:.3f} TFLOP, {k['bytes'] / 2**30:.2f} GiB per chip per step")
     return "\n".join(lines)

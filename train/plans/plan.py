@@ -45,9 +45,12 @@ class Plan:
     memory: dict = field(default_factory=dict)  # MEMORY_PARTS + total, bytes per chip
     hbm_bytes: int | None = None
     fits: bool = True
-    compiler_flops: float = 0.0  # per chip per step, the compiled program's count
+    compiler_flops: float = 0.0  # per chip per step, the compiled program's count (Pallas kernels' included)
     model_flops: float = 0.0  # per chip per step, from the architecture
-    bytes_accessed: float = 0.0  # per chip per step
+    bytes_accessed: float = 0.0  # per chip per step (Pallas kernels' included)
+    kernel_flops: float = 0.0  # per chip per step, of the Pallas kernels (breakdown.pallas_kernels)
+    kernel_bytes: float = 0.0
+    kernel_seconds: float = 0.0  # their roofline, part of step_seconds
     step_seconds: float | None = None  # estimate; None where there is no model of the chip (CPU)
     time_source: str | None = None  # "cost model" (the compiler's) or "roofline" (see estimate)
     img_per_s: float | None = None
@@ -124,15 +127,17 @@ def make_plan(config, topology: Topology, num_teachers: int = 5, examples: int |
                          f"not fit: {first.removeprefix('RESOURCE_EXHAUSTED: ')}") from None
     elapsed = time.perf_counter() - start
     cost = _cost(compiled)
+    hlo = breakdown(compiled.as_text())
+    kernels = hlo["kernels"]
     plan = Plan(
         stage=program.stage, topology=topology.name, device_kind=topology.devices[0].device_kind,
         devices=n, hosts=topology.hosts, mesh=dict(program.run.mesh.shape), global_batch=config.data.batch_size,
         batch_per_chip=config.data.batch_size / n, steps=program.run.config.steps,
         examples=program.examples, examples_assumed=program.examples_assumed,
         memory=memory_parts(program, compiled.memory_analysis()),
-        compiler_flops=float(cost.get("flops", 0.0)), model_flops=program.model_flops / n,
-        bytes_accessed=float(cost.get("bytes accessed", 0.0)), compile_seconds=elapsed,
-        breakdown=breakdown(compiled.as_text()),
+        compiler_flops=float(cost.get("flops", 0.0)) + kernels["flops"], model_flops=program.model_flops / n,
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)) + kernels["bytes"], kernel_flops=kernels["flops"],
+        kernel_bytes=kernels["bytes"], compile_seconds=elapsed, breakdown=hlo,
     )
     return estimate(plan, topology, cost.get("optimal_seconds"))
 
@@ -144,14 +149,17 @@ def estimate(plan: Plan, topology: Topology, step_seconds: float | None) -> Plan
     programs the v4 and v5e cost models give none (or a negative value); the estimate is
     then the roofline sum, the compiler's FLOPs at peak plus its bytes accessed at HBM
     bandwidth, with nothing overlapped: on v5p, where both exist, it stays within 10 %
-    of the cost model for every card step. CPU devices get no time estimate."""
+    of the cost model for every card step. The cost model gives Pallas kernels no time:
+    their own roofline is added to it. CPU devices get no time estimate."""
     chip = topology.chip
     if chip is None:
         return plan
     plan.hbm_bytes = chip.hbm_bytes
     plan.fits = plan.memory["total"] <= chip.hbm_bytes
+    plan.kernel_seconds = plan.kernel_flops / chip.peak_flops + plan.kernel_bytes / chip.hbm_bandwidth
     if step_seconds is not None and step_seconds > 0:
         plan.time_source = "cost model"
+        step_seconds += plan.kernel_seconds
     elif plan.compiler_flops > 0:
         plan.time_source = "roofline"
         step_seconds = plan.compiler_flops / chip.peak_flops + plan.bytes_accessed / chip.hbm_bandwidth

@@ -53,7 +53,8 @@ def rows(plan: Plan) -> list[tuple[str, str]]:
         ("TFLOP/chip/step compiler", f"{plan.compiler_flops / 1e12:.3f}"),
         ("TFLOP/chip/step model", f"{plan.model_flops / 1e12:.3f} (x{overhead:.2f})"),
         ("est. step time ms", _opt(None if plan.step_seconds is None else plan.step_seconds * 1e3, ".1f")
-         + (" (roofline)" if plan.time_source == "roofline" else "")),
+         + (" (roofline)" if plan.time_source == "roofline" else "")
+         + (f" (kernels {plan.kernel_seconds * 1e3:.1f} roofline)" if plan.kernel_seconds else "")),
         ("est. img/s", _opt(plan.img_per_s, ".0f")),
         ("est. MFU", _opt(plan.mfu, ".1%")),
         ("steps", str(plan.steps)),
@@ -71,6 +72,7 @@ def render(plans: list[Plan]) -> str:
     widths = [max(len(r[j]) for r in [header, *body]) for j in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     note = (f"est. = the TPU compiler's cost model ({versions()}), not a measurement; (roofline) = the "
-            "compiler's FLOPs at peak plus its bytes at HBM bandwidth, where the cost model gives no time; "
+            "compiler's FLOPs at peak plus its bytes at HBM bandwidth, where the cost model gives no time; kernels: "
+            "the Pallas kernels' part of it, their FLOPs at peak plus their bytes at HBM bandwidth (no cost model); "
             "collectives not included; MFU = model FLOPs / (est. step time x peak bf16 FLOP/s of the chip)")
     return "\n".join([line(header), *[line(r) for r in body], note])
