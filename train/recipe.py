@@ -281,6 +281,6 @@ def run_demo(out: str, *, quick: bool = False, seed: int = 0, force: bool = Fals
     columns, records = evaluate_all(out, profile, data["test"], models)
     overlays = draw_overlays(out, profile, student, records)
     runs = [os.path.dirname(backbone), *(teacher_dirs[r] for r in REGIMES), os.path.dirname(student)]  # not R0
-    report = write_report(runs, os.path.join(out, "report.html"), progress=False).path
+    report = write_report(runs, os.path.join(out, "report.html"), data=data["test"], progress=False).path
     return DemoResult(out, name, columns, models, overlays, len(records), (time.perf_counter() - started) / 60,
                       {"backbone": backbone, "pseudo_labels": pseudo_dir, "report": report})
