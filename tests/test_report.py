@@ -16,7 +16,7 @@ import pytest
 
 from sonichu_jax.cli import main
 
-TEACHERS = ("t1_labels", "t2_pseudo", "t3_balanced")
+TEACHERS = ("R1", "R2", "R3", "selective", "r3capped")
 TASKS = ("HC", "fetal_femur")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
@@ -87,13 +87,13 @@ def test_demo_report_has_every_part(quick_demo, demo_report):
     text = open(demo_report, encoding="utf-8").read()
     page = Page(text)
     assert page.sections == ["runs-section", "results", "distribution", "curves", "worst"]
-    models = [*TEACHERS, "student", "median of 3 teachers"]
+    models = [*sorted(TEACHERS), "student", "median of 5 teachers"]  # runs by stage, then name
     table = page.rows["mre-px"]
     assert list(table) == models
     assert "mre-mm" not in page.rows  # synthetic images have no pixel spacing
     # MRE per task and overall agree with the demo's own evaluation of the same held-out set
     demo = json.loads((quick_demo.out / "results.json").read_text())["results"]
-    demo["median of 3 teachers"] = demo["median ensemble"]
+    demo["median of 5 teachers"] = demo["median ensemble"]
     for model in models:
         cells = table[model]
         by_task = {task: float(text) for task, text in cells if task}
@@ -101,17 +101,17 @@ def test_demo_report_has_every_part(quick_demo, demo_report):
         for task in TASKS:
             assert abs(by_task[task] - demo[model]["tasks"][task]["mre_px"]) < 0.006, (model, task)
         passes, weighted, unweighted = cells[2][1], float(cells[-2][1]), float(cells[-1][1])
-        assert passes == ("6" if model.startswith("median") else "2")
+        assert passes == ("10" if model.startswith("median") else "2")
         assert abs(weighted - demo[model]["weighted_mre_px"]) < 0.006
         assert abs(unweighted - demo[model]["unweighted_mre_px"]) < 0.006
     for run in ("ijepa", *TEACHERS, "student"):
         assert f"<td>{run}</td>" in text
-    # 5 worst images per task and model, the training curves of all five runs, one box plot
+    # 5 worst images per task and model, the training curves of all seven runs, one box plot
     assert sorted(set(page.figures)) == sorted((m, t) for m in models for t in TASKS)
     assert all(page.figures.count(key) == 5 for key in set(page.figures))
     sections = [section for section, _ in page.images]
-    assert sections.count("curves") == 5 and sections.count("distribution") == 1
-    assert sections.count("worst") == 5 * 2 * 5
+    assert sections.count("curves") == 7 and sections.count("distribution") == 1
+    assert sections.count("worst") == 7 * 2 * 5
     for _, src in page.images:  # every image is embedded and decodes
         image = decode_image(src)
         assert image is not None and image.size > 0
@@ -151,7 +151,7 @@ def _copy_run(src, dst, with_model=True, forget_data=False):
 
 
 def test_single_teacher_run_is_scored_on_its_validation_split(quick_demo, tmp_path, capsys):
-    run = _copy_run(quick_demo.out / "teachers" / "t1_labels", tmp_path / "t1")
+    run = _copy_run(quick_demo.out / "teachers" / "R1", tmp_path / "t1")
     recorded = json.loads((run / "train_config.json").read_text())["data"]["source"]
     assert recorded == str(quick_demo.out / "data" / "train")  # the run recorded its --data, absolute
     out, summary = tmp_path / "t1.html", tmp_path / "t1.json"
@@ -159,7 +159,7 @@ def test_single_teacher_run_is_scored_on_its_validation_split(quick_demo, tmp_pa
     result = json.loads(summary.read_text())["results"]["t1"]
     # the training loop validated the final weights on the same split with the same TTA
     val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line][-1]
-    assert result["n"] == 20 and result["passes_per_image"] == 2
+    assert result["n"] == 7 + 4 and result["passes_per_image"] == 2  # 15 % of 48 HC and 24 femur labels
     assert result["weighted_mre_px"] == pytest.approx(val["val_mre"], abs=1e-3)
     for task in TASKS:
         assert result["tasks"][task]["mre_px"] == pytest.approx(val["per_task"][task], abs=1e-3)
@@ -169,14 +169,14 @@ def test_single_teacher_run_is_scored_on_its_validation_split(quick_demo, tmp_pa
 
 
 def test_run_without_recorded_data_needs_an_evaluation_set(quick_demo, tmp_path, capsys):
-    run = _copy_run(quick_demo.out / "teachers" / "t1_labels", tmp_path / "t1", forget_data=True)
+    run = _copy_run(quick_demo.out / "teachers" / "R1", tmp_path / "t1", forget_data=True)
     assert main(["report", str(run), "--out", str(tmp_path / "r.html"), "--quiet"]) == 2
     assert "does not record the data" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
 
 
 def test_run_stopped_early_gets_its_curves(quick_demo, tmp_path, capsys):
-    run = _copy_run(quick_demo.out / "teachers" / "t2_pseudo", tmp_path / "t2", with_model=False)
+    run = _copy_run(quick_demo.out / "teachers" / "R2", tmp_path / "t2", with_model=False)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:4]) + '\n{"step": 60, "kind": "tr')  # killed mid-line
     out = tmp_path / "r.html"

@@ -19,7 +19,7 @@ VAL = {"val/mre_weighted", "val/mre_unweighted", "val/mre/HC", "val/mre/fetal_fe
 
 
 def test_teacher_and_student_events_equal_their_jsonl(quick_demo):
-    teacher = assert_events_equal_jsonl(quick_demo.out / "teachers" / "t1_labels")
+    teacher = assert_events_equal_jsonl(quick_demo.out / "teachers" / "R1")
     assert teacher == TRAIN | VAL
     student = assert_events_equal_jsonl(quick_demo.out / "student")
     assert student == TRAIN | VAL | {"train/loss_real", "train/loss_teacher"}

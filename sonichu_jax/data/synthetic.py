@@ -28,6 +28,24 @@ Keypoints (continuous pixel frame, pixel ``i`` centred at ``i + 0.5``), per task
   with 0 = towards the apex, 1 = away from the septum, 2 = towards the base, 3 = towards
   the septum.
 
+What real multi-centre B-mode data has, and `Acquisition` adds (off by default, so the
+plain generator draws every setting independently per frame):
+
+- devices (``devices``): frames come from a few scanners/sites, each with its own gain,
+  dynamic range (log-compression strength), attenuation/TGC setting, speckle size
+  (transducer bandwidth), sector opening and apex position, and depth setting (a deeper
+  setting shows the same anatomy smaller); frames of one device vary a little around its
+  presets. Models then meet a mixture of looks rather than one smooth distribution, and
+  rarely seen looks are where they disagree.
+- shadows (``shadow_rate``): ribs, bowel gas, fetal limbs and bone cast acoustic shadows
+  along the beam that can cover part of the anatomy. Annotators still place hidden
+  keypoints from the visible context, so a shadowed keypoint stays labelled and models
+  must infer it.
+- label noise (``label_noise_px``, in `write_synthetic_dataset` only, since it belongs to
+  a data set's labels, not to the image): manual keypoints scatter by a few pixels
+  between and within observers, and an occasional keypoint is misplaced grossly (a slip
+  of the caliper); the images stay the same.
+
 Orders defined by anatomy (PLAX, PSAX, A4C, AOP, IVC) survive a horizontal flip
 unchanged; left/right orders (HC, FA, fetal_femur, FUGC) swap. `SYNTHETIC_FLIP_PERMS`
 holds the permutation for every task (``perm[i]`` = the index keypoint ``i`` takes after
@@ -40,6 +58,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import cv2
@@ -161,12 +180,43 @@ class _Canvas:
         self.img[lo[1]:hi[1], lo[0]:hi[0]] *= 1.0 - (1.0 - factor) * weight
 
 
+@dataclass(frozen=True)
+class Acquisition:
+    """How frames are acquired and labelled beyond the plain generator (module docstring)."""
+
+    devices: int = 0  # scanners/sites the frames come from; 0: every setting drawn per frame
+    shadow_rate: float = 0.0  # share of frames with an acoustic shadow across the sector
+    label_noise_px: float = 0.0  # observer scatter (std, px at 256 px; scales with size)
+    slip_rate: float = 0.0  # share of labelled keypoints misplaced grossly
+
+
+class _Device:
+    """One scanner's presets, drawn from ``(seed, device)`` so that all frames of a data
+    set share them; ``draw`` jitters a preset by +-``spread`` of its value per frame."""
+
+    RANGES = {"gain": (0.6, 1.5), "dynamic": (3.0, 25.0), "attenuation": (0.3, 1.8), "speckle": (0.5, 1.4),
+              "half_angle": (30.0, 50.0), "apex": (0.02, 0.14), "zoom": (0.8, 1.12)}
+
+    def __init__(self, seed: int, device: int):
+        rng = np.random.default_rng([seed, 1 << 20, device])
+        self.presets = {k: rng.uniform(*r) for k, r in self.RANGES.items()}
+
+    def draw(self, rng, key: str, spread: float = 0.06) -> float:
+        return self.presets[key] * rng.uniform(1 - spread, 1 + spread)
+
+
+def _uniform(rng, device: _Device | None, key: str, low: float, high: float) -> float:
+    """The plain draw, or the frame's device preset (jittered)."""
+    return rng.uniform(low, high) if device is None else device.draw(rng, key)
+
+
 class _Fan:
     """Sector geometry: apex (above the image), half-angle, near and far radii."""
 
-    def __init__(self, rng: np.random.Generator, size: int):
-        self.apex = np.array([size * (0.5 + rng.uniform(-0.04, 0.04)), -size * rng.uniform(0.02, 0.12)])
-        self.half_angle = math.radians(rng.uniform(36, 46))
+    def __init__(self, rng: np.random.Generator, size: int, device: _Device | None = None):
+        apex_depth = _uniform(rng, device, "apex", 0.02, 0.12)
+        self.apex = np.array([size * (0.5 + rng.uniform(-0.04, 0.04)), -size * apex_depth])
+        self.half_angle = math.radians(_uniform(rng, device, "half_angle", 36, 46))
         self.r_near = -self.apex[1] + size * rng.uniform(0.03, 0.08)
         self.r_far = -self.apex[1] + size * rng.uniform(0.97, 1.08)
 
@@ -416,20 +466,33 @@ def _complex_gaussian(rng, S: int) -> tuple[np.ndarray, np.ndarray]:
     return cv2.polarToCart(radius, np.float32(2 * np.pi) * v)
 
 
-def _render(tissue: np.ndarray, fan: _Fan, rng, S: int) -> np.ndarray:
+def _shadow(cv: _Canvas, rng, S: int, fan: _Fan) -> None:
+    """An acoustic shadow: a bright reflector (rib, gas, bone) at some depth and the dark
+    beam-aligned wedge behind it, anywhere across the sector."""
+    phi = rng.uniform(-0.8, 0.8) * fan.half_angle
+    width = math.radians(rng.uniform(3, 9))
+    r0 = fan.r_near + S * rng.uniform(0.05, 0.5)
+    rays = [np.array([math.sin(a), math.cos(a)]) for a in (phi - width, phi + width)]
+    near = [fan.apex + r0 * ray for ray in rays]
+    far = [fan.apex + 2 * fan.r_far * ray for ray in rays]
+    cv.multiply(np.array([near[0], near[1], far[1], far[0]]), rng.uniform(0.05, 0.3))
+    cv.stroke(np.array(near), rng.uniform(1.4, 2.0), S * rng.uniform(0.01, 0.02))
+
+
+def _render(tissue: np.ndarray, fan: _Fan, rng, S: int, device: _Device | None = None) -> np.ndarray:
     """Speckle, attenuation, log compression and the sector mask -> uint8."""
     xs, ys = _grid(S)
     dx = xs - np.float32(fan.apex[0])
     dy = ys - np.float32(fan.apex[1])
     r = cv2.magnitude(dx, dy)
     # Speckle: the magnitude of low-passed complex Gaussian noise is correlated Rayleigh.
-    sigma = rng.uniform(0.6, 1.1) * S / 256
+    sigma = _uniform(rng, device, "speckle", 0.6, 1.1) * S / 256
     re, im = _complex_gaussian(rng, S)
     speckle = cv2.magnitude(cv2.GaussianBlur(re, (0, 0), sigma), cv2.GaussianBlur(im, (0, 0), sigma))
     speckle *= np.float32(1.0 / np.sqrt(np.mean(speckle * speckle)))
-    attenuation = cv2.exp(np.float32(-rng.uniform(0.3, 1.6) / S) * (r - np.float32(fan.r_near)))
-    envelope = tissue * speckle * attenuation * np.float32(rng.uniform(0.7, 1.4))
-    k = np.float32(rng.uniform(4, 20))
+    attenuation = cv2.exp(np.float32(-_uniform(rng, device, "attenuation", 0.3, 1.6) / S) * (r - np.float32(fan.r_near)))
+    envelope = tissue * speckle * attenuation * np.float32(_uniform(rng, device, "gain", 0.7, 1.4))
+    k = np.float32(_uniform(rng, device, "dynamic", 4, 20))
     display = cv2.log(np.float32(1.0) + k * envelope) * np.float32(1.0 / np.log1p(k * 2.5))
     display += np.float32(0.04) * (rng.random((S, S), dtype=np.float32) - np.float32(0.5))  # electronic noise
     # Soft sector edge: distances (px) to the two side rays and the two arcs.
@@ -445,11 +508,12 @@ def _check_size(size: int) -> None:
         raise InputError(f"synthetic image size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
 
 
-def generate_sample(task: str, index: int, seed: int = 0, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic frame: (uint8 (size, size) image, float32 (K, 2) keypoints).
+def generate_sample(task: str, index: int, seed: int = 0, size: int = 256,
+                    acquisition: Acquisition | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic frame: (uint8 (size, size) image, float32 (K, 2) true keypoints).
 
-    Deterministic in ``(task, index, seed, size)`` and independent of other samples, so any
-    subset can be generated in any order or in parallel.
+    Deterministic in ``(task, index, seed, size, acquisition)`` and independent of other
+    samples, so any subset can be generated in any order or in parallel.
     """
     if task not in _ANATOMY:
         raise InputError(f"unknown synthetic task {task!r}; valid: {', '.join(TASK_NAMES)}")
@@ -458,18 +522,37 @@ def generate_sample(task: str, index: int, seed: int = 0, size: int = 256) -> tu
         raise InputError(f"synthetic seed must be a non-negative integer, got {seed}")
     rng = np.random.default_rng([seed, TASK_NAMES.index(task), index])
     draw, depth_range, spread = _ANATOMY[task]
-    fan = _Fan(rng, size)
+    acq = acquisition or Acquisition()
+    device = _Device(seed, int(rng.integers(acq.devices))) if acq.devices else None
+    scale = size * (1.0 if device is None else device.draw(rng, "zoom", 0.03))  # the depth setting
+    fan = _Fan(rng, size, device)
     margin = 0.03 * size
     # Rejection sampling: redraw the pose until every keypoint is well inside the sector.
     for _ in range(100):
         canvas = _Canvas(_tissue(rng, size))
         _clutter(canvas, rng, size)
-        keypoints = draw(canvas, rng, size, _place(rng, size, fan, depth_range, spread), fan)
+        keypoints = draw(canvas, rng, scale, _place(rng, size, fan, depth_range, spread), fan)
         if fan.contains(keypoints, margin):
             break
     else:  # pragma: no cover - the pose ranges above make this practically unreachable
         raise RuntimeError(f"could not place a {task} anatomy inside the sector")
-    return _render(canvas.img, fan, rng, size), keypoints.astype(np.float32)
+    shadow_rng = np.random.default_rng([seed, TASK_NAMES.index(task), index, 1 << 22])  # leaves the frame's draws alone
+    if acq.shadow_rate and shadow_rng.random() < acq.shadow_rate:
+        _shadow(canvas, shadow_rng, size, fan)
+    return _render(canvas.img, fan, rng, size, device), keypoints.astype(np.float32)
+
+
+def observed_labels(keypoints: np.ndarray, task: str, index: int, seed: int, size: int,
+                    acquisition: Acquisition) -> np.ndarray:
+    """An observer's keypoints for a frame's true ``keypoints``: Gaussian scatter, and
+    now and then one keypoint misplaced by several times the scatter."""
+    rng = np.random.default_rng([seed, TASK_NAMES.index(task), index, 1 << 21])
+    sigma = acquisition.label_noise_px * size / 256
+    noisy = keypoints + rng.normal(0.0, sigma, keypoints.shape)
+    slips = rng.random(len(keypoints)) < acquisition.slip_rate
+    angle = rng.uniform(0, 2 * np.pi, len(keypoints))
+    noisy[slips] += (6 * sigma * np.stack([np.cos(angle), np.sin(angle)], -1))[slips]
+    return np.clip(noisy, 0.0, size).astype(np.float32)
 
 
 def synthetic_records(
@@ -519,8 +602,11 @@ def write_synthetic_dataset(
     size: int = 256,
     csv: bool = False,
     progress: Callable[[int], None] | None = None,
+    acquisition: Acquisition | None = None,
 ) -> str:
     """Write ``n_per_task`` frames per task as a ready data set; returns ``out_dir``.
+    ``acquisition``: devices, shadows and label noise (the manifest then holds the
+    observed labels; `generate_sample` still gives the truth).
 
     Layout: ``images/<task>/<task>_<index>.png``, ``manifest.jsonl`` (the format of
     `sonichu_jax.data.sources`) and, with ``csv=True``, one FM_UIA-style ``<task>.csv``
@@ -533,21 +619,24 @@ def write_synthetic_dataset(
     out_dir, tasks = check_synthetic_request(out_dir, n_per_task, tasks, seed, size)
     try:
         with atomic_dir(out_dir) as tmp:
-            _write_into(tmp, n_per_task, tasks, seed, size, csv, progress)
+            _write_into(tmp, n_per_task, tasks, seed, size, csv, progress, acquisition)
     except OSError as exc:  # an unwritable parent, a full disk
         raise InputError(f"cannot write the data set to {out_dir}: {exc.strerror or exc}") from None
     return out_dir
 
 
 def _write_into(tmp: str, n_per_task: int, tasks: Sequence[str], seed: int, size: int, csv: bool,
-                progress: Callable[[int], None] | None) -> None:
+                progress: Callable[[int], None] | None, acquisition: Acquisition | None = None) -> None:
     from sonichu_jax.data.sources import MANIFEST_NAME, manifest_line
 
     lines, csv_rows = [], {t: [] for t in tasks}
+    extra = {} if acquisition is None else {"acquisition": acquisition}
     for task in tasks:
         os.makedirs(os.path.join(tmp, "images", task))
         for i in range(n_per_task):
-            image, kps = generate_sample(task, i, seed, size)
+            image, kps = generate_sample(task, i, seed, size, **extra)
+            if acquisition is not None and (acquisition.label_noise_px or acquisition.slip_rate):
+                kps = observed_labels(kps, task, i, seed, size, acquisition)
             rel = f"images/{task}/{task}_{i:06d}.png"
             if not cv2.imwrite(os.path.join(tmp, rel), image):
                 raise OSError(f"cannot write {os.path.join(tmp, rel)}")
