@@ -154,6 +154,8 @@ class SonichuPreprocessor:
         """One image -> ((H, W, 3) float32 normalised, orig_h, orig_w)."""
         if isinstance(image, (str, os.PathLike)):
             image = read_image(image)
+        elif hasattr(image, "read"):  # a record's image inside a pack (`data.shards.PackedImage`)
+            image = image.read()
         rgb = to_float_rgb(image)
         orig_h, orig_w = rgb.shape[:2]
         height, width = self.size

@@ -117,3 +117,22 @@ def test_a_pack_never_overlaps_its_source(femur, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"pack folder {out} overlaps {femur}" in err[0], err
     assert not os.path.exists(os.path.join(femur, "pack"))
+
+
+def test_evaluate_reads_a_pack_as_it_reads_the_png_folder(femur, tmp_path):
+    from conftest import numpy_model
+
+    from sonichu_jax.config import tiny_config
+    from sonichu_jax.data.synthetic import synthetic_tasks
+    from sonichu_jax.evaluation import evaluate
+
+    model_dir = tmp_path / "model"
+    numpy_model(tiny_config(tasks=synthetic_tasks(("fetal_femur", "HC")))).save_pretrained(str(model_dir))
+    pack = tmp_path / "pack"
+    assert main(["pack", femur, "--out", str(pack), "--quiet"]) == 0
+    runs = [evaluate(data, [str(model_dir)], progress=False, warn=lambda _: None) for data in (femur, str(pack))]
+    (png,), (packed,) = (list(r.columns.values()) for r in runs)
+    assert packed.n == png.n == 80
+    np.testing.assert_allclose(packed.weighted_px, png.weighted_px, rtol=1e-6)
+    for task in png.tasks:
+        np.testing.assert_allclose(packed.tasks[task].mre_px, png.tasks[task].mre_px, rtol=1e-6)
