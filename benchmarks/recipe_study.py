@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 REGIMES = ("R1", "R2", "R3", "selective", "r3capped")
-PASSES = {"ensemble:4": 8, "ensemble:5": 10}  # every other model: 2 (flip TTA)
+PASSES = {"ensemble:4": 8, "ensemble:5": 10, "mean_label": 0}  # every other model: 2 (flip TTA)
 
 
 def parse_args(argv):
@@ -53,10 +53,10 @@ def parse_args(argv):
                         help="labelled frames per task, in --tasks order (15 %% of them validate)")
     parser.add_argument("--unlabelled", type=int, default=200, help="unlabelled frames per task")
     parser.add_argument("--test", type=int, default=40, help="held-out test frames per task")
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--teacher-steps", type=int, default=150)
-    parser.add_argument("--student-steps", type=int, default=150)
-    parser.add_argument("--eval-every", type=int, default=75)
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--teacher-steps", type=int, default=1000)
+    parser.add_argument("--student-steps", type=int, default=1000)
+    parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override in every teacher and student config")
     parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE")
@@ -157,8 +157,11 @@ def evaluate_seed(args, profile, seed: int, run: dict) -> tuple[list[dict], dict
     cfg = recipe.regime_config("R0", profile, None, "").model
     test = [r for r in load_source(run["data"]["test"], tasks=cfg.tasks, log=None) if r.has_label]
     train_source = load_source(run["data"]["train"], tasks=cfg.tasks, log=None)
-    _, val_idx = fair_split(train_source)
+    train_idx, val_idx = fair_split(train_source)
     val = [train_source[i] for i in val_idx]
+    # What an image-blind model converges to: each task's mean training label (all valid here).
+    means = {t: np.mean([train_source[i].keypoints for i in train_idx if train_source[i].task == t], axis=0)
+             for t in cfg.task_names}
 
     untrained = init_model(cfg, seed=seed)
     untrained.eval()
@@ -174,8 +177,9 @@ def evaluate_seed(args, profile, seed: int, run: dict) -> tuple[list[dict], dict
     for name, members in combos.items():
         preds[name] = [ensemble([preds[m][i][None] for m in members], "median")[0] for i in range(len(test))]
     preds["best_teacher"] = preds[ranked[0]]
+    preds["mean_label"] = [means[r.task] for r in test]
 
-    order = (["untrained"] + names + ["best_teacher", "ensemble:4", "ensemble:5", "student", "soup"]
+    order = (["untrained", "mean_label"] + names + ["best_teacher", "ensemble:4", "ensemble:5", "student", "soup"]
              + [f"scratch:{r}" for r in REGIMES] + ["student:no_teacher"])
     rows = []
     for name in order:
@@ -345,10 +349,29 @@ def goals(rows: list[dict]) -> list[str]:
         verdict = ("yes" if d > spread else "no") if s[a]["seeds"] > 1 else "one seed: no spread"
         return f"{a} better than {b} by {d:+.2f} px (spread {spread:.2f}): {verdict}"
 
-    lines = [gap("ensemble:5", "best_teacher"), gap("student", "best_teacher"), gap("ensemble:5", "student")]
+    lines = [gap(t, "mean_label") for t in teachers]  # image-specific at all?
+    lines += [gap("ensemble:5", "best_teacher"), gap("student", "best_teacher"), gap("ensemble:5", "student")]
     lines += [gap(t, "soup") for t in teachers]
     lines += [gap(t, f"scratch:{t.split(':')[1]}") for t in teachers]
     lines.append(gap("student", "student:no_teacher"))
+    return lines
+
+
+def analysis_lines(seed, a: dict) -> list[str]:
+    """One seed's analysis.json in a few lines (what explains the table)."""
+    lines = [f"seed {seed}: teachers' per-image error correlation {a['error_correlation_mean']:.2f}; "
+             f"RMS bias {a['rms_bias_px']:.1f} px vs RMS spread {a['rms_spread_px']:.1f} px "
+             f"(spread {100 * a['spread_share']:.1f} % of the squared error)"]
+    for name, p in a["pseudo_labels"].items():
+        if "written" in p:
+            lines.append(f"  {name}: {p['written']} written, {p['to_truth_px']:.2f} px from the truth, "
+                         f"disagreement-error correlation {p['confidence_error_correlation']:.2f}")
+        else:
+            lines.append(f"  {name} keeps {p['kept']} (<= {p['threshold_px']:g} px): "
+                         + (f"{p['to_truth_px']:.2f} px from the truth" if p["kept"] else "none"))
+    for kind, t in a["teacher_term"].items():
+        lines.append(f"  student's {kind} frames ({t['n']}): label {t['label_to_truth_px']:.2f} px from the truth, "
+                     f"teachers' median {t['median_target_to_truth_px']:.2f} px")
     return lines
 
 
@@ -365,7 +388,11 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     if args.merge:
         rows = [r for path in args.merge for r in json.load(open(path))]
-        return write_results(args, rows, None, sorted({r["seed"] for r in rows}))
+        seeds = sorted({r["seed"] for r in rows})
+        found = {s: os.path.join(args.out, f"seed{s}", "analysis.json") for s in seeds}
+        notes = [line for s, path in found.items() if os.path.exists(path)
+                 for line in analysis_lines(s, json.load(open(path)))]
+        return write_results(args, rows, None, seeds, notes)
     # Every teacher of a seed has one architecture: compile once, for all seeds (into the
     # cache a caller, such as the test session, already set up, if any).
     if not jax.config.jax_compilation_cache_dir:
@@ -382,19 +409,21 @@ def main(argv=None) -> int:
         print(f"\n=== seed {seed}: {analysis[seed]['minutes']:.1f} min", flush=True)
     for seed in args.seeds:
         write_json(os.path.join(args.out, f"seed{seed}", "analysis.json"), analysis[seed])
-    write_results(args, rows, (time.perf_counter() - started) / 60, args.seeds)
+    notes = [line for seed in args.seeds for line in analysis_lines(seed, analysis[seed])]
+    write_results(args, rows, (time.perf_counter() - started) / 60, args.seeds, notes)
     for root in runs:  # one page per seed: each seed has its own data
         print(f"report: {write_report([root], os.path.join(root, 'report.html'), progress=False).path}", flush=True)
     return 0
 
 
-def write_results(args, rows: list[dict], minutes: float | None, seeds) -> int:
-    """The rows (--json) and the table with the goals (OUT/table.md)."""
+def write_results(args, rows: list[dict], minutes: float | None, seeds, notes=()) -> int:
+    """The rows (--json) and the table with the goals and the analysis (OUT/table.md)."""
     from sonichu_jax.fileio import write_json
 
     took = f" {minutes:.1f} min." if minutes is not None else ""
     text = (f"{format_table(rows)}\n\nMean ± standard deviation over seeds {list(seeds)}; MRE in pixels of the "
-            f"128 px test frames ({args.test} per task, flip TTA).{took}\n\n" + "\n".join(goals(rows)))
+            f"128 px test frames ({args.test} per task, flip TTA).{took}\n\n" + "\n".join(goals(rows))
+            + "\n\n" + "\n".join(notes)).rstrip()
     print("\n" + text)
     with open(os.path.join(args.out, "table.md"), "w") as fh:
         fh.write(text + "\n")

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import recipe_study  # noqa: E402
 
 REGIMES = ("R1", "R2", "R3", "selective", "r3capped")
-NAMES = (["untrained"] + [f"teacher:{r}" for r in REGIMES] + ["best_teacher", "ensemble:4", "ensemble:5", "student",
+NAMES = (["untrained", "mean_label"] + [f"teacher:{r}" for r in REGIMES] + ["best_teacher", "ensemble:4", "ensemble:5", "student",
          "soup"] + [f"scratch:{r}" for r in REGIMES] + ["student:no_teacher"])
 
 
@@ -48,6 +48,7 @@ def test_rows_schema_and_names(study):
     assert by["best_teacher"]["picked"] == min(val, key=val.get)
     assert by["best_teacher"]["weighted_mre"] == by[by["best_teacher"]["picked"]]["weighted_mre"]
     assert (by["ensemble:5"]["passes"], by["ensemble:4"]["passes"], by["student"]["passes"]) == (10, 8, 2)
+    assert by["mean_label"]["passes"] == 0
     table = (study / "runs" / "table.md").read_text()
     assert all(f"| {n} |" in table for n in NAMES)
     analysis = json.loads((study / "runs" / "seed0" / "analysis.json").read_text())

@@ -82,6 +82,8 @@ def regime_config(regime: str, profile: Profile, backbone: str | None, pseudo_di
         config, init=InitConfig("backbone", backbone) if backbone else InitConfig(),
         data=dataclasses.replace(config.data, weighting=weighting, pseudo_labels=pseudo, pseudo_dir=pseudo_dir),
         log=dataclasses.replace(config.log, eval_at_start=False, eval_every_steps=profile.eval_every), seed=seed,
+        # a save costs as much as ~30 tiny steps; the recipe never resumes, so save only to finish
+        checkpoint=dataclasses.replace(config.checkpoint, every_steps=config.steps),
     )
     return apply_overrides(config, profile.overrides)
 
