@@ -54,9 +54,9 @@ def parse_args(argv):
     parser.add_argument("--unlabelled", type=int, default=200, help="unlabelled frames per task")
     parser.add_argument("--test", type=int, default=40, help="held-out test frames per task")
     parser.add_argument("--pretrain-steps", type=int, default=300)
-    parser.add_argument("--teacher-steps", type=int, default=1000)
-    parser.add_argument("--student-steps", type=int, default=1000)
-    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--teacher-steps", type=int, default=800)
+    parser.add_argument("--student-steps", type=int, default=800)
+    parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override in every teacher and student config")
     parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE")
