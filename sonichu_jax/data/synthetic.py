@@ -630,12 +630,11 @@ def _write_into(tmp: str, n_per_task: int, tasks: Sequence[str], seed: int, size
     from sonichu_jax.data.sources import MANIFEST_NAME, manifest_line
 
     lines, csv_rows = [], {t: [] for t in tasks}
-    extra = {} if acquisition is None else {"acquisition": acquisition}
     for task in tasks:
         os.makedirs(os.path.join(tmp, "images", task))
         for i in range(n_per_task):
-            image, kps = generate_sample(task, i, seed, size, **extra)
-            if acquisition is not None and (acquisition.label_noise_px or acquisition.slip_rate):
+            image, kps = generate_sample(task, i, seed, size, acquisition)
+            if acquisition and (acquisition.label_noise_px or acquisition.slip_rate):
                 kps = observed_labels(kps, task, i, seed, size, acquisition)
             rel = f"images/{task}/{task}_{i:06d}.png"
             if not cv2.imwrite(os.path.join(tmp, rel), image):
