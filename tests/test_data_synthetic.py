@@ -130,11 +130,11 @@ def test_write_dataset_manifest_and_csv(tmp_path):
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     calls = []
 
-    def failing(task, index, seed=0, size=256):
+    def failing(task, index, seed=0, size=256, acquisition=None):
         calls.append(index)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return generate_sample(task, index, seed, size)
+        return generate_sample(task, index, seed, size, acquisition)
 
     monkeypatch.setattr(synthetic, "generate_sample", failing)
     with pytest.raises(KeyboardInterrupt):
