@@ -1,11 +1,6 @@
-"""Finding the state dict inside the container a training script saved.
-
-Checkpoints are rarely a bare state dict: mmpose saves ``{"meta", "state_dict",
-"optimizer"}``, DeiT/MAE ``{"model", ...}``, Lightning ``{"state_dict", ...}``, timm
-``{"state_dict", "state_dict_ema", ...}``, DINO ``{"student", "teacher"}``, I-JEPA
-``{"encoder", "predictor", "target_encoder", "opt", "epoch", ...}``. The tree is searched
-here, without torch: anything with ``shape`` and ``detach`` counts as a tensor.
-"""
+"""Finding the state dict inside the container a training script saved (the search order:
+docs/checkpoints.md, "Containers"), without torch: anything with ``shape`` and
+``detach`` counts as a tensor."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Streaming safetensors reading and writing with numpy only (no torch, no JAX).
-
-The format is an 8-byte little-endian header length, a JSON header naming every tensor's
-dtype, shape and byte range, then the raw bytes. We read tensors with positioned reads
-instead of the `safetensors` package's memory map: mapped pages of a 500 MB checkpoint
-stay resident and count towards peak memory, which the converter keeps near one copy.
-Files written here load with `safetensors.safe_open` and `safetensors.torch.load_file`.
-"""
+"""Streaming safetensors reading and writing with numpy only (no torch, no JAX): positioned
+reads, not the `safetensors` package's memory map, whose resident pages would count
+towards the converter's peak memory (docs/checkpoints.md, "Where the weights are")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Tensor transforms between PyTorch and Flax layouts, each with its exact inverse.
-
-A forward transform receives the source arrays of one rule (one for most, three for a
-fused q/k/v) and the shape the Flax model expects, and returns the array plus an optional
-note for the report (e.g. "class slot folded"). The inverse, used for export, returns the
-source arrays; it is bit-exact (permutations, flips, splits) except where the forward
-step discarded information (a folded or resized table), which the report always says.
-"""
+"""Tensor transforms between PyTorch and Flax layouts: ``forward(source arrays, expected
+shape) -> (array, note for the report)`` and an ``inverse`` for export, bit-exact except
+where the forward step discarded information, which its note says (a folded table)."""
 
 from __future__ import annotations
 

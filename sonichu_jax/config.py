@@ -95,12 +95,7 @@ class ModelConfig:
     softargmax_beta: float = 1.0
     decoder: str = "soft_argmax"
     dtype: str = "float32"  # compute dtype; parameters are always float32
-    # Compute options (COMPUTE_FIELDS). remat: recompute each transformer block in the
-    # backward pass ("block"), or all but its matmuls ("block_save_dots"), to fit larger
-    # batches per chip. attention: auto (the fastest for the platform compiled for:
-    # nn.vit.AUTO_ATTENTION), jax.nn.dot_product_attention's xla or cudnn, heads_major
-    # (einsums laid out per head) or splash (Pallas TPU kernel). head_conv: the heads' 2x2 and 1x1 convolutions as
-    # shifted-copy matmuls (fast backward on CPU) or as XLA convolutions.
+    # Compute options (COMPUTE_FIELDS: how the same function is computed; docs/scaling.md).
     remat: str = "none"
     attention: str = "auto"
     head_conv: str = "matmul"

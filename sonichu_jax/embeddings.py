@@ -1,15 +1,6 @@
-"""Feature files: backbone embeddings with the names of the images they came from.
-
-Two containers, chosen by the file's extension:
-
-``.safetensors``
-    tensor ``features`` (N, D) or (N, gh, gw, D) float32; the header's metadata holds
-    ``names`` (a JSON list of N image names, in row order) and the other fields given
-    (``pool``, ``model``), as strings.
-``.npz``
-    arrays ``features`` and ``names`` (N unicode strings), plus one 0-d string array per
-    metadata field. Loads with ``numpy.load(path)`` (no pickle).
-"""
+"""Feature files: backbone ``features`` with the names of the images they came from, as
+``.safetensors`` (names and the other metadata, as strings, in the header) or ``.npz``
+(a ``names`` array and one 0-d string array per metadata field; no pickle)."""
 
 from __future__ import annotations
 

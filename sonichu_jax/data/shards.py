@@ -1,13 +1,7 @@
-"""Packed data sets: frames and their records in ArrayRecord shards (`sonichu-jax pack`).
-
-A pack is a folder of ``shard-NNNNN.array_record`` files and ``pack.json``, which lists
-the shards with their record counts and every record's labels, so loading a pack reads
-no image. Each shard item is self-describing: a 4-byte little-endian header length, the
-record as JSON, then the image: the frame file's own bytes (``encoded``, decoded again at
-every read) or its decoded uint8/uint16 pixels (``decoded``, larger, no decode cost).
-Items are written one per group (``group_size:1``) so that any one can be read alone:
-grain's global shuffle and per-host sharding read only the items they draw.
-"""
+"""Packed data sets (`sonichu-jax pack`): ``shard-NNNNN.array_record`` files, one item a
+group so any one reads alone, and ``pack.json`` with every record's labels, so loading
+a pack reads no image. Each item: a 4-byte little-endian header length, the record as
+JSON, then the frame file's bytes (``encoded``) or its decoded pixels (``decoded``)."""
 
 from __future__ import annotations
 

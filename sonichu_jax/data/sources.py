@@ -57,18 +57,6 @@ class Source:
         return tuple(dict.fromkeys(r.task for r in self.records if r.task is not None))
 
 
-class ConcatSource(Source):
-    """Several sources as one (e.g. original labels plus a pseudo-label manifest)."""
-
-    def __init__(self, sources: Sequence[Source], name: str = "combined"):
-        report = LoadReport(name)
-        records: list[Record] = []
-        for src in sources:
-            records.extend(src.records)
-            report.merge(src.report)
-        super().__init__(records, report)
-
-
 def _task_table(tasks: Iterable[TaskSpec] | None) -> dict[str, TaskSpec]:
     return {t.name: t for t in (CARD_TASKS if tasks is None else tasks)}
 
@@ -158,11 +146,6 @@ def _finish_record(
     return Record(image=image, task=task, keypoints=kps, valid=valid, **fields)
 
 
-# ---------------------------------------------------------------------------------------
-# FM_UIA CSV
-# ---------------------------------------------------------------------------------------
-
-
 def task_for_stem(stem: str, tasks: Mapping[str, TaskSpec], task_map: Mapping[str, str] | None) -> str | None:
     """The task a CSV named ``stem`` holds: ``task_map`` first, then a case-insensitive
     match of the stem to a task name."""
@@ -184,35 +167,16 @@ def _pick_column(header: Sequence[str], wanted: str | None, candidates: Sequence
     return None
 
 
-def _parse_point(cell: str) -> tuple[float, float] | None:
-    """A CSV cell ``[x, y]`` -> (x, y); empty -> None; anything else raises ValueError."""
-    cell = cell.strip()
-    if not cell:
-        return None
-    value = json.loads(cell)  # Python's json reads NaN too
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) != 2 or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    ):
-        raise ValueError(f"expected [x, y], got {cell!r}")
-    return float(value[0]), float(value[1])
-
-
-def _csv_rows(reader, path: str, report: LoadReport):
-    """(location, row) for each row after the header; row is None (and the problem is
-    reported and counted as skipped) where the csv module cannot parse the line."""
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:  # a NUL byte, a field over the size limit
-            report.add(f"{path}:{reader.line_num}", "malformed", f"cannot parse row: {exc}")
-            report.skipped += 1
-            yield f"{path}:{reader.line_num}", None
-            continue
-        yield f"{path}:{reader.line_num}", row
+def _keypoints(values: list, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """JSON ``[x, y]`` values (None: a missing point) -> ((K, 2) float32, NaN where missing;
+    which are present), or ValueError naming the first that is not ``[x, y]``."""
+    for value, name in zip(values, names):
+        if value is not None and (not isinstance(value, list) or len(value) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )):
+            raise ValueError(f"{name} must be [x, y], got {value!r}")
+    kps = np.array([(np.nan, np.nan) if v is None else v for v in values], np.float32).reshape(-1, 2)
+    return kps, np.array([v is not None for v in values], bool)
 
 
 def load_csv(
@@ -244,9 +208,18 @@ def load_csv(
         layout = _CsvLayout.read(reader, path, image_column, image_root or os.path.dirname(os.path.abspath(path)))
         wrong_k = len(layout.points) != spec.num_keypoints
         n_rows = 0
-        for location, row in _csv_rows(reader, path, report):
-            if row is None or not any(cell.strip() for cell in row):
-                continue  # unparsable (already reported and counted) or blank
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # a NUL byte, a field over the size limit
+                report.add(f"{path}:{reader.line_num}", "malformed", f"cannot parse row: {exc}")
+                report.skipped += 1
+                continue
+            location = f"{path}:{reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue
             n_rows += 1
             if wrong_k:
                 continue
@@ -305,7 +278,9 @@ class _CsvLayout:
             report.add(location, "malformed", f"{len(row)} fields, header has {len(self.header)}")
             return None
         try:
-            parsed = [_parse_point(row[c]) for c in self.points]
+            # an empty cell is a missing point (Python's json reads NaN too)
+            kps, valid = _keypoints([json.loads(row[c]) if row[c].strip() else None for c in self.points],
+                                    [self.header[c].strip() for c in self.points])
             spacing = None
             if self.spacing is not None and row[self.spacing].strip():
                 spacing = _positive(row[self.spacing].strip(), self.header[self.spacing].strip())
@@ -316,10 +291,8 @@ class _CsvLayout:
         if not image_ref:
             report.add(location, "malformed", "empty image path")
             return None
-        kps = np.array([p if p is not None else (np.nan, np.nan) for p in parsed], np.float32)
-        valid = np.array([p is not None for p in parsed], bool)
         return _finish_record(
-            image=_resolve(image_ref, self.root), task=spec.name, kps=kps.reshape(-1, 2), valid=valid,
+            image=_resolve(image_ref, self.root), task=spec.name, kps=kps, valid=valid,
             spec=spec, location=location, report=report, check_bounds=check_bounds,
             spacing_mm=spacing, source_id=f"{self.name}:{image_ref}",
         )
@@ -360,31 +333,9 @@ def load_csv_dir(
                 strict=strict, check_bounds=check_bounds,
             )
         )
-    combined = ConcatSource(parts, name=directory)
-    report.merge(combined.report)
-    return Source(combined.records, report)
-
-
-# ---------------------------------------------------------------------------------------
-# JSONL manifest
-# ---------------------------------------------------------------------------------------
-
-
-def _manifest_keypoints(value: Any) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(value, list):
-        raise ValueError("'keypoints' must be a list of [x, y]")
-    kps = np.full((len(value), 2), np.nan, np.float32)
-    present = np.zeros(len(value), bool)
-    for i, point in enumerate(value):
-        if point is None:
-            continue
-        if not isinstance(point, list) or len(point) != 2 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in point
-        ):
-            raise ValueError(f"keypoint {i} must be [x, y], got {point!r}")
-        kps[i] = point
-        present[i] = True
-    return kps, present
+    for part in parts:
+        report.merge(part.report)
+    return Source([r for part in parts for r in part], report)
 
 
 def _image_size_field(entry: dict) -> tuple[int, int]:
@@ -457,7 +408,10 @@ class _ManifestEntry:
             raise ValueError(f"'is_pseudo' must be true or false, got {entry.is_pseudo!r}")
         entry.kps = entry.valid = None
         if fields.get("keypoints") is not None:
-            entry.kps, entry.valid = _manifest_keypoints(fields["keypoints"])
+            points = fields["keypoints"]
+            if not isinstance(points, list):
+                raise ValueError("'keypoints' must be a list of [x, y]")
+            entry.kps, entry.valid = _keypoints(points, [f"keypoint {i}" for i in range(len(points))])
             if "valid" in fields:
                 given = fields["valid"]
                 if not isinstance(given, list) or len(given) != len(entry.kps) or not all(
@@ -525,11 +479,6 @@ def manifest_line(record: Record, root: str | None = None, size: tuple[int, int]
     return json.dumps(entry)
 
 
-# ---------------------------------------------------------------------------------------
-# Frame folders
-# ---------------------------------------------------------------------------------------
-
-
 def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Source:
     """Every image file below ``root`` as an unlabelled record (`find_images` order), or
     the records of the pack ``root`` is."""
@@ -544,11 +493,6 @@ def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> S
     report = LoadReport(root, loaded=len(paths))
     records = [Record(image=p, task=None, source_id=os.path.relpath(p, root)) for p in paths]
     return Source(records, report)
-
-
-# ---------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------
 
 
 def _stderr(message: str) -> None:
