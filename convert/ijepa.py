@@ -9,7 +9,6 @@ another input size the fixed sin-cos tables are recomputed and learned tables re
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -28,6 +27,7 @@ from sonichu_jax.convert.safetensors_io import SafetensorsSource
 from sonichu_jax.convert.shapes import encoder_shapes, predictor_shapes
 from sonichu_jax.convert.transforms import CLASS_SLOT_OPTIONAL, position_table
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import read_json
 
 # The I-JEPA predictor beside a converted encoder.
 PREDICTOR_WEIGHTS = "flax_predictor.safetensors"
@@ -113,8 +113,7 @@ def _converted(ckpt: Checkpoint, image_size) -> IJepaWeights:
     predictor, width, depth = None, None, None
     folder = ckpt.directory or os.path.dirname(ckpt.weights)
     if os.path.isfile(os.path.join(folder, PREDICTOR_WEIGHTS)):
-        with open(os.path.join(folder, PREDICTOR_CONFIG)) as fh:
-            dims = json.load(fh)
+        dims = read_json(os.path.join(folder, PREDICTOR_CONFIG))
         width, depth = int(dims["width"]), int(dims["depth"])
         source = SafetensorsSource(os.path.join(folder, PREDICTOR_WEIGHTS))
         predictor = {k[len("predictor/") :]: source.get(k) for k in source.keys()}

@@ -28,6 +28,7 @@ DECODERS = ("soft_argmax", "argmax")  # heatmaps -> xy (sonichu_jax.nn.vitpose.d
 COMPUTE_FIELDS = ("dtype", "remat", "attention", "head_conv")
 
 CONFIG_NAME = "config.json"
+PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 MODEL_TYPE = "sonichu"
 
 

@@ -106,6 +106,21 @@ def os_reason(exc: OSError) -> str:
     return f"{where}: {reason}" if where else reason
 
 
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``, or InputError naming the file when it cannot be read,
+    is not JSON, or holds something other than an object."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{os.fspath(path)} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{os.fspath(path)} must hold a JSON object, got a {type(data).__name__}")
+    return data
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(data, fh, indent=2)

@@ -6,7 +6,6 @@ original image's frame, so pixel coordinates are ``xy * (orig_w, orig_h)``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -14,14 +13,13 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from sonichu_jax.config import CONFIG_NAME, ModelConfig
+from sonichu_jax.config import CONFIG_NAME, PREPROCESSOR_CONFIG_NAME, ModelConfig
 from sonichu_jax.convert.files import local_path
 from sonichu_jax.errors import ConfigError, InputError
-from sonichu_jax.fileio import write_json
+from sonichu_jax.fileio import read_json, write_json
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 # The file types searched for in folders of frames (prediction inputs, I-JEPA frames).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -228,15 +226,7 @@ def _model_config_beside(directory: str | os.PathLike) -> ModelConfig | None:
 
 def _read_config(path: str) -> dict[str, Any]:
     """``preprocessor_config.json`` -> constructor arguments, each value checked."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    data = read_json(path)
     keys = {"size": "size", "image_mean": "mean", "image_std": "std", "interpolation": "interpolation"}
     kwargs = {arg: data[key] for key, arg in keys.items() if key in data}
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import read_json
 
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -97,14 +98,7 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 
 
 def load_run(path: str, name: str) -> Run:
-    config_path = os.path.join(path, CONFIG_FILE)
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            config = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {config_path}: {exc}") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path} is not a JSON object")
+    config = read_json(os.path.join(path, CONFIG_FILE))
     return Run(os.path.abspath(path), name, config, read_metrics(os.path.join(path, METRICS_FILE)))
 
 
