@@ -114,14 +114,11 @@ def convert_to_directory(
     strict: bool = False,
     force: bool = False,
 ) -> Converted:
-    """Convert ``source`` (a checkpoint directory, weights file or Hub name) into the
-    folder ``out``: ``to="flax"`` writes ``flax_model.safetensors`` (+ an I-JEPA predictor's
-    ``flax_predictor.safetensors``), ``config.json`` and ``preprocessor_config.json``;
-    ``sonichu`` / ``hf-vitpose`` write a PyTorch ``model.safetensors``. An encoder-only
-    checkpoint gives a directory whose config.json says ``pretrained_parts``, which loads
-    with freshly initialised heads. Raises ConversionError (with the report) when the
-    checkpoint does not fit; nothing is written then, and ``out`` is never half-written.
-    With ``force`` an existing ``out`` keeps every file this function does not write."""
+    """Convert ``source`` (a checkpoint directory, weights file or Hub name) into the folder
+    ``out``: the Flax layout (``to="flax"``, with an I-JEPA predictor's file when there is
+    one) or a PyTorch export, plus config.json and preprocessor_config.json
+    (docs/checkpoints.md, "Converting"). ConversionError (with the report) when it does
+    not fit; ``out`` is never half-written, and with ``force`` keeps the files not written."""
     if to not in TARGETS:
         raise InputError(f"unknown output layout {to!r}; choose one of {', '.join(TARGETS)}")
     ckpt = open_checkpoint(source, rename=rename, entry=entry)

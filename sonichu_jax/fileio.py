@@ -72,12 +72,10 @@ def _inside(path: str, folder: str) -> bool:
 def check_output(path: str | os.PathLike, suffixes: Sequence[str] = (), what: str = "output file", *,
                  folder: bool = False, inputs: Sequence[str] = (), data: Sequence[str] = ()) -> str:
     """Check, before any work, that ``path`` can become a command's output file (or, with
-    ``folder``, folder) and replaces nothing the command reads. ``inputs`` are read whole
-    (checkpoints, run directories, the command's own output folder): an output is not one
-    of them, inside one, nor (a folder) holding one. ``data`` are images and data sets: a
-    file output is none of them, a folder output neither holds nor lies inside one. Also
-    refused: a file name without one of ``suffixes``, an existing folder given as a file
-    (and the reverse), a path below a file. Returns the absolute path."""
+    ``folder``, folder) and replaces nothing the command reads: not one of ``inputs`` (read
+    whole: checkpoints, run directories) or inside one, a folder not holding one; not one of
+    ``data`` (images, data sets), a folder neither holding nor inside one. Also refused: no
+    suffix of ``suffixes``, a folder given as a file (and the reverse), a path below a file."""
     path = os.fspath(path)
     if suffixes and not path.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise InputError(f"{what} {path} must end in {' or '.join(suffixes)}")

@@ -121,17 +121,10 @@ class ExampleLoader:
     def padding(self, task_id: int) -> dict[str, np.ndarray]:
         """An all-zero example (mask 0) that fills an eval pipeline's last batch."""
         W, H = self.out_size
-        return {
-            "image": np.zeros((H, W, 3), np.float32),
-            "keypoints": np.zeros((self.kmax, 2), np.float32),
-            "valid": np.zeros((self.kmax,), np.float32),
-            "task_id": np.int32(task_id),
-            "has_label": np.float32(0.0),
-            "is_pseudo": np.float32(0.0),
-            "mask": np.float32(0.0),
-            "orig_size": np.zeros((2,), np.float32),
-            "index": np.int32(-1),
-        }
+        shapes = {"image": (H, W, 3), "keypoints": (self.kmax, 2), "valid": (self.kmax,), "orig_size": (2,)}
+        zeros = {k: np.zeros(shapes.get(k, ()), np.float32) for k in ("image", "keypoints", "valid", "task_id",
+                                                                     "has_label", "is_pseudo", "mask", "orig_size")}
+        return {**zeros, "task_id": np.int32(task_id), "index": np.int32(-1)}
 
 
 def task_weights(counts: Sequence[int], weighting: str, cap: int | None = None) -> np.ndarray:

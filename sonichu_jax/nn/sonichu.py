@@ -20,10 +20,8 @@ EMBED_POOLS = ("mean", "none")
 
 
 def unflip(coords: jax.Array, flip_perm: tuple[int, ...] | None) -> jax.Array:
-    """(B, K, 2) coordinates predicted on mirrored images -> the original images' frame:
-    x back as 1 - x, then left/right keypoints relabelled (keypoint i of the original
-    image is keypoint ``flip_perm[i]`` of the mirrored one). Flip TTA averages this with
-    the plain prediction; the trainers' predict step uses it too."""
+    """(B, K, 2) coordinates predicted on mirrored images -> the original images' frame: x
+    back as 1 - x, keypoints relabelled (keypoint i is ``flip_perm[i]`` of the mirrored one)."""
     coords = coords.at[..., 0].set(1.0 - coords[..., 0])
     return coords if flip_perm is None else coords[:, jnp.asarray(flip_perm)]
 
@@ -139,12 +137,9 @@ class SonichuModel(nnx.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, layout: str | None = None, dtype: str | None = None,
                         report=None, strict: bool = False, tasks=None, rename=None, entry=None) -> "SonichuModel":
-        """Load a checkpoint directory, weights file or Hub name (``owner/name``), in
-        eval mode. Tensors the model does not use are skipped and reported (``strict``:
-        refused); an encoder-only checkpoint, or ``tasks`` not in the checkpoint (names,
-        or ``{name: keypoint count}``), get freshly initialised heads. ``rename``:
-        ``[(regex, replacement), ...]`` applied to tensor names first. See
-        `sonichu_jax.model_arrays.read_pretrained` and docs/checkpoints.md."""
+        """Load a checkpoint directory, weights file or Hub name (``owner/name``), in eval
+        mode, through `model_arrays.read_pretrained` (unused tensors, new heads for
+        ``tasks``, ``rename`` rules: docs/checkpoints.md)."""
         cfg, arrays = read_pretrained(path, layout=layout, dtype=dtype, report=report, strict=strict, tasks=tasks,
                                       rename=rename, entry=entry)
         return cls.from_arrays(cfg, arrays)

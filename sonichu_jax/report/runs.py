@@ -1,11 +1,6 @@
-"""Training runs on disk: finding them, reading their config and metrics, and the data
-they were validated on.
-
-A run directory holds ``train_config.json`` and ``metrics.jsonl`` (every stage writes
-both before its first step); a finished keypoint run also holds ``model/``. A directory
-that is not a run may hold runs below it (the demo's ``ijepa/``, ``teachers/*/`` and
-``student/``); it is searched, without descending into the runs themselves.
-"""
+"""Training runs on disk (``train_config.json`` + ``metrics.jsonl``, and ``model/`` once a
+keypoint run has finished), found in the folders given or below them, and the data
+they were validated on."""
 
 from __future__ import annotations
 
