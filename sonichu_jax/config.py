@@ -7,13 +7,12 @@ checkpoint's configuration without initialising an accelerator backend.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from sonichu_jax.errors import ConfigError, UnknownTaskError
-from sonichu_jax.fileio import write_json
+from sonichu_jax.fileio import read_json, write_json
 
 POS_EMBED_KINDS = ("sincos", "learned", "learned_cls_folded")
 HEAD_KINDS = ("classic", "simple")
@@ -213,13 +212,7 @@ class ModelConfig:
         """Read a config from ``config.json`` or from a directory that holds one."""
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
-        try:
-            with open(path) as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"no config file at {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        data = read_json(path)
         try:
             return cls.from_dict(data)
         except ConfigError as exc:

@@ -216,11 +216,9 @@ class SonichuPreprocessor:
 def _model_config_beside(directory: str | os.PathLike) -> ModelConfig | None:
     """The Sonichu ``config.json`` in ``directory``; None when there is none or it is
     another project's (a transformers config, say), which the model loader interprets."""
-    if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
-        return None
     try:
-        return ModelConfig.load(directory)
-    except ConfigError:
+        return ModelConfig.load(directory) if os.path.isfile(os.path.join(directory, CONFIG_NAME)) else None
+    except (ConfigError, InputError):
         return None
 
 
