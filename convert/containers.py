@@ -34,10 +34,6 @@ def flatten(tree: Any, prefix: str = "", out: dict | None = None) -> dict:
     return out
 
 
-def _holds_tensors(value: Any) -> bool:
-    return isinstance(value, Mapping) and any(is_tensor(v) for v in value.values())
-
-
 def _describe(tree: Mapping) -> str:
     parts = []
     for key, value in list(tree.items())[:12]:
@@ -88,6 +84,6 @@ def select_state_dict(tree: Any, where: str, entry: str | None = None) -> Select
             inner = Selection(flatten(node), None)
         path = candidates[0] if inner.entry is None else f"{candidates[0]}.{inner.entry}"
         return Selection(inner.tensors, path, candidates[1:])
-    if _holds_tensors(tree):
+    if any(is_tensor(v) for v in tree.values()):  # a Mapping: checked first thing
         return Selection(flatten(tree), None)
     raise InputError(f"{where}: no state dict found among its entries: {_describe(tree)}; name the entry to use")

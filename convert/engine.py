@@ -1,12 +1,7 @@
 """Layouts (a named table of rules for one family of checkpoints) and the engine that
-applies them.
-
-Conversion runs in two passes. `plan_conversion` looks at names only: it matches every
-source tensor to a rule, an ignore or a refusal, groups the sources of multi-source
-rules, and lists what the model will lack. `run_plan` then reads the tensors of one
-target at a time, transforms them and hands each result to a sink (a dict, or a file
-writer), so peak memory is the sink plus one target's source tensors.
-"""
+applies them in two passes: `plan_conversion` matches names to rules without reading a
+tensor; `run_plan` reads, transforms and hands over one target at a time, so peak
+memory is the sink plus one target's source tensors."""
 
 from __future__ import annotations
 

@@ -92,11 +92,6 @@ def deconv_trunk_rules(src: str, dst: str, num_deconv: int) -> list[Rule]:
     return rules
 
 
-def single_task(cfg: ModelConfig) -> str:
-    """The task whose head a one-head layout (ViTPose, transformers) holds: the first."""
-    return cfg.tasks[0].name
-
-
 def bn_counters(exported: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """PyTorch BatchNorm's ``num_batches_tracked`` for every exported BatchNorm: strict
     loading needs it, Flax has none, and eval-mode outputs never read it."""
@@ -140,7 +135,7 @@ FLAX = Layout(
 
 # -- vitpose: official mmpose ViTPose files -----------------------------------------------
 def vitpose_table(cfg: ModelConfig, options: Options) -> list:
-    task = single_task(cfg)
+    task = cfg.tasks[0].name  # a one-head layout holds the first task's head
     rules = vit_backbone_rules("backbone", "backbone", ("last_norm", "norm"), cfg, options, CLASS_SLOT_ALWAYS)
     trunk = "trunk" if cfg.head_sharing == "shared_trunk" else f"heads/{task}/trunk"
     if cfg.head_kind == "classic":
@@ -167,7 +162,7 @@ VITPOSE = Layout(
 
 # -- hf-vitpose: transformers VitPoseForPoseEstimation --------------------------------------
 def hf_vitpose_table(cfg: ModelConfig, options: Options) -> list:
-    task = single_task(cfg)
+    task = cfg.tasks[0].name  # a one-head layout holds the first task's head
     emb = "backbone.embeddings"
     rules = expand(f"{emb}.patch_embeddings.projection", "backbone/patch_embed/proj", _CONV_PARAMS)
     rules.append(table_rule(f"{emb}.position_embeddings", "backbone/pos_embed", cfg, options, CLASS_SLOT_ALWAYS))

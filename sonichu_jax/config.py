@@ -324,13 +324,5 @@ def card_config(**changes: Any) -> ModelConfig:
 
 def tiny_config(**changes: Any) -> ModelConfig:
     """A model small enough to train on a laptop CPU in minutes (tests, demo)."""
-    base = dict(
-        image_size=(64, 64),
-        patch_size=8,
-        width=64,
-        depth=2,
-        num_heads=2,
-        deconv_filters=32,
-    )
-    base.update(changes)
-    return ModelConfig(**base)
+    return ModelConfig(**{**dict(image_size=(64, 64), patch_size=8, width=64, depth=2, num_heads=2, deconv_filters=32),
+                          **changes})

@@ -18,14 +18,9 @@ from sonichu_jax.fileio import atomic_path, check_output
 FEATURE_SUFFIXES = (".safetensors", ".npz")
 
 
-def check_features_path(path: str | os.PathLike) -> str:
-    """Check before any work that ``path`` can become a feature file."""
-    return check_output(path, FEATURE_SUFFIXES, what="feature file")
-
-
 def save_features(path: str | os.PathLike, names: Sequence[str], features: np.ndarray,
                   metadata: Mapping[str, str] | None = None) -> None:
-    path = check_features_path(path)
+    path = check_output(path, FEATURE_SUFFIXES, what="feature file")
     features = np.ascontiguousarray(features, np.float32)
     if len(names) != len(features):
         raise ValueError(f"{len(names)} names for {len(features)} feature rows")

@@ -256,10 +256,6 @@ class EpochShuffle(grain.MapDataset):
         return self._parent[int(order[1][i])]
 
 
-def _stream_seed(seed: int, slot: int) -> int:
-    return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
-
-
 def finish_pipeline(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
     """The common tail of every pipeline: reader threads and prefetch, then grain worker
     processes when ``config.num_workers`` asks for them."""
@@ -318,7 +314,7 @@ def make_train_pipeline(
     for slot, group in enumerate(groups):
         if not group:
             continue
-        seed = _stream_seed(config.seed, slot)
+        seed = int(np.random.SeedSequence([config.seed, slot]).generate_state(1)[0])
         stream = (
             EpochShuffle(grain.MapDataset.source(group)[pi::pc], seed)
             .seed(seed)

@@ -327,12 +327,8 @@ def load_csv_dir(
         if task is None or task not in table:
             report.add(path, "unknown_task", f"file stem {stem!r} names no task ({', '.join(table)})")
             continue
-        parts.append(
-            load_csv(
-                path, task=task, tasks=table.values(), image_column=image_column,
-                strict=strict, check_bounds=check_bounds,
-            )
-        )
+        parts.append(load_csv(path, task=task, tasks=table.values(), image_column=image_column, strict=strict,
+                              check_bounds=check_bounds))
     for part in parts:
         report.merge(part.report)
     return Source([r for part in parts for r in part], report)
@@ -513,27 +509,22 @@ def load_source(
     if it has one, else its CSV files). The load summary goes to ``log`` (stderr by default;
     None to stay quiet)."""
     spec = os.fspath(spec)
-    tasks = tuple(_task_table(tasks).values())
+    options = dict(tasks=tuple(_task_table(tasks).values()), strict=strict, check_bounds=check_bounds)
+    csv_options = dict(options, task_map=task_map, image_column=image_column)
     if os.path.isdir(spec):
         manifest = os.path.join(spec, MANIFEST_NAME)
         if is_pack(spec):
             source = Source(*load_pack(spec))
         elif os.path.isfile(manifest):
-            source = load_manifest(manifest, tasks=tasks, strict=strict, check_bounds=check_bounds)
+            source = load_manifest(manifest, **options)
         else:
-            source = load_csv_dir(
-                spec, tasks=tasks, task_map=task_map, image_column=image_column,
-                strict=strict, check_bounds=check_bounds,
-            )
+            source = load_csv_dir(spec, **csv_options)
     elif not os.path.exists(spec):
         raise InputError(f"data not found: {spec}")
     elif spec.lower().endswith(".jsonl"):
-        source = load_manifest(spec, tasks=tasks, strict=strict, check_bounds=check_bounds)
+        source = load_manifest(spec, **options)
     elif spec.lower().endswith(".csv"):
-        source = load_csv(
-            spec, tasks=tasks, task_map=task_map, image_column=image_column,
-            strict=strict, check_bounds=check_bounds,
-        )
+        source = load_csv(spec, **csv_options)
     else:
         raise InputError(f"{spec}: expected a .jsonl manifest, a .csv file or a directory of CSVs")
     if log is not None:
