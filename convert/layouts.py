@@ -58,15 +58,18 @@ def table_rule(src: str, dst: str, cfg: ModelConfig, options: Options, class_slo
     return Rule(src, dst, position_table(cfg.grid, options.source_grid, class_slot, fixed_sincos=fixed))
 
 
+def block_rules(block: str, fblock: str, norm1="norm1", proj="attn.proj", norm2="norm2") -> list[Rule]:
+    """Our ViT block under ``fblock`` from PyTorch names under ``block``, all but q/k/v."""
+    rules = expand(f"{block}.{norm1}", f"{fblock}/norm1", _NORM_PARAMS)
+    rules += expand(f"{block}.{proj}", f"{fblock}/attn/proj", _DENSE_PARAMS)
+    rules += expand(f"{block}.{norm2}", f"{fblock}/norm2", _NORM_PARAMS)
+    rules += expand(f"{block}.mlp.fc1", f"{fblock}/mlp/fc1", _DENSE_PARAMS)
+    return rules + expand(f"{block}.mlp.fc2", f"{fblock}/mlp/fc2", _DENSE_PARAMS)
+
+
 def fused_qkv_block_rules(block: str, fblock: str) -> list[Rule]:
     """Our fused-qkv ViT block under ``fblock`` from timm / I-JEPA / mmpose names under ``block``."""
-    rules = expand(f"{block}.norm1", f"{fblock}/norm1", _NORM_PARAMS)
-    rules += expand(f"{block}.attn.qkv", f"{fblock}/attn/qkv", _DENSE_PARAMS)
-    rules += expand(f"{block}.attn.proj", f"{fblock}/attn/proj", _DENSE_PARAMS)
-    rules += expand(f"{block}.norm2", f"{fblock}/norm2", _NORM_PARAMS)
-    rules += expand(f"{block}.mlp.fc1", f"{fblock}/mlp/fc1", _DENSE_PARAMS)
-    rules += expand(f"{block}.mlp.fc2", f"{fblock}/mlp/fc2", _DENSE_PARAMS)
-    return rules
+    return block_rules(block, fblock) + expand(f"{block}.attn.qkv", f"{fblock}/attn/qkv", _DENSE_PARAMS)
 
 
 def vit_backbone_rules(
@@ -168,13 +171,9 @@ def hf_vitpose_table(cfg: ModelConfig, options: Options) -> list:
     rules.append(table_rule(f"{emb}.position_embeddings", "backbone/pos_embed", cfg, options, CLASS_SLOT_ALWAYS))
     layer, block = "backbone.encoder.layer.{i}", "backbone/blocks/{i}"
     attn = f"{layer}.attention.attention"
-    rules += expand(f"{layer}.layernorm_before", f"{block}/norm1", _NORM_PARAMS)
+    rules += block_rules(layer, block, "layernorm_before", "attention.output.dense", "layernorm_after")
     rules.append(Rule(tuple(f"{attn}.{p}.weight" for p in ("query", "key", "value")), f"{block}/attn/qkv/kernel", FUSED_QKV_LINEAR))
     rules.append(Rule(tuple(f"{attn}.{p}.bias" for p in ("query", "key", "value")), f"{block}/attn/qkv/bias", FUSED_QKV_BIAS))
-    rules += expand(f"{layer}.attention.output.dense", f"{block}/attn/proj", _DENSE_PARAMS)
-    rules += expand(f"{layer}.layernorm_after", f"{block}/norm2", _NORM_PARAMS)
-    rules += expand(f"{layer}.mlp.fc1", f"{block}/mlp/fc1", _DENSE_PARAMS)
-    rules += expand(f"{layer}.mlp.fc2", f"{block}/mlp/fc2", _DENSE_PARAMS)
     rules += expand("backbone.layernorm", "backbone/norm", _NORM_PARAMS)
     if cfg.head_kind == "classic":
         trunk = "trunk" if cfg.head_sharing == "shared_trunk" else f"heads/{task}/trunk"
