@@ -1,10 +1,6 @@
-"""PyTorch checkpoint layouts <-> Flax state paths.
-
-numpy + safetensors only: nothing here imports JAX, Flax or torch (torch only when a
-``.pth`` file is opened), so conversion runs anywhere and is testable on its own. Flax
-parameters are addressed by '/'-joined state paths (``backbone/blocks/0/attn/qkv/kernel``).
-How checkpoints are found, read and checked is described in docs/checkpoints.md.
-"""
+"""PyTorch checkpoint layouts <-> Flax state paths (``backbone/blocks/0/attn/qkv/kernel``),
+with numpy only: no JAX, Flax or torch (torch only when a pickle is opened). How
+checkpoints are found, read and checked: docs/checkpoints.md."""
 
 from sonichu_jax.convert.files import (
     FLAX_WEIGHTS_NAME,

@@ -23,14 +23,6 @@ WEIGHT_NAMES = (FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_NAME + INDE
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
-def read_config(directory: str | None) -> dict:
-    """The ``config.json`` in ``directory`` as a dict, {} when there is none."""
-    if directory is None:
-        return {}
-    path = os.path.join(directory, CONFIG_NAME)
-    return read_json(path) if os.path.isfile(path) else {}
-
-
 def resolve_weights(path: str | os.PathLike) -> tuple[str | None, str]:
     """(the folder whose config.json describes the weights, or None; the weights file) for
     a checkpoint directory or a weights file. A file with one of the standard names shares
@@ -139,4 +131,6 @@ def open_checkpoint(path: str | os.PathLike, *, rename: Sequence[RuleSpec] | Non
         context.append(f"rename rules renamed {len(source.renamed)} tensors"
                        + "".join(f"; e.g. {old} -> {new}" for old, new in source.renamed[:1]))
         context += [f"rename rule {p!r} matched no tensor" for p in source.unused_rules]
-    return Checkpoint(path, weights, directory, source, read_config(directory), context)
+    config = os.path.join(directory, CONFIG_NAME) if directory else None  # the config.json beside the weights
+    data = read_json(config) if config and os.path.isfile(config) else {}
+    return Checkpoint(path, weights, directory, source, data, context)

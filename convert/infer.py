@@ -316,15 +316,11 @@ def infer_config(
     hints["fallback_image_size"] = overrides.get("image_size")
     inferred = layout.infer(tensor_view(source, layout, read_values), hints, task_name, options)
     notes = list(parsed.notes) + inferred.notes
-    notes.insert(0, "architecture inferred from tensor shapes" + (
-        "" if config else " (no config.json)") + _settled(parsed))
+    settled = sorted(parsed.fields) + ([parsed.tasks_key] if parsed.tasks else [])
+    notes.insert(0, "architecture inferred from tensor shapes" + ("" if config else " (no config.json)")
+                 + (f"; from config.json: {', '.join(settled)}" if settled else ""))
     cfg = _reconcile(inferred.cfg, parsed, layout, notes)
     return _override(Inferred(cfg, inferred.source_grid, notes, inferred.predictor), overrides)
-
-
-def _settled(parsed: ConfigJson) -> str:
-    keys = sorted(parsed.fields) + ([parsed.tasks_key] if parsed.tasks else [])
-    return f"; from config.json: {', '.join(keys)}" if keys else ""
 
 
 def _from_fields(parsed: ConfigJson, layout: Layout) -> Inferred:

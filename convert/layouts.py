@@ -1,10 +1,6 @@
-"""The checkpoint layouts this project reads and writes, and their detection.
-
-Each layout is a table: rules (source names <-> Flax paths, with a transform), ignores
-(tensors the model does not need, and why) and refusals (variants it cannot represent).
-Tables are built per model config, because head names depend on the task table and the
-position-table transform on the grids.
-"""
+"""The checkpoint layouts this project reads and writes, and their detection. Each layout's
+table (rules, ignores, refusals: `convert.rules`) is built per model config: head names
+depend on the task table, the position-table transform on the grids."""
 
 from __future__ import annotations
 

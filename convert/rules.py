@@ -62,9 +62,7 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class Ignore:
-    """Source tensors that carry nothing the Flax model needs, and why."""
-
+class _Pattern:
     pattern: str  # regular expression searched in the (prefix-stripped) source name
     reason: str
 
@@ -72,13 +70,10 @@ class Ignore:
         return re.search(self.pattern, name) is not None
 
 
-@dataclass(frozen=True)
-class Refuse:
+class Ignore(_Pattern):
+    """Source tensors that carry nothing the Flax model needs, and why."""
+
+
+class Refuse(_Pattern):
     """Source tensors of a variant this project cannot represent (e.g. ViTPose+ experts):
     the conversion fails, naming each such tensor and the reason."""
-
-    pattern: str
-    reason: str
-
-    def matches(self, name: str) -> bool:
-        return re.search(self.pattern, name) is not None

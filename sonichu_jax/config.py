@@ -143,8 +143,7 @@ class ModelConfig:
 
     @property
     def num_patches(self) -> int:
-        gh, gw = self.grid
-        return gh * gw
+        return self.grid[0] * self.grid[1]
 
     @property
     def task_names(self) -> tuple[str, ...]:

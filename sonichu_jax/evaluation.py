@@ -342,10 +342,6 @@ class Evaluation:
         }
 
 
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def evaluate(
     data: str,
     models: Sequence[str] = (),
@@ -357,7 +353,7 @@ def evaluate(
     ensemble_method: str = "median",
     strict: bool = False,
     progress: bool = True,
-    warn: Callable[[str], None] = _warn,
+    warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> Evaluation:
     """Score model directories and prediction CSVs (`sonichu_jax.prediction_csv`) on the
     labelled records of ``data`` (restricted to ``tasks``), in the task table's order.

@@ -1,10 +1,6 @@
-"""Writing files so that a failure never leaves a half-written result behind.
-
-Temporary files and folders are created beside their destination (so the final rename
-stays on one file system) and renamed into place only when complete. They get the mode a
-plain ``open``/``os.makedirs`` would give (the process umask), not ``tempfile``'s private
-0600/0700.
-"""
+"""Writing files so that a failure never leaves a half-written result behind: temporaries
+beside the destination (one file system), renamed into place only when complete, with
+the mode a plain ``open``/``os.makedirs`` would give (not ``tempfile``'s 0600/0700)."""
 
 from __future__ import annotations
 

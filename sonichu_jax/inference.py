@@ -1,8 +1,5 @@
-"""Batched prediction over many images with one compilation per task.
-
-Every batch is padded to the same size, so `SonichuModel.predict` compiles once per
-(task, tta) however many images there are and whatever the last batch holds.
-"""
+"""Batched prediction over many images, every batch padded to one size, so that
+`SonichuModel.predict` compiles once per (task, tta) whatever the last batch holds."""
 
 from __future__ import annotations
 
@@ -36,11 +33,8 @@ def predict_pixels(
     batch_size: int = 8,
     progress: bool = True,
 ) -> np.ndarray:
-    """Images (paths or arrays) -> (N, K, 2) keypoints in original-image pixels.
-
-    Raises InputError naming the first image that cannot be read; use
-    `iter_predictions` to skip and report unreadable files instead.
-    """
+    """Images (paths or arrays) -> (N, K, 2) keypoints in original-image pixels; InputError
+    naming the first unreadable image (`iter_predictions` skips and reports them)."""
     results = []
     for item in iter_predictions(model, prep, images, task, tta=tta, batch_size=batch_size, progress=progress):
         if item.error:

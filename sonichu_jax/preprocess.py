@@ -168,13 +168,9 @@ class SonichuPreprocessor:
         batch: Sequence[Any] = [images] if single else images
         if not batch:
             raise InputError("no images given")
-        outs = [self.preprocess_one(im) for im in batch]
-        pixel_values = np.stack([o[0] for o in outs])
-        orig_h = [o[1] for o in outs]
-        orig_w = [o[2] for o in outs]
-        if single:
-            return {"pixel_values": pixel_values, "orig_h": orig_h[0], "orig_w": orig_w[0]}
-        return {"pixel_values": pixel_values, "orig_h": orig_h, "orig_w": orig_w}
+        arrays, orig_h, orig_w = zip(*(self.preprocess_one(im) for im in batch))
+        sizes = (lambda v: v[0]) if single else list
+        return {"pixel_values": np.stack(arrays), "orig_h": sizes(orig_h), "orig_w": sizes(orig_w)}
 
     # -- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -227,9 +223,7 @@ def _read_config(path: str) -> dict[str, Any]:
     data = read_json(path)
     keys = {"size": "size", "image_mean": "mean", "image_std": "std", "interpolation": "interpolation"}
     kwargs = {arg: data[key] for key, arg in keys.items() if key in data}
-    try:
-        if "size" in kwargs:
-            kwargs["size"] = _size(kwargs["size"], "size")
+    try:  # named as in the file (the constructor checks the size under its own name)
         if "mean" in kwargs:
             kwargs["mean"] = _channel_values(kwargs["mean"], "image_mean")
         if "std" in kwargs:

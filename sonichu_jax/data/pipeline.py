@@ -161,12 +161,9 @@ def block_counts(weights: Sequence[float], block: int) -> np.ndarray:
 
 
 class BlockMixture(grain.transforms.DatasetSelectionMap):
-    """Mixture index -> (task slot, batch index within that task's stream).
-
-    Block ``b`` holds ``counts[t]`` batches of task ``t`` in an order drawn from
-    ``default_rng([seed, b])``; task ``t``'s ``r``-th batch in block ``b`` is its stream's
-    batch ``b * counts[t] + r``, so every task stream is consumed in order, without gaps.
-    """
+    """Mixture index -> (task slot, batch index within that task's stream): block ``b`` holds
+    ``counts[t]`` batches of task ``t`` in the order ``default_rng([seed, b])`` draws, its
+    ``r``-th being the stream's batch ``b * counts[t] + r`` (in order, without gaps)."""
 
     def __init__(self, counts: Sequence[int], seed: int):
         self.counts = np.asarray(counts, np.int64)
@@ -287,14 +284,9 @@ def make_train_pipeline(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.IterDataset:
-    """Infinite, shuffled, augmented, task-homogeneous batches of ``config.batch_size``
-    (uint8 images: `to_wire`).
-
-    ``records`` is any random-access sequence of labelled records (a source, a list);
-    ``tasks`` the model's task table (``task_id`` indexes it; flip permutations come from
-    it). Per-host sharding takes ``[process_index::process_count]`` of every task
-    (defaults: ``jax.process_index()`` / ``jax.process_count()``).
-    """
+    """Infinite, shuffled, augmented, task-homogeneous batches (uint8 images) of labelled
+    ``records`` for the task table ``tasks``; this host takes ``[process_index::process_count]``
+    of every task (defaults: ``jax.process_index()`` / ``jax.process_count()``)."""
     tasks = tuple(tasks)
     pi, pc = _process(process_index, process_count)
     groups = _group_by_task(records, tasks)

@@ -15,6 +15,7 @@ import numpy as np
 
 from sonichu_jax.data.records import LoadReport, Record
 from sonichu_jax.errors import InputError
+from sonichu_jax.preprocess import read_image
 
 PACK_INDEX = "pack.json"
 FORMAT = "sonichu-jax pack 1"
@@ -53,8 +54,6 @@ class PackedImage:
 
 def load_image(image) -> np.ndarray:
     """A record's image as an array: arrays as they are, packed frames read, paths decoded."""
-    from sonichu_jax.preprocess import read_image
-
     if isinstance(image, np.ndarray):
         return image
     return image.read() if isinstance(image, PackedImage) else read_image(image)

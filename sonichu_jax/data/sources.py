@@ -1,10 +1,6 @@
-"""Random-access data sources: FM_UIA CSV files, JSONL manifests, folders of frames,
-packs (`sonichu_jax.data.shards`).
-
-Every source is a sequence of `Record` plus a `LoadReport` (``src.report``) of what was
-loaded, skipped and masked, and where; ``strict=True`` raises `InputError` at the first
-problem. The formats and the keypoint frame: README, "Data formats".
-"""
+"""Random-access data sources (FM_UIA CSV files, JSONL manifests, folders of frames, packs):
+a sequence of `Record` and a `LoadReport` (``src.report``); ``strict=True`` raises
+`InputError` at the first problem. The formats: README, "Data formats"."""
 
 from __future__ import annotations
 
@@ -491,10 +487,6 @@ def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> S
     return Source(records, report)
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def load_source(
     spec: str | os.PathLike,
     *,
@@ -503,7 +495,7 @@ def load_source(
     image_column: str | None = None,
     strict: bool = False,
     check_bounds: bool = True,
-    log: Callable[[str], None] | None = _stderr,
+    log: Callable[[str], None] | None = lambda message: print(message, file=sys.stderr),
 ) -> Source:
     """A ``.jsonl`` manifest, a ``.csv`` file, or a directory (a pack, its ``manifest.jsonl``
     if it has one, else its CSV files). The load summary goes to ``log`` (stderr by default;
