@@ -1,12 +1,7 @@
-"""Declarative table entries of a layout: name rules, ignores and refusals.
-
-A `Rule` pairs PyTorch tensor name patterns with one Flax state path pattern. Patterns
-use placeholders: ``{i}`` matches a decimal index, ``{task}`` a task name (no dots or
-slashes), ``{path}`` a whole Flax path (for checkpoints already in Flax layout). The same
-rule maps source names to a Flax path and, for export, a Flax path back to the source
-names, with the tensor transform and its inverse. A rule with several source patterns
-(separate q, k, v) combines their tensors; every pattern must use the same placeholders.
-"""
+"""Declarative table entries of a layout: name rules, ignores and refusals. A `Rule` pairs
+PyTorch name patterns (several: their tensors are combined, as separate q, k, v) with one
+Flax path pattern, both ways, with placeholders ``{i}`` (an index), ``{task}`` (a task
+name) and ``{path}`` (a whole Flax path, for checkpoints already in Flax layout)."""
 
 from __future__ import annotations
 

@@ -140,11 +140,8 @@ class SafetensorsSource:
 
 class SafetensorsWriter:
     """Writes a safetensors file whose tensor names, shapes and dtypes are known up front,
-    one tensor at a time in any order, so a converter never holds the whole output.
-
-    Use as a context manager over a path from `atomic_path`; every declared tensor must be
-    written before the file is complete.
-    """
+    one tensor at a time in any order (a converter never holds the whole output); every
+    declared tensor must be written before the file is complete."""
 
     def __init__(self, path: str, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], metadata=None):
         header: dict = {"__metadata__": dict(metadata)} if metadata else {}

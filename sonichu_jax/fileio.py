@@ -40,12 +40,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
-    """Yield an empty temporary folder beside ``path``; on success it becomes ``path``.
-
-    ``path`` must not exist, or be an empty folder (it is then replaced); deciding what
-    may be removed from an existing folder is the caller's business. On failure the
-    temporary folder is deleted and ``path`` is left as it was.
-    """
+    """Yield an empty temporary folder beside ``path``, which must not exist or be empty; on
+    success it becomes ``path``, on failure it is deleted and ``path`` is left as it was."""
     path = os.path.realpath(os.fspath(path))  # a link to an empty folder: fill that folder
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
