@@ -34,7 +34,7 @@ def to_wire(x: np.ndarray) -> np.ndarray:
 
 def device_normalize(images):
     """uint8 (..., 3) training images -> float32 ImageNet-normalised, on the device (jit it)."""
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # the module stays JAX-free: grain's worker processes import it
 
     return images.astype(jnp.float32) * jnp.asarray(_SCALE / 255) + jnp.asarray(_OFFSET)
 
@@ -204,7 +204,7 @@ class BlockMixture(grain.transforms.DatasetSelectionMap):
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax
+        import jax  # as in device_normalize: no JAX in grain's worker processes
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count

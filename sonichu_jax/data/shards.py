@@ -75,7 +75,7 @@ def write_pack(records: Sequence[Record], out: str, *, store: str = "decoded", s
 
     A frame that cannot be read is reported through ``warn`` and skipped; returns the
     ``pack.json`` contents plus ``skipped`` (how many were)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
+    from array_record.python.array_record_module import ArrayRecordWriter  # only packs need it: sources stay light
 
     if store not in STORES:
         raise InputError(f"store must be one of {STORES}, got {store!r}")
@@ -135,7 +135,7 @@ def load_pack(root: str) -> tuple[list[Record], LoadReport]:
     (`sonichu_jax.data.sources` wraps them as a `Source`).
 
     A shard that is missing, truncated or damaged raises `InputError` naming it."""
-    from array_record.python.array_record_data_source import ArrayRecordDataSource
+    from array_record.python.array_record_data_source import ArrayRecordDataSource  # as in write_pack
     from array_record.python.array_record_module import ArrayRecordReader
 
     path = os.path.join(root, PACK_INDEX)
