@@ -141,9 +141,8 @@ def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_h
     wp = proj.kernel[...].astype(dtype).reshape(num_heads, hd, d)
     out_bias = proj.bias[...].astype(dtype)
     if qkv.bias is not None:
-        # k's bias adds q.b_k to all of a query's logits, which the softmax ignores; v's
-        # passes through it unchanged (each row of weights sums to one) and joins proj's.
-        # Neither gradient is then a reduction over every token of dk or dv.
+        # No token-wide reductions of dk and dv for their biases: k's shifts all of a query's
+        # logits alike (the softmax ignores it), v's passes through it (rows sum to one) into proj's.
         bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, hd)
         q = q + bias[0][:, None]
         out_bias = out_bias + jnp.einsum("nh,nhd->d", bias[2], wp)
