@@ -22,9 +22,8 @@ FSDP = "fsdp"  # the mesh axis that parameters are split over (sonichu_jax.train
 
 
 def fsdp(*axes) -> dict:
-    """Variable metadata: the partition spec ``axes`` (a mesh axis or None per dimension:
-    FSDP on the largest one) that `nnx.get_partition_spec` reads. Nothing is placed when
-    the module is built; a run, or a researcher's own code, places the state from it."""
+    """Variable metadata: the partition spec ``axes`` (FSDP on the largest dimension) that
+    `nnx.get_partition_spec` reads; nothing is placed when the module is built."""
     return {"out_sharding": axes, "eager_sharding": False}
 
 
@@ -139,12 +138,16 @@ def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_h
     dtype = qkv.dtype or x.dtype
     w = qkv.kernel[...].astype(dtype).reshape(d, 3, num_heads, hd)
     q, k, v = (jnp.einsum("btd,dnh->bnth", x.astype(dtype), w[:, i]) for i in range(3))
-    if qkv.bias is not None:
-        bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, 1, hd)
-        q, k, v = q + bias[0], k + bias[1], v + bias[2]
-    out = (splash_attention if splash else softmax_attention)(q * jnp.asarray(hd**-0.5, dtype), k, v, valid)
     wp = proj.kernel[...].astype(dtype).reshape(num_heads, hd, d)
-    return (jnp.einsum("bnth,nhd->btd", out, wp) + proj.bias[...].astype(dtype))[:, :t]
+    out_bias = proj.bias[...].astype(dtype)
+    if qkv.bias is not None:
+        # No token-wide reductions of dk and dv for their biases: k's shifts all of a query's
+        # logits alike (the softmax ignores it), v's passes through it (rows sum to one) into proj's.
+        bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, hd)
+        q = q + bias[0][:, None]
+        out_bias = out_bias + jnp.einsum("nh,nhd->d", bias[2], wp)
+    out = (splash_attention if splash else softmax_attention)(q * jnp.asarray(hd**-0.5, dtype), k, v, valid)
+    return (jnp.einsum("bnth,nhd->btd", out, wp) + out_bias)[:, :t]
 
 
 class Attention(nnx.Module):
@@ -222,12 +225,8 @@ def run_blocks(blocks, x: jax.Array, valid: jax.Array | None, remat: str) -> jax
 
 
 class VisionTransformer(nnx.Module):
-    """Patch embedding + position table + pre-LN blocks + final LayerNorm; no class token.
-
-    Position table kinds: ``sincos`` (fixed, not trained), ``learned`` (N, D) and
-    ``learned_cls_folded`` (N + 1, D, the ViTPose layout whose class slot is added to every
-    patch token).
-    """
+    """Patch embedding + position table (``cfg.pos_embed``; docs/architecture.md) + pre-LN
+    blocks + final LayerNorm; no class token."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
