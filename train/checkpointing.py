@@ -1,7 +1,5 @@
-"""Train checkpoints with orbax: train state + grain iterator state, saved together
-(asynchronously, atomically) by one `ocp.CheckpointManager` that keeps the last ``keep``
-plus the one with the lowest validation MRE. `Checkpointer.restore_latest` sets a
-damaged checkpoint aside (``damaged_checkpoints/<step>``) and falls back to an older one.
+"""Train checkpoints with orbax: train state + grain iterator state, kept by ``keep`` and
+the best validation MRE; a damaged one is set aside and an older one tried.
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
-"""Typed experiment configs: dataclasses, ``--set a.b=c`` overrides, ``configs/*.py`` files.
-
-A config file is plain Python defining ``get_config()`` that returns a `TeacherConfig`
-(or a `DistillConfig`, an `IJEPAConfig`); the command line then overrides single fields
-(``--set optim.lr=3e-4``). Every value is checked against the field's type, and a key
-that names no field is an error that lists the valid keys, so a typo never silently
-trains the wrong experiment. ``validate()`` then checks the values together, once the
-overrides are applied and before anything is written or compiled.
-
-Schedule lengths come in steps or in epochs: ``steps``/``epochs``,
-``optim.warmup_steps``/``optim.warmup_epochs``, ``log.eval_every_steps``/
-``log.eval_every_epochs``, ``checkpoint.every_steps``/``checkpoint.every_epochs``. An
-``*_epochs`` field that is set wins, and the run turns it into steps from the size of
-its training set (`sonichu_jax.train.schedule`); setting the ``*_steps`` twin with
-``--set`` clears it, so the last word is the one that counts.
+"""Typed experiment configs: dataclasses, ``--set a.b=c`` overrides checked against the
+field types (an unknown key lists the valid ones), ``configs/*.py`` files defining
+``get_config()``, and ``validate()`` across fields once the overrides are applied.
+Schedules come in steps or epochs (docs/training.md, "Schedules in steps or in epochs").
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""Distillation of a teacher ensemble into one student (stage 3 of the card's recipe).
-
-Every batch runs all teachers inside the student's jitted step: their parameters are a
-frozen step input (stacked on a leading teacher axis, sharded like the student, no
-gradient, no optimiser state), the batch's task head only, and their coordinate-wise
-median is the teacher target. The student minimises
-
-    real_weight * L1(student, real labels)  +  teacher_weight * L1(student, median target)
-
-where the real term covers samples with real labels (optionally pseudo-labels too) and
-the teacher term every sample, labelled or not, over the task's keypoints.
+"""Distillation of a teacher ensemble into one student (stage 3 of the card's recipe):
+the frozen teachers are a step input (stacked on a leading axis, sharded like the
+student) and their coordinate-wise median the target of an L1 term beside the real
+labels' (docs/recipe.md).
 """
 
 from __future__ import annotations

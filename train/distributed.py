@@ -1,12 +1,6 @@
-"""Starting a multi-process run JAX's standard way, and the line that says what a run is on.
-
-``distributed.mode=auto`` (the default) calls `jax.distributed.initialize` with no
-arguments, which joins the run when JAX's own cluster detection recognises the
-environment (Cloud TPU, Slurm, Open MPI, Kubernetes) or ``JAX_COORDINATOR_ADDRESS`` is
-set; elsewhere it finds nothing and the run is one process. An explicit
-``distributed.coordinator`` (with ``num_processes`` and ``process_id``) starts it with
-those values; ``mode=off`` never starts it. Either way it must happen before anything
-touches a JAX device, so the run driver does it first.
+"""Starting a multi-process run JAX's standard way (``distributed.mode=auto``: JAX's
+cluster detection; an explicit coordinator; ``off``), before anything touches a device,
+and the banner line that says what a run is on (docs/training.md, "Several processes").
 """
 
 from __future__ import annotations

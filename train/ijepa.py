@@ -1,18 +1,7 @@
-"""The I-JEPA model, train state, jitted step and its builder (docs/ijepa.md).
-
-Per iteration, as the official loop: schedules (lr, weight decay, EMA momentum) from the
-step counter, forward, backward, AdamW step, then the EMA update of the target encoder.
-
-- context encoder: our `VisionTransformer` on the (padded, static-length) context tokens,
-  padding masked out of attention;
-- target encoder: an EMA copy of the context encoder's parameters (no gradient) on the
-  whole image, then LayerNorm without affine (eps 1e-5) over features, gathered at the
-  target indices;
-- predictor: each target block its own sequence (the context repeated per block);
-- loss: smooth L1 (beta 1) or L2, averaged over the valid target elements only.
-
-Parameters are float32; the modules compute in ``model.dtype`` (bfloat16 on accelerators);
-the target normalisation, the loss and the optimiser run in float32.
+"""The I-JEPA model, train state, jitted step and its builder, as the official loop:
+schedules from the step counter, forward, backward, AdamW, then the EMA update of the
+target encoder. Parameters are float32; the target normalisation, loss and optimiser run
+in float32 (docs/ijepa.md).
 """
 
 from __future__ import annotations

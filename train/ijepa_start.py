@@ -1,12 +1,6 @@
-"""Continuing I-JEPA pretraining from a published checkpoint (domain-adaptive pretraining):
-the weights a run's step 0 starts from, by the ``init`` section (docs/ijepa.md).
-
-`load_start` reads the checkpoint with `sonichu_jax.convert.load_ijepa` at the configured
-input size (another patch grid: fixed sin-cos tables recomputed, learned tables resized,
-each with a note), refuses one whose architecture differs from the configured encoder or
-predictor (one line naming every differing field), and picks the networks ``init.parts``
-asks for. `sonichu_jax.train.ijepa.Pretrainer.init_state` then writes them into the
-sharded train state; the optimiser state starts fresh and the run starts at step 0.
+"""Continuing I-JEPA pretraining from a published checkpoint: the step-0 weights the
+``init`` section picks, checked against the configured encoder and predictor
+(docs/ijepa.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""Device mesh, shardings and global batch assembly (multi-process start-up:
-`sonichu_jax.train.distributed`).
-
-The mesh has two axes: ``data`` (batch only) and ``fsdp`` (batch *and* parameters). The
-batch is split over both; a parameter is split over ``fsdp`` as its partition metadata
-says (`nnx.get_partition_spec`: the largest dimension, see `sonichu_jax.nn.vit.fsdp`)
-where the mesh divides that dimension, so fsdp=1 means plain data parallelism with
-replicated parameters.
+"""Device mesh (``data`` x ``fsdp``), shardings from the parameters' partition metadata,
+and global batch assembly; fsdp=1 is plain data parallelism (docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""Metrics out of the hot loop (`MetricsBuffer`: one `jax.device_get` per window of
-``log.every_steps``) and the sinks a run reports to (`MetricsSink`): `JsonlSink`
-(``metrics.jsonl``), `ConsoleSink` (progress bar and tables) and, in `train.tensorboard`,
-`TensorBoardSink`."""
+"""Metrics out of the hot loop (`MetricsBuffer`: one fetch per window) and the sinks a
+run reports to (`MetricsSink`: `JsonlSink`, `ConsoleSink`, `TensorBoardSink`).
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Training objectives: what the supervised step minimises (docs/research.md).
-
-An objective has ``targets(batch, aux)`` (run inside the step, outside the gradient) and
-``loss(outputs, batch, targets) -> (scalar, metrics)``. ``outputs`` holds ``coords``
-(B, Kmax, 2) soft-argmax xy, ``heatmaps`` (B, h, w, Kmax) float32 (padded keypoints are
-zero) and, when the objective sets ``needs_features``, the backbone ``features``
-(B, gh, gw, D). ``loss.kind`` names a built-in (`KINDS`) or ``module:Factory``; a factory
-is called as ``Factory(loss_config, model_config)``.
+"""Training objectives (docs/research.md): ``targets(batch, aux)`` inside the step, outside
+the gradient, and ``loss(outputs, batch, targets) -> (scalar, metrics)`` on ``coords``,
+``heatmaps`` and, with ``needs_features``, ``features``. ``loss.kind`` names a built-in
+(`KINDS`) or ``module:Factory``, called as ``Factory(loss_config, model_config)``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""AdamW with a warm-up + cosine schedule, ViTPose layer-wise lr decay and a weight-decay
-mask, applied per parameter group so that a head only moves on batches of its task.
-
-Parameters are grouped as ``{"backbone": ..., "trunk": ..., "heads": {task: ...}}`` (see
-`state.py`). Each group has its own AdamW state. A task-homogeneous batch gives zero
-gradients to the other tasks' heads; PyTorch leaves such parameters (grad None) and their
-moments untouched, and so do we: a head group's update and state change are gated on the
-batch's task. The learning rate follows the global step, not a group's own count.
+"""AdamW with warm-up + cosine, ViTPose layer-wise lr decay and a weight-decay mask, one
+optax state per parameter group; a head group's update is gated on the batch's task, as
+PyTorch leaves parameters without a gradient untouched (docs/training.md).
 """
 
 from __future__ import annotations

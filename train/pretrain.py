@@ -1,20 +1,6 @@
-"""The I-JEPA pretraining stage: unlabelled frames -> a pretrained encoder, run by
-`sonichu_jax.train.loop.run`.
-
-An epoch is the number of frames over the global batch. Exports:
-
-    backbone/           the EMA target encoder as a SonichuModel checkpoint (config.json,
-                        which says ``pretrained_parts: ["backbone"]``, + flax_model.safetensors;
-                        heads freshly initialised): what a teacher starts from with
-                        ``init.kind=backbone init.path=<out>/backbone``
-    backbone_pytorch/   the same weights in the ``sonichu`` PyTorch safetensors layout
-
-The exported encoder is the EMA target encoder, as the official evaluation uses it
-(docs/ijepa.md). Checkpoints hold the encoder, predictor, EMA target, AdamW state and the
-grain iterator, which also fixes the masks (they are keyed by step).
-
-Step 0 is the official initialisation, or, with ``init.path``, the networks of an I-JEPA
-checkpoint (`sonichu_jax.train.ijepa_start`) with a fresh optimiser state.
+"""The I-JEPA pretraining stage: unlabelled frames -> ``backbone/`` (the EMA target
+encoder as a SonichuModel checkpoint that says only its backbone is trained) and
+``backbone_pytorch/`` (the ``sonichu`` PyTorch layout); docs/ijepa.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
-"""Pseudo-labels: writing them with a teacher, and choosing which enter a training run.
-
-Writing: every image is predicted twice (plain and mirrored, the flip TTA); the label is
-their mean and the *confidence* is their disagreement, the mean distance in original
-pixels between the two views' keypoints (lower = more confident). Records above a
-threshold are left out. The output is a JSONL manifest in the data sources' format with
-``is_pseudo`` true, so it loads like any other manifest.
-
-Selecting (`select_pseudo_records`): a `PseudoLabelSet` filters a file by disagreement
-and task, caps records per task (the most confident kept) and turns its sampling weight
-into copies per epoch: ``floor(w)`` copies of every record plus a seeded ``frac(w)``
-share drawn once more (w = 0.5 keeps a seeded half).
+"""Pseudo-labels: writing them with a teacher (the flip TTA mean as the label, the views'
+disagreement in original pixels as the confidence) and selecting which enter a run
+(`select_pseudo_records`: filter, cap per task, weight as copies; docs/recipe.md).
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
-"""The run directory: what a training run writes, when it may write there, and whether a
-resumed run is the same run.
-
-Layout (every stage; a stage writes the exports it has):
-
-    train_config.json   the resolved config (file + overrides, schedule in steps, the
-                        absolute data path), written at the start and on every resume
-    metrics.jsonl       one line per metrics window and per validation
-    tensorboard/        the same scalars as TensorBoard event files (log.tensorboard)
-    profile/            a jax.profiler trace of the steps of log.profile_steps
-    checkpoints/<step>  orbax: train state + data iterator state
-    model/, best/       teacher/student exports; backbone/, backbone_pytorch/: I-JEPA
-    damaged_checkpoints/<step>   checkpoints that could not be read back (set aside)
-
-A directory holding any of these is a run: a new run refuses it, and resuming requires
-one, with a checkpoint if it holds results. Resuming compares the saved config with the
-new one (`check_resume`). While a run writes, ``run.lock`` names its process (`RunDir.lock`).
-Paths may be URLs (``gs://...``): they go through `etils.epath`, as orbax's own do.
+"""The run directory: what a run writes there, when it may (a new run refuses a run, a
+resumed one requires one; ``run.lock`` names the writing process), and whether a resumed
+run is the same run (`check_resume`). Layout and rules: docs/training.md, "The run
+directory". Paths may be ``gs://`` URLs (through `etils.epath`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""Schedules given in epochs, turned into steps from the run's actual training set.
-
-An epoch is ``examples // global batch`` steps (at least one), where ``examples`` is what
-the run trains on: for a teacher or a student the training records after the split and
-the pseudo-label selection (copies included), for I-JEPA the number of frames. Every
-``*_epochs`` field that is set (see `sonichu_jax.train.configlib.EPOCH_KEYS`) fills its
-``*_steps`` twin; the resolved config is what the run uses, saves and compares on resume.
+"""Schedules given in epochs turned into steps from the run's actual training set
+(``examples // global batch`` steps per epoch, at least one).
 """
 
 from __future__ import annotations

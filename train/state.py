@@ -1,9 +1,6 @@
-"""The train state: grouped parameters, the rest of the model state, optimiser state, step.
-
-The model is split once with `nnx.split` into a static graphdef and array pytrees; the
-step merges them back inside `jax.jit`. Parameters are grouped (backbone, shared trunk,
-one group per task head) because heads are updated only on batches of their task, and a
-frozen backbone is simply a group without an optimiser.
+"""The train state: parameters grouped (backbone, shared trunk, one group per task head,
+since a head moves only on its task's batches), the rest of the model state, optimiser
+state, step.
 """
 
 from __future__ import annotations

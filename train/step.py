@@ -1,13 +1,6 @@
-"""The jitted teacher train step and the validation predict step.
-
-Batches are task-homogeneous with static shapes: every task's keypoints are padded to
-``Kmax`` and ``task_id`` says which head to run. `jax.lax.switch` on the task index
-compiles all heads into one program but executes only the batch's head, so the step
-compiles once for every task and a batch never pays for nine heads.
-
-Under `jax.jit` with the batch sharded over the mesh, BatchNorm's batch mean and variance
-are reductions over the *global* batch axis: XLA inserts the cross-device all-reduce, so
-an 8-device step computes what a 1-device step does (tests/test_train_sharding.py).
+"""The jitted teacher train step and the validation predict step. Batches are
+task-homogeneous, keypoints padded to ``Kmax``; `jax.lax.switch` on the task index runs
+only the batch's head, in one program for every task.
 """
 
 from __future__ import annotations

@@ -1,24 +1,7 @@
-"""The supervised stage (teachers and, with another objective, the distilled student,
-`sonichu_jax.train.distill`), run by `sonichu_jax.train.loop.run`, and its trainer.
-
-Data: the labelled source split with the card's fair split (validation never sees
-pseudo-labels), plus the configured pseudo-label sets in training; an epoch is the
-training records (pseudo-label copies included) over the global batch. Exports: the
-final weights as ``model/`` and the checkpoint with the lowest validation MRE as
-``best/``, both loadable with `SonichuModel.from_pretrained`.
-
-The trainer is built in two parts.
-
-`build_trainer` is pure construction: the graphdef and the abstract train state (from
-`jax.eval_shape`), their shardings on a mesh, the grouped optimiser, the jitted step and
-the abstract global batch. It allocates nothing and works for any mesh, also one over
-devices this process cannot address, so an ahead-of-time plan lowers and compiles
-exactly what a training run executes (`abstract_run`, then `Trainer.lower().compile()`).
-`Trainer.init_state` allocates a fresh state straight into its shardings; a resumed run
-restores into ``Trainer.state`` instead and never builds the initial weights.
-
-Used by `train-teacher`, `distill`, the tests (tests/train_util.py) and
-benchmarks/bench_train.py.
+"""The supervised stage (teachers; the distilled student is the same stage with another
+objective, `sonichu_jax.train.distill`) and its trainer: `build_trainer` builds the
+program for any mesh without allocating (plans compile exactly it); `Trainer.init_state`
+allocates a fresh state straight into its shardings (docs/training.md).
 """
 
 from __future__ import annotations

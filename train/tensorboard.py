@@ -1,9 +1,5 @@
-"""TensorBoard event files beside ``metrics.jsonl``: `TensorBoardSink`.
-
-Every scalar of a metrics window and of a validation goes into ``<run>/tensorboard/``
-through tensorboardX (no TensorFlow) under the tags of `TAGS`, flushed at every window.
-A resumed run writes a new file whose first event (tensorboardX's ``purge_step``) tells
-TensorBoard to drop what earlier files hold from the resumed step on.
+"""TensorBoard event files beside ``metrics.jsonl`` through tensorboardX; a resumed run's
+new file starts with ``purge_step`` (docs/training.md, "TensorBoard event files").
 """
 
 from __future__ import annotations

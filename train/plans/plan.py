@@ -1,9 +1,5 @@
 """Compile a run's training step ahead of time for a topology and read the compiler's
-figures: per-chip memory against HBM, FLOPs, the TPU cost model's step time, and what
-follows from them (img/s, MFU, run time, chip-hours).
-
-Every time figure is the compiler's estimate (its cost model, not a measurement);
-memory figures are the compiled program's own buffer sizes.
+estimates (not measurements): per-chip memory, FLOPs, step time, img/s, MFU.
 """
 
 from __future__ import annotations
