@@ -25,10 +25,10 @@ from sonichu_jax.train.configlib import TeacherConfig, replace_path, with_absolu
 from sonichu_jax.train.loop import RunResult, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.state import split_model
-from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.objectives import L1, l1_loss
 from sonichu_jax.train.step import make_predict_step
-from sonichu_jax.train.supervised import SupervisedStage, Trainer, build_trainer
+from sonichu_jax.train import flops
+from sonichu_jax.train.supervised import SupervisedStage
 
 CARD_TEACHERS = 5  # R1, R2, R3, Selective, r3capped
 
@@ -144,32 +144,35 @@ class Distillation(L1):
 
 class DistillStage(SupervisedStage):
     """The supervised stage with the distillation objective; the teachers are a frozen
-    step input, loaded before anything is built and placed on the run's mesh."""
+    step input, loaded before anything is built and placed on the run's mesh. Built
+    without its data (a plan), it takes ``teachers`` abstract teachers of the student's
+    architecture."""
 
     name = "distill"
+    config_class = DistillConfig
+
+    def __init__(self, config: DistillConfig, objective=None, teachers: int = CARD_TEACHERS):
+        super().__init__(config, objective)
+        self.num_teachers, self.teachers = teachers, None
 
     def examples(self) -> int:
         models = load_teachers(list(self.config.distill.teachers), self.config.model)
         graphdef, params, rest = stack_teachers(models)
-        self.teachers = {"params": params, "rest": rest}
+        self.num_teachers, self.teachers = len(models), {"params": params, "rest": rest}
         self.objective = Distillation(graphdef, models[0].cfg, self.config.distill)
         return super().examples()
 
     def aux_inputs(self, mesh) -> tuple:
+        if self.teachers is None:
+            graphdef, aux = abstract_teachers(self.config.model, self.num_teachers, mesh)
+            self.objective = Distillation(graphdef, self.config.model, self.config.distill)
+            return (aux,)
         return (jax.device_put(self.teachers, teacher_shardings(mesh, self.teachers)),)
 
-
-def abstract_run(config: DistillConfig, mesh: jax.sharding.Mesh, teachers: int = CARD_TEACHERS,
-                 examples: int | None = None) -> Trainer:
-    """A distillation run's step, abstract state, batch and ``teachers`` abstract frozen
-    teachers of the student's architecture on ``mesh``, without allocating anything:
-    ``abstract_run(config, mesh).lower().compile()``. ``examples`` (the training set's
-    size) turns a schedule in epochs into steps."""
-    config = in_steps(config.validate(), examples)
-    mesh_lib.check_batch(config.data.batch_size, mesh)
-    graphdef, aux = abstract_teachers(config.model, teachers, mesh)
-    objective = Distillation(graphdef, config.model, config.distill)
-    return build_trainer(config, mesh, objective=objective, aux=(aux,))
+    def model_flops(self, program) -> float:
+        cfg = self.config
+        teachers = flops.teachers_per_image(cfg.model, self.num_teachers, cfg.distill.teacher_tta)
+        return super().model_flops(program) + teachers * cfg.data.batch_size
 
 
 def abstract_teachers(cfg: ModelConfig, teachers: int, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, dict]:

@@ -24,7 +24,6 @@ from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.ijepa_config import IJEPAConfig, IJEPAOptimConfig
 from sonichu_jax.train.guard import keep_if_finite
 from sonichu_jax.train.optim import decays, path_keys
-from sonichu_jax.train.schedule import in_steps
 
 # "skipped": per image, the undecodable frames the pipeline replaced to fill its slot
 BATCH_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid", "skipped")
@@ -241,6 +240,7 @@ class Pretrainer:
     state: IJEPAState
     batch: dict
     step: Callable  # jitted ``step(state, batch) -> (state, metrics)``, state donated
+    aux: tuple = ()  # no further step inputs
 
     def lower(self):
         return self.step.lower(self.state, self.batch)
@@ -321,12 +321,3 @@ def build_pretrainer(config: IJEPAConfig, mesh: jax.sharding.Mesh, wrap: Callabl
     sampler = MultiBlockMaskSampler(config.masks, config.model.grid, config.seed, jax.process_index())
     return Pretrainer(config, mesh, graphdef, sampler, mesh_lib.abstract_with_shardings(abstract, shardings),
                       abstract_batch(config, sampler, mesh), step)
-
-
-def abstract_run(config: IJEPAConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Pretrainer:
-    """An I-JEPA run's step, abstract state and abstract batch on ``mesh``, without
-    allocating anything: ``abstract_run(config, mesh).lower().compile()``. ``examples``
-    (the number of frames) turns a schedule in epochs into steps."""
-    config = in_steps(config.validate(), examples)
-    mesh_lib.check_batch(config.data.batch_size, mesh)
-    return build_pretrainer(config, mesh)

@@ -14,7 +14,8 @@ from sonichu_jax.train import ijepa
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import with_absolute_path
 from sonichu_jax.train.ijepa_config import IJEPAConfig
-from sonichu_jax.train.loop import Program, RunResult, Stage, run
+from sonichu_jax.train import flops
+from sonichu_jax.train.loop import RunResult, Stage, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.optim import path_keys
 from sonichu_jax.train.run_dir import export_to
@@ -25,6 +26,8 @@ PYTORCH_DIR = "backbone_pytorch"
 
 class PretrainStage(Stage):
     name = "pretrain"
+    config_class = IJEPAConfig
+    card_examples = 160_486  # the card's unlabelled frames
     batch_keys = ijepa.BATCH_KEYS
     window_last = ("lr", "wd", "momentum", "frames_skipped")  # schedules and a running count, at the window's end
     postfix = ("loss", "target_std", "img_per_s")
@@ -35,14 +38,16 @@ class PretrainStage(Stage):
         self.records = load_frames(self.config.data.source)
         return len(self.records)
 
-    def build(self, mesh) -> Program:
+    def build(self, mesh) -> ijepa.Pretrainer:
         self.mesh = mesh
         self.pretrainer = ijepa.build_pretrainer(self.config, mesh)
-        sampler, masks = self.pretrainer.sampler, self.config.masks
-        if jax.process_index() == 0:
-            print(f"pretrain: {len(self.records)} frames, masks: context {sampler.context_len} tokens (padded), "
-                  f"{masks.num_targets} targets x {sampler.target_len} tokens, mode {masks.mode}")
-        return Program(self.pretrainer.state, self.pretrainer.step)
+        return self.pretrainer
+
+    def model_flops(self, program) -> float:
+        c, sampler = self.config, program.sampler
+        per_image = flops.ijepa_per_image(c.model, c.predictor.width, c.predictor.depth, sampler.context_len,
+                                          c.masks.num_targets, sampler.target_len)
+        return per_image * c.data.batch_size
 
     def initial_state(self):
         if not self.config.init.path:
@@ -58,10 +63,13 @@ class PretrainStage(Stage):
     def batches(self):
         from sonichu_jax.data.ijepa_pipeline import RandomResizedCrop, make_pretrain_pipeline
 
-        d = self.config.data
+        d, sampler, masks = self.config.data, self.pretrainer.sampler, self.config.masks
+        if jax.process_index() == 0:
+            print(f"pretrain: {len(self.records)} frames, masks: context {sampler.context_len} tokens (padded), "
+                  f"{masks.num_targets} targets x {sampler.target_len} tokens, mode {masks.mode}")
         crop = RandomResizedCrop(self.config.model.image_size, d.crop_scale, d.crop_ratio, d.flip)
         pipeline = make_pretrain_pipeline(
-            self.records, crop, self.pretrainer.sampler, mesh_lib.local_batch_size(d.batch_size), self.config.seed,
+            self.records, crop, sampler, mesh_lib.local_batch_size(d.batch_size), self.config.seed,
             num_workers=d.num_workers, process_index=jax.process_index(), process_count=jax.process_count(),
             max_bad_fraction=d.max_bad_fraction,
         )

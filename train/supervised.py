@@ -22,12 +22,12 @@ from sonichu_jax.evaluation import MREReport
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig, with_absolute_path
-from sonichu_jax.train.loop import Program, RunResult, Stage, run
+from sonichu_jax.train.loop import RunResult, Stage, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.objectives import make_objective
+from sonichu_jax.train import flops
 from sonichu_jax.train.optim import GroupedAdamW
 from sonichu_jax.train.run_dir import export_to
-from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.state import (
     TrainState,
     fresh_state,
@@ -121,16 +121,6 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
     aux = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(aux, aux_shardings))
     return Trainer(config, mesh, graphdef, optimizer, mesh_lib.abstract_with_shardings(abstract, shardings),
                    abstract_batch(cfg, config.data.batch_size, mesh), aux, step)
-
-
-def abstract_run(config: TeacherConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Trainer:
-    """A teacher run's step, abstract state and abstract batch on ``mesh``, without
-    allocating anything: ``abstract_run(config, mesh).lower().compile()``. ``examples``
-    (the training set's size) turns a schedule in epochs into steps. (The distillation
-    and I-JEPA stages have their own `abstract_run`.)"""
-    config = in_steps(config.validate(), examples)
-    mesh_lib.check_batch(config.data.batch_size, mesh)
-    return build_trainer(config, mesh)
 
 
 # -- initial weights -------------------------------------------------------------------------
@@ -243,6 +233,8 @@ def pipeline_config(config: TeacherConfig, batch_size: int, augment: bool):
 
 class SupervisedStage(Stage):
     name = "train-teacher"
+    config_class = TeacherConfig
+    card_examples = 32_722  # the card's labelled and pseudo-labelled samples
     batch_keys = BATCH_KEYS
 
     def __init__(self, config: TeacherConfig, objective=None):
@@ -258,11 +250,14 @@ class SupervisedStage(Stage):
         """Further step inputs placed on ``mesh`` (a distillation's teachers)."""
         return ()
 
-    def build(self, mesh) -> Program:
-        self.mesh = mesh
-        aux = self.aux_inputs(mesh)
+    def build(self, mesh) -> Trainer:
+        self.mesh, aux = mesh, self.aux_inputs(mesh)  # first: a distillation's sets the objective
         self.trainer = build_trainer(self.config, mesh, objective=self.objective, aux=aux)
-        return Program(self.trainer.state, self.trainer.step, aux)
+        return self.trainer
+
+    def model_flops(self, program) -> float:
+        cfg = self.config
+        return flops.supervised_per_image(cfg.model, cfg.optim.freeze_backbone) * cfg.data.batch_size
 
     def initial_state(self):
         make_model, args = model_initializer(self.config)
