@@ -1,9 +1,5 @@
-"""Typed config of an I-JEPA pretraining run (``configs/ijepa_*.py`` return one).
-
-Defaults are the official ViT-B setting of facebookresearch/ijepa (schedules, masks,
-augmentation; docs/ijepa.md), at the card's 256 px. Files are loaded and ``--set``
-overrides applied with `sonichu_jax.train.configlib`, which works on any config
-dataclass; ``steps``/``epochs`` and the warm-up come in steps or epochs as there.
+"""Typed config of an I-JEPA pretraining run (``configs/ijepa_*.py``): defaults are the
+official ViT-B setting of facebookresearch/ijepa at the card's 256 px (docs/ijepa.md).
 """
 
 from __future__ import annotations
@@ -58,20 +54,12 @@ class PretrainDataConfig:
 
 @dataclass(frozen=True)
 class PretrainInitConfig:
-    """Where the weights start (docs/ijepa.md): from scratch (``path`` empty, the official
-    initialisation), or from an I-JEPA checkpoint: the official training checkpoint
-    (``jepa-latest.pth.tar``), a safetensors file with its names, or a directory written by
-    ``convert``. Only a run's step 0 reads it; the optimiser state starts fresh.
-
-    ``parts``: the networks taken from the checkpoint. An encoder left out starts as a copy
-    of the other one (``("target_encoder", "predictor")`` starts both encoders from the
-    EMA encoder); a predictor left out starts freshly initialised.
-    ``missing_predictor``: a checkpoint without a predictor gets a ``fresh`` one (with a
-    note), or is refused (``error``)."""
+    """Step 0's weights: the official initialisation (``path`` empty) or an I-JEPA
+    checkpoint's networks, with a fresh optimiser state (docs/ijepa.md)."""
 
     path: str = ""
-    parts: tuple[str, ...] = NETWORKS
-    missing_predictor: str = "fresh"
+    parts: tuple[str, ...] = NETWORKS  # taken from it; an encoder left out copies the other
+    missing_predictor: str = "fresh"  # a checkpoint without one: fresh (with a note) or error
 
     def __post_init__(self):
         unknown = [p for p in self.parts if p not in NETWORKS]
@@ -84,8 +72,7 @@ class PretrainInitConfig:
 
 @dataclass(frozen=True)
 class IJEPAOptimConfig:
-    """AdamW; every schedule is per iteration, spanning ``steps * schedule_scale`` (the
-    official ``ipe_scale``: > 1 stops the run before the schedules end)."""
+    """AdamW; every schedule spans ``steps * schedule_scale`` iterations (official ``ipe_scale``)."""
 
     start_lr: float = 2e-4
     lr: float = 1e-3
@@ -135,10 +122,8 @@ class IJEPAConfig:
     seed: int = 0
 
     def validate(self) -> "IJEPAConfig":
-        """Checks across sections, run once the overrides are applied (a check in
-        ``__post_init__`` would make the order of ``--set`` options matter)."""
+        """Checks across sections, once the overrides are applied."""
         validate_run(self)
-        require(self.data.batch_size >= 1, "data.batch_size", self.data.batch_size, ">= 1")
         require(self.data.num_workers >= 0, "data.num_workers", self.data.num_workers, ">= 0")
         require(self.optim.lr >= 0, "optim.lr", self.optim.lr, ">= 0")
         check_warmup(self, self.optim.schedule_scale)
