@@ -60,6 +60,14 @@ def state_shardings(mesh: jax.sharding.Mesh, tree, leading: int = 0):
     return jax.tree.map(one, tree, nnx.get_partition_spec(tree))
 
 
+def jit_step(fn, mesh: jax.sharding.Mesh, shardings, aux_shardings: tuple = (), wrap=None):
+    """``fn(state, batch, *aux) -> (state, metrics)`` jitted on ``mesh``: state donated,
+    metrics replicated; ``wrap`` wraps ``fn`` first (tests count traces)."""
+    return jax.jit(on_mesh(wrap(fn) if wrap is not None else fn, mesh), donate_argnums=0,
+                   in_shardings=(shardings, batch_sharding(mesh), *aux_shardings),
+                   out_shardings=(shardings, replicated(mesh)))
+
+
 def abstract_with_shardings(tree, shardings):
     """ShapeDtypeStructs carrying shardings (of arrays or of ShapeDtypeStructs): inputs an
     ahead-of-time lowering accepts, and the target orbax restores into."""

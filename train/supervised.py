@@ -112,12 +112,7 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
     objective = objective or make_objective(config.loss, cfg)
     fn = make_train_step(graphdef, cfg, optimizer, optim.freeze_backbone, objective)
     aux_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in aux)
-    step = jax.jit(
-        mesh_lib.on_mesh(wrap(fn) if wrap is not None else fn, mesh),
-        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), *aux_shardings),
-        out_shardings=(shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
+    step = mesh_lib.jit_step(fn, mesh, shardings, aux_shardings, wrap)
     aux = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(aux, aux_shardings))
     return Trainer(config, mesh, graphdef, optimizer, mesh_lib.abstract_with_shardings(abstract, shardings),
                    abstract_batch(cfg, config.data.batch_size, mesh), aux, step)
