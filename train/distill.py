@@ -65,8 +65,7 @@ def resolve_teacher_dir(path: str) -> str:
 
 
 def computing_as(model: SonichuModel, student: ModelConfig) -> SonichuModel:
-    """``model``'s weights computing as ``student`` does: its compute options
-    (`COMPUTE_FIELDS`: dtype, attention, remat, head_conv), not the ones saved with it."""
+    """``model``'s weights computing with ``student``'s compute options (`COMPUTE_FIELDS`)."""
     cfg = model.cfg.replace(**{name: getattr(student, name) for name in COMPUTE_FIELDS})
     graphdef, _ = nnx.split(abstract_model(cfg))
     model = nnx.merge(graphdef, nnx.state(model))
@@ -75,9 +74,8 @@ def computing_as(model: SonichuModel, student: ModelConfig) -> SonichuModel:
 
 
 def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
-    """Load the teachers, computing as the student does; they must share one architecture
-    and the student's task table (the batch's task index selects the same head in every
-    model)."""
+    """The teachers, computing as the student does; they share one architecture and the
+    student's task table (a batch's task index selects the same head in every model)."""
     if not paths:
         raise InputError("distillation needs at least one teacher directory")
     models = [computing_as(SonichuModel.from_pretrained(resolve_teacher_dir(p)), student) for p in paths]
@@ -94,8 +92,7 @@ def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
 
 
 def stack_teachers(models: list[SonichuModel]):
-    """(graphdef, params, rest): host arrays with every leaf stacked on a leading teacher
-    axis, ready to be placed on any mesh."""
+    """(graphdef, params, rest) with every leaf stacked on a leading teacher axis, on the host."""
     parts = []
     for model in models:
         model.eval()
@@ -107,8 +104,7 @@ def stack_teachers(models: list[SonichuModel]):
 
 
 def teacher_shardings(mesh, tree):
-    """Each teacher's arrays sharded like the student's (their partition metadata), the
-    teacher axis unsplit."""
+    """Each teacher's arrays sharded like the student's, the teacher axis unsplit."""
     return mesh_lib.state_shardings(mesh, tree, leading=1)
 
 
@@ -176,9 +172,8 @@ class DistillStage(SupervisedStage):
 
 
 def abstract_teachers(cfg: ModelConfig, teachers: int, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, dict]:
-    """(graphdef, abstract stacked weights with their shardings) of ``teachers`` teachers
-    of architecture and compute options ``cfg``, as `load_teachers`, `stack_teachers` and
-    `teacher_shardings` give them to a run."""
+    """(graphdef, abstract stacked weights with shardings) of ``teachers`` teachers of
+    architecture ``cfg``, as a run loads and places them."""
     model = abstract_model(cfg)
     model.eval()
     graphdef, params, rest = split_model(model)
@@ -191,7 +186,7 @@ def distill(config: DistillConfig, teachers: list[str] | None, data_spec: str | 
             out_dir: str | os.PathLike, *, resume: bool = False, stop_after: int | None = None,
             sinks: tuple[MetricsSink, ...] = ()) -> RunResult:
     """Train the student of ``config`` against ``teachers`` (default: ``distill.teachers``)
-    on ``data_spec`` (default: ``data.source``); checkpoints and exports hold the student."""
+    on ``data_spec`` (default: ``data.source``); see `run`."""
     if teachers is not None:
         config = replace_path(config, "distill.teachers", tuple(os.path.abspath(t) for t in teachers))
     stage = DistillStage(with_absolute_path(config, "data.source", data_spec))

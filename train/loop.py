@@ -70,7 +70,7 @@ class Stage:
         raise NotImplementedError
 
     def batches(self) -> Iterator[dict]:
-        """This process's batches: a grain iterator (its state is checkpointed)."""
+        """This process's batches: a grain iterator (checkpointed)."""
         raise NotImplementedError
 
     def validation_every(self) -> int | None:
@@ -115,8 +115,7 @@ class RunResult:
 def run(stage: Stage, out_dir: str | os.PathLike, *, resume: bool = False, stop_after: int | None = None,
         sinks: Sequence[MetricsSink] = ()) -> RunResult:
     """Train (or continue) ``stage`` in ``out_dir``. ``stop_after`` ends the call after that
-    many steps as if preempted (checkpoint saved), for tests and time-boxed jobs; ``sinks``
-    receive every metrics window and validation besides ``metrics.jsonl`` and the console."""
+    many steps as if preempted (checkpoint saved); ``sinks`` receive what the run reports."""
     driver = _Run(stage, RunDir(out_dir), resume, sinks)
     try:
         driver.prepare()
@@ -233,8 +232,7 @@ class _Run:
             self.save()
 
     def validates_at(self, step: int) -> bool:
-        """Every ``validation_every`` steps, and at the last step, before its save (so that
-        the save records the MRE the final line reports, and ``best/`` can be chosen)."""
+        """Every ``validation_every`` steps, and at the last step before its save."""
         if self.every is None:
             return False
         return step == self.config.steps or (self.every > 0 and step % self.every == 0)

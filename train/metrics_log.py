@@ -48,8 +48,7 @@ class MetricsSink:
     """Receives what a run reports; every method may be left as is (does nothing)."""
 
     def step(self, step: int) -> None:
-        """After every train step, on the host, without waiting for the device (the
-        progress bar moves here)."""
+        """After every train step, on the host, without waiting for the device."""
 
     def train_window(self, step: int, metrics: dict[str, float]) -> None:
         """The mean metrics of the window of steps that ends at ``step``."""
@@ -66,15 +65,11 @@ def _clean(value):
 
 
 class JsonlSink(MetricsSink):
-    """``metrics.jsonl``: one JSON object per window and per validation, flushed line by
-    line so that a killed run keeps every complete line. A resumed run first drops what
-    lies beyond the step it resumed from (lines a killed run wrote after its last
-    checkpoint, and a torn last line), so every step appears once. On object storage
-    (``gs://``), which cannot append, the file is rewritten whole at every line."""
+    """``metrics.jsonl``, flushed line by line; a resumed run first drops the lines beyond
+    ``keep_up_to`` (None: starts empty), so every step appears once. ``gs://`` cannot
+    append: the file is rewritten whole at every line."""
 
     def __init__(self, path: str, keep_up_to: int | None = None):
-        """``keep_up_to``: the step a run resumes from (lines of later steps go); None: the
-        file starts empty (a resumed run that had saved no checkpoint starts over)."""
         self.path = epath.Path(path)
         self.lines: list[str] = []
         if self.path.exists() and keep_up_to is not None:
@@ -121,8 +116,7 @@ def _step_of(line: str, limit: int) -> bool:
 
 
 class ConsoleSink(MetricsSink):
-    """The progress bar (``postfix`` keys of each window on it) and the validation tables,
-    printed through the bar while it is open."""
+    """The progress bar (``postfix`` keys of each window) and the validation tables."""
 
     def __init__(self, name: str, total: int, initial: int, postfix: tuple[str, ...], progress: bool):
         self.postfix = postfix

@@ -76,8 +76,7 @@ class PretrainStage(Stage):
         return iter(pipeline)
 
     def export(self, state: ijepa.IJEPAState, out_dir: str, best: bool = False) -> None:
-        """The EMA target encoder as ``backbone/`` (Flax) and ``backbone_pytorch/``
-        (``sonichu`` layout), process 0 only."""
+        """The EMA target encoder as ``backbone/`` and ``backbone_pytorch/`` (process 0)."""
         from sonichu_jax import checkpoint
 
         gather = jax.jit(lambda t, r: (t, r), out_shardings=mesh_lib.replicated(self.mesh))
@@ -95,9 +94,8 @@ def host_arrays(tree) -> dict[str, np.ndarray]:
 
 
 def backbone_model(cfg, backbone: dict[str, np.ndarray], seed: int):
-    """A SonichuModel (eval mode) with ``backbone`` (every encoder variable by state path)
-    and new heads sampled on the host with the Flax initialisers' distributions (a jitted
-    random initialisation of the whole model compiles for seconds, to be overwritten)."""
+    """A SonichuModel with ``backbone`` (encoder variables by state path) and new heads
+    sampled on the host (a jitted initialisation would compile for seconds, to be overwritten)."""
     from sonichu_jax import checkpoint
     from sonichu_jax.convert.shapes import is_head_path
 
@@ -109,8 +107,7 @@ def backbone_model(cfg, backbone: dict[str, np.ndarray], seed: int):
 
 def pretrain(config: IJEPAConfig, frames_dir: str | os.PathLike | None, out_dir: str | os.PathLike, *,
              resume: bool = False, stop_after: int | None = None, sinks: tuple[MetricsSink, ...] = ()) -> RunResult:
-    """Pretrain (or continue) on the frames in ``frames_dir`` (default: ``data.source``);
-    ``stop_after`` ends the call after that many steps as if preempted (checkpoint saved)."""
+    """Pretrain (or continue) on the frames in ``frames_dir`` (default: ``data.source``); see `run`."""
     config = with_absolute_path(config, "data.source", frames_dir)
     if config.init.path:  # stored absolute in train_config.json, as the data path
         config = with_absolute_path(config, "init.path", None)
@@ -119,7 +116,6 @@ def pretrain(config: IJEPAConfig, frames_dir: str | os.PathLike | None, out_dir:
 
 
 def save_backbone(model, directory: str) -> None:
-    """A SonichuModel checkpoint whose config.json says that only the backbone is trained,
-    so that loading it as a whole model (``init.kind=pretrained``) is refused."""
+    """A SonichuModel checkpoint whose config.json says only its backbone is trained."""
     model.save_pretrained(directory)
     model.cfg.save(directory, pretrained_parts=["backbone"])

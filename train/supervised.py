@@ -51,8 +51,7 @@ def abstract_batch(cfg: ModelConfig, global_batch: int, mesh: jax.sharding.Mesh)
 
 @dataclass
 class Trainer:
-    """A supervised run's program on a mesh; ``state``, ``batch`` and ``aux`` are
-    ShapeDtypeStructs carrying their shardings."""
+    """A supervised run's program on a mesh (abstract ``state``, ``batch``, ``aux`` with shardings)."""
 
     config: TeacherConfig
     mesh: jax.sharding.Mesh
@@ -64,18 +63,15 @@ class Trainer:
     step: Callable  # jitted ``step(state, batch, *aux) -> (state, metrics)``, state donated
 
     def lower(self):
-        """The step lowered from the abstract inputs: ``.compile()`` it for memory and
-        cost analyses, or to run it."""
+        """The step lowered from the abstract inputs (``.compile()`` it)."""
         return self.step.lower(self.state, self.batch, *self.aux)
 
     def shardings(self) -> TrainState:
         return jax.tree.map(lambda x: x.sharding, self.state)
 
     def init_state(self, make_model: Callable[..., SonichuModel], *model_args) -> TrainState:
-        """A fresh state written directly into its shardings by one jitted initialiser.
-        ``make_model(*model_args)`` must be traceable: ``SonichuModel(cfg, rngs=...)``, or
-        `nnx.merge` of loaded weights passed in ``model_args`` (arguments, not constants
-        baked into the program)."""
+        """A fresh state written into its shardings by one jitted initialiser; the traceable
+        ``make_model(*model_args)`` gets loaded weights as arguments, not baked-in constants."""
         init = jax.jit(lambda *args: fresh_state(make_model(*args), self.optimizer), out_shardings=self.shardings())
         return init(*model_args)
 
@@ -85,8 +81,7 @@ class Trainer:
                               self.shardings())
 
     def export(self, state: TrainState, out_dir: str, name: str) -> None:
-        """Write the weights of ``state`` as the model checkpoint directory ``name`` of the
-        run directory ``out_dir`` (process 0)."""
+        """``state``'s weights as the checkpoint directory ``out_dir/name`` (process 0)."""
         gather = jax.jit(lambda p, r: (p, r), out_shardings=mesh_lib.replicated(self.mesh))
         params, rest = jax.device_get(gather(state.params, state.rest))
         if jax.process_index() == 0:
@@ -98,9 +93,8 @@ class Trainer:
 def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=None, aux: tuple = (),
                   wrap: Callable | None = None) -> Trainer:
     """The program of ``config`` on ``mesh``, allocating nothing. ``objective`` replaces
-    the one ``loss.kind`` names (`sonichu_jax.train.objectives`); ``aux`` are the further
-    step inputs it reads (arrays or ShapeDtypeStructs, with shardings); ``wrap`` wraps
-    the step function before ``jit`` (tests count traces with it)."""
+    ``loss.kind``'s; ``aux`` are further step inputs it reads (with shardings); ``wrap``
+    wraps the step before ``jit`` (tests count traces)."""
     cfg, optim = config.model, config.optim
     model = abstract_model(cfg)
     model.train()
@@ -128,10 +122,8 @@ def _mismatch(a: ModelConfig, b: ModelConfig, fields: tuple[str, ...]) -> list[s
 
 
 def check_whole_model(path: str) -> ModelConfig:
-    """``init.kind=pretrained`` takes the heads as trained: refuse, from the headers and
-    before loading, a checkpoint that holds only a backbone (an I-JEPA or timm encoder, a
-    converted backbone, a pretraining export), whose heads the loader would make up.
-    Returns the checkpoint's config."""
+    """The checkpoint's config, refusing (from the headers, before loading) one that holds
+    only a backbone, whose heads ``init.kind=pretrained`` would take as trained."""
     from sonichu_jax.convert import open_checkpoint
     from sonichu_jax.convert.loading import plan_model
 
@@ -147,8 +139,8 @@ def check_whole_model(path: str) -> ModelConfig:
 
 
 def check_tasks(cfg: ModelConfig, saved: ModelConfig, init) -> list[str]:
-    """The configured tasks the checkpoint lacks (allowed with ``init.new_heads=fresh``); a
-    task both have must agree in keypoint count and flip permutation (one line each)."""
+    """The configured tasks the checkpoint lacks (``init.new_heads=fresh``); a task both
+    have must agree in keypoint count and flip permutation."""
     have = {t.name: t for t in saved.tasks}
     for spec in cfg.tasks:
         old = have.get(spec.name, spec)
@@ -289,7 +281,6 @@ class SupervisedStage(Stage):
 def train_teacher(config: TeacherConfig, data_spec: str | os.PathLike | None, out_dir: str | os.PathLike, *,
                   resume: bool = False, stop_after: int | None = None, sinks: tuple[MetricsSink, ...] = ()
                   ) -> RunResult:
-    """Train (or continue) a teacher on ``data_spec`` (default: ``config.data.source``);
-    ``stop_after`` ends the call after that many steps as if preempted (checkpoint saved)."""
+    """Train (or continue) a teacher on ``data_spec`` (default: ``data.source``); see `run`."""
     stage = SupervisedStage(with_absolute_path(config, "data.source", data_spec))
     return run(stage, out_dir, resume=resume, stop_after=stop_after, sinks=sinks)

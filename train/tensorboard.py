@@ -30,10 +30,8 @@ def tag(key: str) -> str:
 
 
 def _tensorboardx():
-    """The tensorboardX package. Its writer module imports torch when torch is installed,
-    only to accept torch tensors; we hand it floats, and a JAX training process should not
-    load torch (seconds of import, a second set of CUDA libraries), so torch is hidden
-    while tensorboardX is imported (unless the process already has it)."""
+    """tensorboardX, imported with torch hidden: its writer imports torch only to accept
+    tensors, and a JAX training process should not load torch."""
     hide = "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # makes ``import torch`` raise ImportError
@@ -56,8 +54,7 @@ class TensorBoardSink(MetricsSink):
     """Scalars of every window and validation as TensorBoard events (see the module)."""
 
     def __init__(self, logdir: str, keep_up_to: int | None = None):
-        """``keep_up_to``: the step a run resumes from (later events are purged); None: a
-        new run, or one that starts over (every earlier event is purged)."""
+        """``keep_up_to``: the step a run resumes from (later events purged); None: all are."""
         SummaryWriter = _tensorboardx().SummaryWriter
         self.first = 0 if keep_up_to is None else keep_up_to + 1
         earlier = len(event_files(logdir))
@@ -86,8 +83,8 @@ class TensorBoardSink(MetricsSink):
 
 
 def open_tensorboard(logdir: str, keep_up_to: int | None, say: Callable[[str], None]) -> list[MetricsSink]:
-    """[the sink], or [] with a one-line note when event files cannot be written there
-    (tensorboardX writes ``gs://`` through google-cloud-storage, an optional package)."""
+    """[the sink], or [] with a note when event files cannot be written there (``gs://``
+    needs google-cloud-storage)."""
     try:
         return [TensorBoardSink(logdir, keep_up_to)]
     except ImportError as exc:

@@ -1,10 +1,6 @@
-"""Where a plan compiles: the devices of a TPU slice (compile-only, from libtpu, on any
-machine) or N fake CPU devices, and the chip figures that turn compiler estimates into
-throughput, MFU and a fit check.
-
-A topology is written ``GEN:AxB[xC]`` (chips along each axis, as Cloud TPU's
-``--topology``), ``GEN-N`` (a Cloud TPU accelerator type: N counts TensorCores on v4 and
-v5p, chips on v5e and v6e) or ``cpu:N``.
+"""Where a plan compiles: a TPU slice's devices (compile-only, from libtpu) or N fake CPU
+devices, and the chip figures behind throughput, MFU and the fit check. A topology is
+``GEN:AxB[xC]`` (chips per axis), ``GEN-N`` (a Cloud TPU accelerator type) or ``cpu:N``.
 """
 
 from __future__ import annotations
