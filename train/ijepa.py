@@ -107,9 +107,13 @@ def decay_mask(params) -> nnx.State:
     return jax.tree_util.tree_map_with_path(lambda p, x: decays(path_keys(p), x.ndim), params)
 
 
+def split(model: IJEPA) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    return nnx.split(model, nnx.Param, ...)
+
+
 def fresh_state(config: IJEPAConfig) -> IJEPAState:
     """Step 0 (traceable): the official initialisation, the target a copy of the encoder."""
-    _, params, rest = nnx.split(build_model(config, config.seed), nnx.Param, ...)
+    _, params, rest = split(build_model(config, config.seed))
     zero = jnp.zeros((), jnp.int32)
     return IJEPAState(step=zero, frames_skipped=zero, params=params, target=jax.tree.map(jnp.copy, params["encoder"]),
                       rest=rest, opt_state=adam(config.optim).init(params))
@@ -281,7 +285,7 @@ def build_pretrainer(config: IJEPAConfig, mesh: jax.sharding.Mesh, wrap: Callabl
     before ``jit`` (tests count traces)."""
     model = nnx.eval_shape(lambda: IJEPA(config.model, config.predictor.width, config.predictor.depth,
                                          rngs=nnx.Rngs(0)))
-    graphdef = nnx.split(model, nnx.Param, ...)[0]
+    graphdef = split(model)[0]
     abstract = jax.eval_shape(lambda: fresh_state(config))
     shardings = mesh_lib.state_shardings(mesh, abstract)
     step = mesh_lib.jit_step(make_train_step(graphdef, config), mesh, shardings, wrap=wrap)
