@@ -23,8 +23,7 @@ ENCODER_FIELDS = ("patch_size", "in_channels", "width", "depth", "num_heads", "m
 
 @dataclass
 class StartWeights:
-    """Host arrays by state path within each network (`sonichu_jax.nn.vit.VisionTransformer`,
-    `sonichu_jax.nn.predictor.Predictor`), fixed tables included."""
+    """Host arrays by state path within each network, fixed tables included."""
 
     encoder: Arrays  # the context encoder
     target: Arrays  # the EMA target encoder
@@ -44,9 +43,8 @@ def mismatches(weights, config: IJEPAConfig, with_predictor: bool) -> list[str]:
 
 
 def load_start(config: IJEPAConfig) -> StartWeights:
-    """The step-0 weights of ``config.init`` (its ``path`` must be set). Raises
-    `ConfigError` for a checkpoint that does not fit the configured model, and the
-    converter's `InputError` / `ConversionError` for one it cannot read."""
+    """The step-0 weights of ``config.init`` (``path`` set); `ConfigError` for a checkpoint
+    that does not fit the configured model."""
     init = config.init
     # Attention heads are the one field shapes cannot tell: a checkpoint without a
     # config.json (the official one) takes the configured count.

@@ -33,8 +33,8 @@ def task_keypoints(cfg: ModelConfig, batch) -> jax.Array:
 
 
 def gaussian_heatmaps(keypoints: jax.Array, size: tuple[int, int], sigma: float) -> jax.Array:
-    """(B, K, 2) normalised xy -> (B, h, w, K) Gaussians of peak 1 and std ``sigma``
-    heatmap pixels, centred where the decoders read xy (pixel i's centre is (i + 0.5) / w)."""
+    """(B, K, 2) normalised xy -> (B, h, w, K) Gaussians of peak 1, std ``sigma`` pixels,
+    centred where the decoders read xy (pixel i's centre at (i + 0.5) / w)."""
     h, w = size
     cx = keypoints[..., 0] * w - 0.5
     cy = keypoints[..., 1] * h - 0.5
@@ -44,8 +44,7 @@ def gaussian_heatmaps(keypoints: jax.Array, size: tuple[int, int], sigma: float)
 
 
 def heatmap_mse(heatmaps: jax.Array, target: jax.Array, weight: jax.Array, task_k: jax.Array) -> jax.Array:
-    """mmpose's ``KeypointMSELoss`` with target weights: the squared error times the
-    keypoint's weight, averaged over B x K x h x w, K the task's keypoints (not the padding)."""
+    """mmpose's ``KeypointMSELoss`` with target weights, averaged over B x K x h x w (K: the task's)."""
     b, h, w, _ = heatmaps.shape
     sq = jnp.square(heatmaps - target) * weight[:, None, None, :]
     return sq.sum() / (b * h * w * task_k.astype(jnp.float32))

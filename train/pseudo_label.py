@@ -64,8 +64,7 @@ def select_pseudo_records(
 
 
 def _frames_for_task(records: Sequence[Record], task: str | None) -> list[Record]:
-    """The images to label: records without their labels, with ``task`` filled in for
-    records that have none (frame folders)."""
+    """The records without labels, ``task`` filled in where they have none (frame folders)."""
     out = []
     for r in records:
         name = r.task or task
@@ -85,10 +84,8 @@ def write_pseudo_labels(
     max_disagreement_px: float = math.inf,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
-    """Predict every record's task with flip TTA and write the pseudo-label manifest.
-
-    Returns counts: ``written`` and ``rejected`` (disagreement above the threshold).
-    """
+    """Predict every record with flip TTA and write the pseudo-label manifest; the counts
+    ``written`` and ``rejected`` (disagreement above the threshold)."""
     cfg = model.cfg
     frames = _frames_for_task(records, task)
     for r in frames:

@@ -27,9 +27,7 @@ def epoch_fields(config: Any) -> list[str]:
 
 
 def in_steps(config: Any, examples: int | None) -> Any:
-    """``config`` with its schedule in steps, for code that builds a run without its data
-    (an ahead-of-time plan): resolved from ``examples`` when given; a config whose
-    schedule is in epochs cannot do without them."""
+    """``config`` with its schedule in steps, without the data (a plan): epochs need ``examples``."""
     if examples is not None:
         return resolve_schedule(config, examples)[0]
     if epoch_fields(config):
@@ -39,8 +37,7 @@ def in_steps(config: Any, examples: int | None) -> Any:
 
 
 def resolve_schedule(config: Any, examples: int) -> tuple[Any, int]:
-    """(config with every epoch field turned into steps, steps per epoch). The epoch
-    fields stay as given, for the record; the result is checked again in steps."""
+    """(config with every epoch field's twin in steps, checked again; steps per epoch)."""
     per_epoch = steps_per_epoch(examples, config.data.batch_size)
     given = epoch_fields(config)
     for key in given:

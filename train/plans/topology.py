@@ -19,9 +19,8 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class Chip:
-    """One TPU generation. HBM size and bandwidth and peak bf16 matmul throughput per chip as published in
-    the Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p,
-    /v6e); ``cores`` TensorCores per chip (one JAX device per chip either way)."""
+    """One TPU generation's published per-chip figures (cloud.google.com/tpu/docs/v4, /v5e,
+    /v5p, /v6e); ``cores`` TensorCores per chip (one JAX device per chip either way)."""
 
     generation: str
     ndim: int  # torus dimensions of a slice
@@ -155,8 +154,7 @@ class NeedsFreshProcess(ConfigError):
 
 
 def cpu_devices(n: int) -> list:
-    """``n`` CPU devices. The count is fixed when JAX starts its backends, so it can only
-    be raised before the first JAX computation of the process."""
+    """``n`` CPU devices (the count can only be raised before JAX's first computation)."""
     import jax
 
     try:
