@@ -51,13 +51,9 @@ def _shapes(tree) -> list[tuple[int, ...]]:
 class Checkpointer:
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig):
         keep = [policies.LatestN(n=config.keep)]
-        if config.keep_best:
-            # BestN keeps the last n of an ascending sort; reverse=True puts the lowest MRE last.
-            keep.append(
-                policies.BestN(
-                    get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1, keep_checkpoints_without_metrics=False
-                )
-            )
+        if config.keep_best:  # BestN keeps the last n of an ascending sort: reverse puts the lowest MRE last
+            keep.append(policies.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1,
+                                       keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep),
             # best_fn only makes orbax write the metrics; the policy above decides what stays.

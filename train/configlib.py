@@ -32,8 +32,8 @@ class InitConfig:
     new_heads: str = "refuse"
 
     def __post_init__(self):
-        if self.kind not in ("scratch", "pretrained", "backbone"):
-            raise ConfigError(f"init.kind must be scratch, pretrained or backbone, got {self.kind!r}")
+        require(self.kind in ("scratch", "pretrained", "backbone"), "init.kind", self.kind,
+                "scratch, pretrained or backbone")
         require(self.new_heads in ("refuse", "fresh"), "init.new_heads", self.new_heads, "refuse or fresh")
 
 

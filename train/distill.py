@@ -21,7 +21,7 @@ from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.evaluation import ENSEMBLE_METHODS, combine
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
-from sonichu_jax.train.configlib import TeacherConfig, replace_path, with_absolute_path
+from sonichu_jax.train.configlib import TeacherConfig, replace_path, require, with_absolute_path
 from sonichu_jax.train.loop import RunResult, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.state import split_model
@@ -43,8 +43,7 @@ class DistillSettings:
     teachers: tuple[str, ...] = ()  # the teachers' directories; the run stores them absolute
 
     def __post_init__(self):
-        if self.reduce not in ENSEMBLE_METHODS:
-            raise ConfigError(f"distill.reduce must be one of {ENSEMBLE_METHODS}, got {self.reduce!r}")
+        require(self.reduce in ENSEMBLE_METHODS, "distill.reduce", self.reduce, f"one of {ENSEMBLE_METHODS}")
 
 
 @dataclass(frozen=True)

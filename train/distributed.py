@@ -44,11 +44,6 @@ def start(config: DistributedConfig) -> bool:
     return True
 
 
-def is_url(path: str) -> bool:
-    """``gs://bucket/run`` and the like: storage that orbax reaches by itself."""
-    return "://" in str(path)
-
-
 def banner(name: str, mesh: jax.sharding.Mesh, global_batch: int, steps: int, per_epoch: int | None) -> str:
     """One line: backend, device kind, devices, processes, mesh, batch, schedule."""
     processes, devices = jax.process_count(), jax.device_count()
@@ -62,7 +57,7 @@ def banner(name: str, mesh: jax.sharding.Mesh, global_batch: int, steps: int, pe
 def shared_storage_note(out_dir: str) -> str | None:
     """With several processes every host writes the checkpoints collectively, so the run
     directory must be one they all see; a local path may or may not be (a mount)."""
-    if jax.process_count() == 1 or is_url(out_dir):
+    if jax.process_count() == 1 or "://" in str(out_dir):  # gs:// and the like: shared
         return None
     return (f"note: {jax.process_count()} processes write to {out_dir}, a local path: it must be storage "
             f"every host shares (a network file system, or a gs:// path)")

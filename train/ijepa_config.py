@@ -21,7 +21,6 @@ from sonichu_jax.train.configlib import (
 
 LOSSES = ("smooth_l1", "l2")
 NETWORKS = ("encoder", "predictor", "target_encoder")  # the parts of an I-JEPA checkpoint
-MISSING_PREDICTOR = ("fresh", "error")
 
 
 @dataclass(frozen=True)
@@ -43,13 +42,11 @@ class PretrainDataConfig:
     max_bad_fraction: float = 0.01
 
     def __post_init__(self):
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
+        require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction, "in [0, 1]")
         lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ConfigError(f"data.crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+        require(0 < lo <= hi <= 1, "data.crop_scale", self.crop_scale, "(low, high) with 0 < low <= high <= 1")
+        require(0 < self.crop_ratio[0] <= self.crop_ratio[1], "data.crop_ratio", self.crop_ratio,
+                "(low, high) with 0 < low <= high")
 
 
 @dataclass(frozen=True)
@@ -66,8 +63,8 @@ class PretrainInitConfig:
         if unknown or not {"encoder", "target_encoder"} & set(self.parts):
             raise ConfigError(f"init.parts must name encoder and/or target_encoder, optionally predictor "
                               f"(of {', '.join(NETWORKS)}), got {self.parts!r}")
-        if self.missing_predictor not in MISSING_PREDICTOR:
-            raise ConfigError(f"init.missing_predictor must be fresh or error, got {self.missing_predictor!r}")
+        require(self.missing_predictor in ("fresh", "error"), "init.missing_predictor", self.missing_predictor,
+                "fresh or error")
 
 
 @dataclass(frozen=True)
@@ -89,12 +86,9 @@ class IJEPAOptimConfig:
     loss: str = "smooth_l1"  # the official code's loss (beta 1); "l2" as in the paper
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ConfigError(f"optim.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.schedule_scale < 1.0:
-            raise ConfigError(f"optim.schedule_scale must be >= 1, got {self.schedule_scale}")
-        if self.warmup_steps < 0:
-            raise ConfigError("optim.warmup_steps must be >= 0")
+        require(self.loss in LOSSES, "optim.loss", self.loss, f"one of {LOSSES}")
+        require(self.schedule_scale >= 1.0, "optim.schedule_scale", self.schedule_scale, ">= 1")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
 
 
 @dataclass(frozen=True)

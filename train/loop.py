@@ -62,7 +62,7 @@ class Stage:
         raise NotImplementedError
 
     def model_flops(self, program) -> float:
-        """Model FLOPs of one step over the global batch (`sonichu_jax.train.plans.flops`)."""
+        """Model FLOPs of one step over the global batch (`sonichu_jax.train.flops`)."""
         raise NotImplementedError
 
     def initial_state(self) -> Any:

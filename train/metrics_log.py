@@ -17,23 +17,17 @@ from sonichu_jax.evaluation import MREReport, format_table
 from sonichu_jax.fileio import atomic_path
 
 
-class MetricsBuffer:
-    def __init__(self):
-        self._steps: list[int] = []
-        self._metrics: list[dict] = []
+class MetricsBuffer(list):
+    """(step, device metrics) of the steps since the last `flush`."""
 
     def add(self, step: int, metrics: dict) -> None:
-        self._steps.append(step)
-        self._metrics.append(metrics)
-
-    def __len__(self) -> int:
-        return len(self._steps)
+        self.append((step, metrics))
 
     def flush(self) -> list[tuple[int, dict[str, float]]]:
-        """(step, {name: float}) for every buffered step, oldest first."""
-        fetched = jax.device_get(self._metrics)
-        rows = [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for s, m in zip(self._steps, fetched)]
-        self._steps, self._metrics = [], []
+        """(step, {name: float}) for every buffered step, oldest first: one fetch."""
+        fetched = jax.device_get([m for _, m in self])
+        rows = [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for (s, _), m in zip(self, fetched)]
+        self.clear()
         return rows
 
 
