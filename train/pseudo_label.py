@@ -38,13 +38,8 @@ def select_pseudo_records(
         raise InputError(f"pseudo-label set {pset.path}: unknown tasks {', '.join(unknown)}")
     if pset.weight < 0:
         raise InputError(f"pseudo-label set {pset.path}: weight must be >= 0, got {pset.weight}")
-    kept = [
-        dataclasses.replace(r, is_pseudo=True)
-        for r in records
-        if r.has_label
-        and (not pset.tasks or r.task in pset.tasks)
-        and _confidence(r) <= pset.max_disagreement_px
-    ]
+    kept = [dataclasses.replace(r, is_pseudo=True) for r in records
+            if r.has_label and (not pset.tasks or r.task in pset.tasks) and _confidence(r) <= pset.max_disagreement_px]
     caps = dict(pset.caps)
     by_task: dict[str, list[Record]] = {}
     for r in kept:
