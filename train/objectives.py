@@ -73,10 +73,7 @@ class HeatmapMSE(L1):
         self.sigma, self.cfg = loss.sigma, model
         self.l1_weight, self.heatmap_weight = l1_weight, heatmap_weight
 
-    def targets(self, batch, aux):
-        return None  # the Gaussians are drawn in `loss`, where the heatmap size is known
-
-    def loss(self, outputs, batch, targets):
+    def loss(self, outputs, batch, targets):  # the Gaussians drawn here, where the heatmap size is known
         hm = outputs["heatmaps"]
         gauss = jax.lax.stop_gradient(gaussian_heatmaps(batch["keypoints"], hm.shape[1:3], self.sigma))
         mse = heatmap_mse(hm, gauss, label_weight(batch), task_keypoints(self.cfg, batch))

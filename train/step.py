@@ -60,17 +60,14 @@ def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_
     trainable = optimizer.groups
     frozen = [g for g in (("backbone",),) if g not in trainable]
 
-    def features(model, images):
-        x = model.feature_map(images)
-        # A frozen backbone needs no backward pass; cut it so XLA drops it.
-        return jax.lax.stop_gradient(x) if freeze_backbone else x
-
     branches = head_branches(graphdef, cfg, head_outputs(cfg))
 
     def loss_fn(train_params, frozen_params, state: TrainState, batch, targets):
         params = _join(train_params, frozen_params, trainable, frozen)
         model = merge_model(graphdef, cfg, params, state.rest)
-        feats = features(model, batch["image"])
+        feats = model.feature_map(batch["image"])
+        if freeze_backbone:  # no backward pass through it: XLA drops it
+            feats = jax.lax.stop_gradient(feats)
         task_index = batch["task_id"][0]
         outputs, rest = jax.lax.switch(task_index, branches, params, state.rest, feats)
         if getattr(objective, "needs_features", False):
