@@ -51,7 +51,8 @@ def abstract_batch(cfg: ModelConfig, global_batch: int, mesh: jax.sharding.Mesh)
 
 @dataclass
 class Trainer:
-    """A supervised run's program on a mesh (abstract ``state``, ``batch``, ``aux`` with shardings)."""
+    """A supervised run's program on a mesh: abstract ``state`` and ``batch`` with shardings,
+    ``aux`` as given (placed arrays for a run, ShapeDtypeStructs for a plan)."""
 
     config: TeacherConfig
     mesh: jax.sharding.Mesh
@@ -59,7 +60,7 @@ class Trainer:
     optimizer: GroupedAdamW
     state: TrainState
     batch: dict
-    aux: tuple  # further step inputs, e.g. the frozen teachers of a distillation
+    aux: tuple  # further step inputs (a distillation's frozen teachers)
     step: Callable  # jitted ``step(state, batch, *aux) -> (state, metrics)``, state donated
 
     def lower(self):
@@ -107,7 +108,6 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
     fn = make_train_step(graphdef, cfg, optimizer, optim.freeze_backbone, objective)
     aux_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in aux)
     step = mesh_lib.jit_step(fn, mesh, shardings, aux_shardings, wrap)
-    aux = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(aux, aux_shardings))
     return Trainer(config, mesh, graphdef, optimizer, mesh_lib.abstract_with_shardings(abstract, shardings),
                    abstract_batch(cfg, config.data.batch_size, mesh), aux, step)
 
