@@ -81,9 +81,7 @@ def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
     first = models[0].cfg
     for path, model in zip(paths, models):
         if model.cfg.task_names != student.task_names:
-            raise ConfigError(
-                f"teacher {path} has tasks {model.cfg.task_names}, the student {student.task_names}"
-            )
+            raise ConfigError(f"teacher {path} has tasks {model.cfg.task_names}, the student {student.task_names}")
         if model.cfg != first:
             diff = [f.name for f in dataclasses.fields(ModelConfig) if getattr(model.cfg, f.name) != getattr(first, f.name)]
             raise ConfigError(f"teacher {path} differs from teacher {paths[0]} in: {', '.join(diff)}")
@@ -92,10 +90,9 @@ def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
 
 def stack_teachers(models: list[SonichuModel]):
     """(graphdef, params, rest) with every leaf stacked on a leading teacher axis, on the host."""
-    parts = []
     for model in models:
         model.eval()
-        parts.append(split_model(model))
+    parts = [split_model(model) for model in models]
     graphdef = parts[0][0]
     params = jax.tree.map(lambda *xs: np.stack(xs), *[p[1] for p in parts])
     rest = jax.tree.map(lambda *xs: np.stack(xs), *[p[2] for p in parts])

@@ -85,7 +85,7 @@ def memory_parts(program: StageProgram, stats) -> dict:
         "parameters": _shard_bytes(state.params),
         "optimiser": _shard_bytes(state.opt_state),
         "other_state": _shard_bytes(state) - _shard_bytes(state.params) - _shard_bytes(state.opt_state),
-        "teachers": _shard_bytes(program.teachers),
+        "teachers": _shard_bytes(program.run.aux),
         "batch": _shard_bytes(program.run.batch),
         "temporaries": int(stats.temp_size_in_bytes),
         "program": int(stats.generated_code_size_in_bytes),

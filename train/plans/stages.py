@@ -20,8 +20,8 @@ STAGES = (SupervisedStage, DistillStage, PretrainStage)
 @dataclass
 class StageProgram:
     stage: str  # the training command: pretrain, train-teacher or distill
-    run: Any  # what `abstract_run` returns: .step, .state, .batch, .aux, .config (schedule in steps), .lower()
-    teachers: tuple  # the abstract frozen step inputs (a distillation's stacked teachers), or ()
+    run: Any  # what `abstract_run` returns: .step, .state, .batch, .aux (a distillation's teachers),
+    # .config (schedule in steps), .lower()
     model_flops: float  # per step, whole global batch (see flops.py)
     examples: int | None  # the training set a schedule in epochs was counted over; None: in steps
     examples_assumed: bool  # ``examples`` is the card's training set (`Stage.card_examples`), not the user's
@@ -57,4 +57,4 @@ def stage_program(config, mesh, teachers: int = CARD_TEACHERS, examples: int | N
     examples = stage.card_examples if assumed else examples
     run = _abstract(stage, mesh, examples)
     counted = examples if epoch_fields(config) else None
-    return StageProgram(stage.name, run, run.aux, stage.model_flops(run), counted, assumed)
+    return StageProgram(stage.name, run, stage.model_flops(run), counted, assumed)
