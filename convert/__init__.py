@@ -1,10 +1,6 @@
-"""PyTorch checkpoint layouts <-> Flax state paths.
-
-numpy + safetensors only: nothing here imports JAX, Flax or torch (torch only when a
-``.pth`` file is opened), so conversion runs anywhere and is testable on its own. Flax
-parameters are addressed by '/'-joined state paths (``backbone/blocks/0/attn/qkv/kernel``).
-How checkpoints are found, read and checked is described in docs/checkpoints.md.
-"""
+"""PyTorch checkpoint layouts <-> Flax state paths (``backbone/blocks/0/attn/qkv/kernel``),
+with numpy only: no JAX, Flax or torch (torch only when a pickle is opened). How
+checkpoints are found, read and checked: docs/checkpoints.md."""
 
 from sonichu_jax.convert.files import (
     FLAX_WEIGHTS_NAME,
@@ -32,39 +28,3 @@ from sonichu_jax.convert.conversion_report import ConversionError, ConversionRep
 from sonichu_jax.convert.safetensors_io import SafetensorsSource, SafetensorsWriter, write_safetensors
 from sonichu_jax.convert.weight_files import ShardedSource, open_source
 from sonichu_jax.convert.torch_io import TorchSource
-
-__all__ = [
-    "FLAX_WEIGHTS_NAME",
-    "LAYOUTS",
-    "TORCH_WEIGHTS_NAME",
-    "Checkpoint",
-    "ConversionError",
-    "ConversionReport",
-    "IJepaWeights",
-    "Inferred",
-    "Layout",
-    "ModelPlan",
-    "Options",
-    "Plan",
-    "SafetensorsSource",
-    "SafetensorsWriter",
-    "ShardedSource",
-    "TorchSource",
-    "convert_tensors",
-    "detect_layout",
-    "export_tensors",
-    "infer_config",
-    "inspect_checkpoint",
-    "load_ijepa",
-    "open_checkpoint",
-    "open_source",
-    "plan_conversion",
-    "plan_model",
-    "read_model",
-    "resolve_weights",
-    "run_plan",
-    "state_defaults",
-    "strip_prefix",
-    "write_pytorch",
-    "write_safetensors",
-]

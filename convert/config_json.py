@@ -1,10 +1,7 @@
 """A checkpoint's ``config.json`` as we read it: our own keys (type-checked), the common
 Hugging Face architecture keys that mean the same (``hidden_size`` -> width, ...), a
-keypoint table under a recognisable key, and notes for everything else.
-
-The publisher's config.json is the one file we cannot expect to be ours, so nothing in it
-beyond a wrong value type is an error.
-"""
+keypoint table under a recognisable key, and notes for everything else: nothing in a
+publisher's config.json beyond a wrong value type is an error."""
 
 from __future__ import annotations
 

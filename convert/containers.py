@@ -1,11 +1,6 @@
-"""Finding the state dict inside the container a training script saved.
-
-Checkpoints are rarely a bare state dict: mmpose saves ``{"meta", "state_dict",
-"optimizer"}``, DeiT/MAE ``{"model", ...}``, Lightning ``{"state_dict", ...}``, timm
-``{"state_dict", "state_dict_ema", ...}``, DINO ``{"student", "teacher"}``, I-JEPA
-``{"encoder", "predictor", "target_encoder", "opt", "epoch", ...}``. The tree is searched
-here, without torch: anything with ``shape`` and ``detach`` counts as a tensor.
-"""
+"""Finding the state dict inside the container a training script saved (the search order:
+docs/checkpoints.md, "Containers"), without torch: anything with ``shape`` and
+``detach`` counts as a tensor."""
 
 from __future__ import annotations
 
@@ -37,10 +32,6 @@ def flatten(tree: Any, prefix: str = "", out: dict | None = None) -> dict:
     elif is_tensor(tree):
         out[prefix[:-1]] = tree
     return out
-
-
-def _holds_tensors(value: Any) -> bool:
-    return isinstance(value, Mapping) and any(is_tensor(v) for v in value.values())
 
 
 def _describe(tree: Mapping) -> str:
@@ -93,6 +84,6 @@ def select_state_dict(tree: Any, where: str, entry: str | None = None) -> Select
             inner = Selection(flatten(node), None)
         path = candidates[0] if inner.entry is None else f"{candidates[0]}.{inner.entry}"
         return Selection(inner.tensors, path, candidates[1:])
-    if _holds_tensors(tree):
+    if any(is_tensor(v) for v in tree.values()):  # a Mapping: checked first thing
         return Selection(flatten(tree), None)
     raise InputError(f"{where}: no state dict found among its entries: {_describe(tree)}; name the entry to use")

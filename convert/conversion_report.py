@@ -4,10 +4,11 @@ unexpected and missing tensors in one block, grouped by prefix with parameter co
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sonichu_jax.convert.summary import group_apart, human_count, numel, plural, tensor_tree
+from sonichu_jax.convert.summary import group_apart, human_count, plural, tensor_tree
 from sonichu_jax.errors import SonichuError
 
 
@@ -61,7 +62,7 @@ class ConversionReport:
     def unexpected_block(self) -> str:
         used = [name for m in self.mapped for name in m[0].split(" + ")] + [s[0] for s in self.skipped]
         groups = group_apart(self.unmapped_shapes, used)
-        total = sum(numel(s) for s in self.unmapped_shapes.values())
+        total = sum(math.prod(s) for s in self.unmapped_shapes.values())
         n = len(self.unmapped)
         head = (f"{plural(n, 'tensor')} of the checkpoint {'is' if n == 1 else 'are'} not used by the model "
                 f"({human_count(total)} parameters):")
@@ -73,7 +74,7 @@ class ConversionReport:
         groups = group_apart(shapes, filled, sep="/")
         n = len(self.unfilled)
         head = (f"{plural(n, 'model variable')} {'is' if n == 1 else 'are'} missing from the checkpoint "
-                f"({human_count(sum(numel(s) for s in shapes.values()))} parameters):")
+                f"({human_count(sum(math.prod(s) for s in shapes.values()))} parameters):")
         return "\n    ".join([head] + [g.describe() for g in groups])
 
     def new_heads_line(self) -> str:

@@ -1,12 +1,7 @@
 """Layouts (a named table of rules for one family of checkpoints) and the engine that
-applies them.
-
-Conversion runs in two passes. `plan_conversion` looks at names only: it matches every
-source tensor to a rule, an ignore or a refusal, groups the sources of multi-source
-rules, and lists what the model will lack. `run_plan` then reads the tensors of one
-target at a time, transforms them and hands each result to a sink (a dict, or a file
-writer), so peak memory is the sink plus one target's source tensors.
-"""
+applies them in two passes: `plan_conversion` matches names to rules without reading a
+tensor; `run_plan` reads, transforms and hands over one target at a time, so peak
+memory is the sink plus one target's source tensors."""
 
 from __future__ import annotations
 
@@ -43,10 +38,6 @@ class Options:
     encoder: str = "target_encoder"  # I-JEPA: which encoder becomes the backbone
 
 
-def _same(name: str) -> str:
-    return name
-
-
 @dataclass(frozen=True)
 class Layout:
     name: str
@@ -57,7 +48,7 @@ class Layout:
     # as not provided (a backbone-only checkpoint) instead of as errors. None: all.
     provides: tuple[str, ...] | None = None
     # Applied to each prefix-stripped name before matching (e.g. I-JEPA's inner "module.").
-    canonical: Callable[[str], str] = _same
+    canonical: Callable[[str], str] = lambda name: name  # noqa: E731
     # Tensors PyTorch needs that Flax does not hold (BatchNorm counters), added on export.
     export_extras: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     # (tensors, hints, task name, options) -> `infer.Inferred`: the model config a file holds.
@@ -111,14 +102,6 @@ class Plan:
         return [p for p in self.expected if p in filled]
 
 
-def _first_match(rules: list[Rule], name: str):
-    for rule in rules:
-        match = rule.match_source(name)
-        if match is not None:
-            return rule, match
-    return None
-
-
 def plan_conversion(
     source: TensorSource,
     layout: Layout,
@@ -149,7 +132,7 @@ def plan_conversion(
         if refusal is not None:
             report.refused.append((full_name, refusal.reason))
             continue
-        found = _first_match(rules, name)
+        found = next(((rule, m) for rule in rules if (m := rule.match_source(name)) is not None), None)
         if found is None:
             ignore = next((ig for ig in ignores if ig.matches(name)), None)
             if ignore is not None:
@@ -223,21 +206,10 @@ def run_plan(plan: Plan, source: TensorSource, sink: Callable[[str, np.ndarray],
     return report
 
 
-def convert_tensors(
-    source: TensorSource,
-    layout: Layout,
-    cfg: ModelConfig,
-    expected: Shapes,
-    defaults: Defaults | None = None,
-    *,
-    options: Options | None = None,
-    only: tuple[str, ...] | None = None,
-) -> tuple[dict[str, np.ndarray], ConversionReport]:
-    """Map every source tensor to a Flax path, reading one tensor at a time, into memory.
-
-    Returns the filled arrays and a report; callers decide what to do when not ``report.ok``.
-    """
-    plan = plan_conversion(source, layout, cfg, expected, defaults, options=options, only=only)
+def convert_tensors(source: TensorSource, *args, **kwargs) -> tuple[dict[str, np.ndarray], ConversionReport]:
+    """`plan_conversion` (the same arguments), then `run_plan` into memory, one tensor read
+    at a time: the filled arrays and the report (callers decide what to do unless ``ok``)."""
+    plan = plan_conversion(source, *args, **kwargs)
     out: dict[str, np.ndarray] = {}
     run_plan(plan, source, out.__setitem__)
     return out, plan.report

@@ -3,42 +3,24 @@ name, its ``config.json``, the container entry and the rename rules."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from sonichu_jax.config import CONFIG_NAME
+from sonichu_jax.config import CONFIG_NAME, PREPROCESSOR_CONFIG_NAME
 from sonichu_jax.convert.rename import RenamedSource, RuleSpec
 from sonichu_jax.convert.weight_files import INDEX_SUFFIX, open_source
-from sonichu_jax.errors import ConfigError, InputError
+from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import read_json
 
 FLAX_WEIGHTS_NAME = "flax_model.safetensors"
 TORCH_WEIGHTS_NAME = "model.safetensors"
-PREPROCESSOR_NAME = "preprocessor_config.json"
 # What a checkpoint directory may hold, most preferred first: our own Flax file, then the
 # Hugging Face names (a single safetensors file, sharded safetensors, a torch pickle).
 WEIGHT_NAMES = (FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_NAME + INDEX_SUFFIX,
                 "pytorch_model.bin", "pytorch_model.bin" + INDEX_SUFFIX)
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-
-
-def read_config(directory: str | None) -> dict:
-    """The ``config.json`` in ``directory`` as a dict, {} when there is none."""
-    if directory is None:
-        return {}
-    path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object, got a {type(data).__name__}")
-    return data
 
 
 def resolve_weights(path: str | os.PathLike) -> tuple[str | None, str]:
@@ -83,16 +65,14 @@ def hub_directory(name: str) -> str:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"{name} not found locally, and the Hugging Face Hub gave no {filename}: {first}") from None
 
-    for optional in (CONFIG_NAME, PREPROCESSOR_NAME):
+    for optional in (CONFIG_NAME, PREPROCESSOR_CONFIG_NAME):
         fetch(optional)
     for weights in WEIGHT_NAMES:
         local = fetch(weights)
         if local is None:
             continue
         if weights.endswith(INDEX_SUFFIX):
-            with open(local) as fh:
-                shards = sorted(set(json.load(fh).get("weight_map", {}).values()))
-            for shard in shards:
+            for shard in sorted(set(read_json(local).get("weight_map", {}).values())):
                 if fetch(shard) is None:
                     raise InputError(f"Hub repository {name}: {weights} names {shard}, which is missing")
         return os.path.dirname(local)
@@ -151,4 +131,6 @@ def open_checkpoint(path: str | os.PathLike, *, rename: Sequence[RuleSpec] | Non
         context.append(f"rename rules renamed {len(source.renamed)} tensors"
                        + "".join(f"; e.g. {old} -> {new}" for old, new in source.renamed[:1]))
         context += [f"rename rule {p!r} matched no tensor" for p in source.unused_rules]
-    return Checkpoint(path, weights, directory, source, read_config(directory), context)
+    config = os.path.join(directory, CONFIG_NAME) if directory else None  # the config.json beside the weights
+    data = read_json(config) if config and os.path.isfile(config) else {}
+    return Checkpoint(path, weights, directory, source, data, context)

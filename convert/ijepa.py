@@ -1,15 +1,8 @@
-"""An I-JEPA checkpoint as the three networks I-JEPA training continues from: context
-encoder, predictor and EMA target encoder, as Flax arrays.
-
-Reads the official training checkpoint (``jepa-latest.pth.tar``: ``encoder``,
-``predictor``, ``target_encoder`` under DDP's ``module.``, beside ``opt``, ``epoch``, ...)
-or a directory written by ``convert`` (one encoder, optionally the predictor). For
-another input size the fixed sin-cos tables are recomputed and learned tables resized.
-"""
+"""An I-JEPA checkpoint as the three networks I-JEPA training continues from (context
+encoder, predictor, EMA target encoder) as Flax arrays: docs/checkpoints.md, "I-JEPA"."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -28,6 +21,7 @@ from sonichu_jax.convert.safetensors_io import SafetensorsSource
 from sonichu_jax.convert.shapes import encoder_shapes, predictor_shapes
 from sonichu_jax.convert.transforms import CLASS_SLOT_OPTIONAL, position_table
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import read_json
 
 # The I-JEPA predictor beside a converted encoder.
 PREDICTOR_WEIGHTS = "flax_predictor.safetensors"
@@ -38,12 +32,9 @@ Arrays = dict[str, np.ndarray]
 
 @dataclass
 class IJepaWeights:
-    """The parts of an I-JEPA checkpoint. Each dict maps the nnx state paths *within* its
-    module to arrays: ``encoder`` and ``target_encoder`` those of
-    `sonichu_jax.nn.vit.VisionTransformer` (``patch_embed/proj/kernel``,
-    ``blocks/0/attn/qkv/kernel``, ``pos_embed``, ...), ``predictor`` those of
-    `sonichu_jax.nn.predictor.Predictor` (``embed/kernel``, ``mask_token``, ...), or None
-    when the checkpoint has no predictor. Every variable is there, fixed tables included."""
+    """The parts of an I-JEPA checkpoint, each by the nnx state paths *within* its module
+    (`nn.vit.VisionTransformer`, `nn.predictor.Predictor`; ``predictor`` None when the
+    checkpoint has none), every variable there, fixed tables included."""
 
     cfg: ModelConfig  # the encoder's architecture, at the requested input size
     encoder: Arrays
@@ -113,8 +104,7 @@ def _converted(ckpt: Checkpoint, image_size) -> IJepaWeights:
     predictor, width, depth = None, None, None
     folder = ckpt.directory or os.path.dirname(ckpt.weights)
     if os.path.isfile(os.path.join(folder, PREDICTOR_WEIGHTS)):
-        with open(os.path.join(folder, PREDICTOR_CONFIG)) as fh:
-            dims = json.load(fh)
+        dims = read_json(os.path.join(folder, PREDICTOR_CONFIG))
         width, depth = int(dims["width"]), int(dims["depth"])
         source = SafetensorsSource(os.path.join(folder, PREDICTOR_WEIGHTS))
         predictor = {k[len("predictor/") :]: source.get(k) for k in source.keys()}
@@ -133,17 +123,10 @@ def _converted(ckpt: Checkpoint, image_size) -> IJepaWeights:
 
 def load_ijepa(path: str | os.PathLike, *, image_size: tuple[int, int] | None = None, num_heads: int | None = None,
                rename: Sequence[RuleSpec] | None = None) -> IJepaWeights:
-    """Context encoder, target encoder and predictor of an I-JEPA checkpoint, to continue
-    pretraining from it.
-
-    ``path``: the official training checkpoint (``.pth.tar``; its ``encoder``,
-    ``predictor`` and ``target_encoder`` entries), a safetensors file with those names, or
-    a directory written by ``convert`` (this project's Flax layout; its one encoder starts
-    both encoders). ``image_size``: the input size to continue at; for another token grid
-    the fixed sin-cos tables (the encoder's, if fixed, and the predictor's) are recomputed
-    and a learned table is resized bicubically, each with a note. ``num_heads``: the
-    attention heads, which shapes cannot tell (default: config.json, else width // 64).
-    Raises InputError / ConversionError naming what does not fit."""
+    """Context encoder, target encoder and predictor of the official training checkpoint
+    (or a safetensors file with its names) or of a directory written by ``convert``, at
+    ``image_size`` (tables recomputed or resized, each with a note). ``num_heads``: what
+    shapes cannot tell (default: config.json, else width // 64)."""
     ckpt = open_checkpoint(path, rename=rename)
     layout = detect_layout(ckpt.source)
     if layout.name == "ijepa":

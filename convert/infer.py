@@ -166,15 +166,16 @@ def _config(fields: dict, tasks: tuple[TaskSpec, ...], image_grid, notes: list[s
     return ModelConfig(tasks=tasks, **fields)
 
 
-_FUSED_BLOCK = dict(fc1="mlp.fc1.weight", qkv_bias="attn.qkv.bias")
+def fused_backbone(t: Tensors, prefix: str, class_slot: bool | None, hints: Mapping, notes: list[str]):
+    """`infer_backbone` of a timm / I-JEPA / mmpose-named ViT (fused qkv) under ``prefix``."""
+    return infer_backbone(t, patch=f"{prefix}patch_embed.proj.weight", pos=f"{prefix}pos_embed",
+                          block=f"{prefix}blocks.{{i}}.", fc1="mlp.fc1.weight", qkv_bias="attn.qkv.bias",
+                          class_slot=class_slot, hints=hints, notes=notes)
 
 
 def infer_sonichu(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
     notes: list[str] = []
-    fields, grid = infer_backbone(
-        t, patch="backbone.patch_embed.proj.weight", pos="backbone.pos_embed", block="backbone.blocks.{i}.",
-        class_slot=None, hints=hints, notes=notes, **_FUSED_BLOCK,
-    )
+    fields, grid = fused_backbone(t, "backbone.", None, hints, notes)
     tasks = card_order(n.split(".")[1] for n in t.shapes if re.match(r"heads\.[^.]+\.final_layer\.weight\Z", n))
     shared = any(n.startswith("head_trunk.") for n in t.shapes)
     head = {}
@@ -192,10 +193,7 @@ def infer_sonichu(t: Tensors, hints: Mapping, task_name: str, options: Options) 
 def infer_vitpose(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
     notes: list[str] = []
     _eps_note(hints, notes, "1e-6", "the official ViTPose value")
-    fields, grid = infer_backbone(
-        t, patch="backbone.patch_embed.proj.weight", pos="backbone.pos_embed", block="backbone.blocks.{i}.",
-        class_slot=True, hints=hints, notes=notes, **_FUSED_BLOCK,
-    )
+    fields, grid = fused_backbone(t, "backbone.", True, hints, notes)
     head = infer_mmpose_head(t, "keypoint_head")
     tasks = (TaskSpec(task_name, head["num_keypoints"]),)
     return Inferred(_config({**fields, **head}, tasks, grid, notes, patch_padding=2), grid, notes)
@@ -258,10 +256,7 @@ def _backbone_only_config(fields: dict, grid, hints: Mapping, notes: list[str], 
 
 def infer_timm(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
     notes: list[str] = []
-    fields, grid = infer_backbone(
-        t, patch="patch_embed.proj.weight", pos="pos_embed", block="blocks.{i}.",
-        class_slot="cls_token" in t.shapes and "no_embed_class" not in hints, hints=hints, notes=notes, **_FUSED_BLOCK,
-    )
+    fields, grid = fused_backbone(t, "", "cls_token" in t.shapes and "no_embed_class" not in hints, hints, notes)
     if fields["pos_embed"] == "learned_cls_folded":
         fields["pos_embed"] = "learned"  # timm's slot belongs to its class token, which we drop
     return Inferred(_backbone_only_config(fields, grid, hints, notes), grid, notes)
@@ -269,11 +264,7 @@ def infer_timm(t: Tensors, hints: Mapping, task_name: str, options: Options) -> 
 
 def infer_ijepa(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
     notes: list[str] = []
-    encoder = options.encoder
-    fields, grid = infer_backbone(
-        t, patch=f"{encoder}.patch_embed.proj.weight", pos=f"{encoder}.pos_embed", block=f"{encoder}.blocks.{{i}}.",
-        class_slot=False, hints=hints, notes=notes, **_FUSED_BLOCK,
-    )
+    fields, grid = fused_backbone(t, f"{options.encoder}.", False, hints, notes)
     cfg = _backbone_only_config(fields, grid, hints, notes)
     predictor = None
     if "predictor.predictor_embed.weight" in t.shapes:
@@ -325,15 +316,11 @@ def infer_config(
     hints["fallback_image_size"] = overrides.get("image_size")
     inferred = layout.infer(tensor_view(source, layout, read_values), hints, task_name, options)
     notes = list(parsed.notes) + inferred.notes
-    notes.insert(0, "architecture inferred from tensor shapes" + (
-        "" if config else " (no config.json)") + _settled(parsed))
+    settled = sorted(parsed.fields) + ([parsed.tasks_key] if parsed.tasks else [])
+    notes.insert(0, "architecture inferred from tensor shapes" + ("" if config else " (no config.json)")
+                 + (f"; from config.json: {', '.join(settled)}" if settled else ""))
     cfg = _reconcile(inferred.cfg, parsed, layout, notes)
     return _override(Inferred(cfg, inferred.source_grid, notes, inferred.predictor), overrides)
-
-
-def _settled(parsed: ConfigJson) -> str:
-    keys = sorted(parsed.fields) + ([parsed.tasks_key] if parsed.tasks else [])
-    return f"; from config.json: {', '.join(keys)}" if keys else ""
 
 
 def _from_fields(parsed: ConfigJson, layout: Layout) -> Inferred:

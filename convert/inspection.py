@@ -12,12 +12,8 @@ from sonichu_jax.convert.files import open_checkpoint
 from sonichu_jax.convert.engine import strip_prefix
 from sonichu_jax.convert.loading import plan_model
 from sonichu_jax.convert.rename import RuleSpec
-from sonichu_jax.convert.summary import group_apart, human_count, plural, tensor_tree, top_level
+from sonichu_jax.convert.summary import Group, group_apart, human_count, plural, tensor_tree, top_level
 from sonichu_jax.errors import SonichuError
-
-
-def _dtype(source, name: str) -> str:
-    return source.dtype(name) if hasattr(source, "dtype") else ""
 
 
 def inspect_checkpoint(path: str | os.PathLike, *, layout: str | None = None, rename: Sequence[RuleSpec] | None = None,
@@ -29,7 +25,7 @@ def inspect_checkpoint(path: str | os.PathLike, *, layout: str | None = None, re
     source = ckpt.source
     names = list(source.keys())
     shapes = {n: tuple(source.shape(n)) for n in names}
-    dtypes = {n: _dtype(source, n) for n in names}
+    dtypes = {n: source.dtype(n) for n in names}
     info: dict[str, Any] = {
         "path": os.fspath(path),
         "weights": ckpt.weights,
@@ -60,16 +56,13 @@ def inspect_checkpoint(path: str | os.PathLike, *, layout: str | None = None, re
             "new_variables": len(report.expected) - len(report.mapped) - len(report.defaulted) - len(report.unfilled)
             - len(report.mismatched),
             "model_variables": len(report.expected),
-            "ignored": _by_reason(report.ignored),
+            "ignored": [{"reason": r, "tensors": n} for r, n in Counter(r for _, r in report.ignored).items()],
             "skipped": [vars(g) for g in group_apart({s: shapes.get(s, ()) for s, _ in report.skipped}, mapped_sources)],
             "not_used": [vars(g) for g in group_apart(report.unmapped_shapes, mapped_sources)],
             "missing": [vars(g) for g in group_apart({p: report.expected[p] for p in report.unfilled},
                                                        [m[1] for m in report.mapped], sep="/")],
             "new_heads": list(report.new_heads),
-            "refused": [{"source": s, "reason": r} for s, r in report.refused],
-            "mismatched": [{"source": s, "target": t, "shape": list(g), "expected": list(e)}
-                           for s, t, g, e in report.mismatched],
-            "notes": [{"source": s, "note": n} for s, n in report.notes],
+            **{key: report.to_dict()[key] for key in ("refused", "mismatched", "notes")},
         },
         loads=not report.errors(),
         loads_strict=not report.errors(strict=True),
@@ -78,20 +71,13 @@ def inspect_checkpoint(path: str | os.PathLike, *, layout: str | None = None, re
     return info
 
 
-def _by_reason(ignored: list[tuple[str, str]]) -> list[dict]:
-    reasons: dict[str, int] = {}
-    for _, reason in ignored:
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return [{"reason": r, "tensors": n} for r, n in reasons.items()]
-
-
 def _groups(title: str, groups: list[dict]) -> list[str]:
     if not groups:
         return []
     total = sum(g["params"] for g in groups)
     n = sum(g["tensors"] for g in groups)
     return [f"  {title}: {plural(n, 'tensor')}, {human_count(total)} parameters"] + [
-        f"    {g['key']}: {human_count(g['params'])} parameters, {plural(g['tensors'], 'tensor')}" for g in groups]
+        f"    {Group(**g).describe()}" for g in groups]
 
 
 def format_inspection(info: dict[str, Any]) -> str:

@@ -1,10 +1,6 @@
-"""The checkpoint layouts this project reads and writes, and their detection.
-
-Each layout is a table: rules (source names <-> Flax paths, with a transform), ignores
-(tensors the model does not need, and why) and refusals (variants it cannot represent).
-Tables are built per model config, because head names depend on the task table and the
-position-table transform on the grids.
-"""
+"""The checkpoint layouts this project reads and writes, and their detection. Each layout's
+table (rules, ignores, refusals: `convert.rules`) is built per model config: head names
+depend on the task table, the position-table transform on the grids."""
 
 from __future__ import annotations
 
@@ -58,15 +54,18 @@ def table_rule(src: str, dst: str, cfg: ModelConfig, options: Options, class_slo
     return Rule(src, dst, position_table(cfg.grid, options.source_grid, class_slot, fixed_sincos=fixed))
 
 
+def block_rules(block: str, fblock: str, norm1="norm1", proj="attn.proj", norm2="norm2") -> list[Rule]:
+    """Our ViT block under ``fblock`` from PyTorch names under ``block``, all but q/k/v."""
+    rules = expand(f"{block}.{norm1}", f"{fblock}/norm1", _NORM_PARAMS)
+    rules += expand(f"{block}.{proj}", f"{fblock}/attn/proj", _DENSE_PARAMS)
+    rules += expand(f"{block}.{norm2}", f"{fblock}/norm2", _NORM_PARAMS)
+    rules += expand(f"{block}.mlp.fc1", f"{fblock}/mlp/fc1", _DENSE_PARAMS)
+    return rules + expand(f"{block}.mlp.fc2", f"{fblock}/mlp/fc2", _DENSE_PARAMS)
+
+
 def fused_qkv_block_rules(block: str, fblock: str) -> list[Rule]:
     """Our fused-qkv ViT block under ``fblock`` from timm / I-JEPA / mmpose names under ``block``."""
-    rules = expand(f"{block}.norm1", f"{fblock}/norm1", _NORM_PARAMS)
-    rules += expand(f"{block}.attn.qkv", f"{fblock}/attn/qkv", _DENSE_PARAMS)
-    rules += expand(f"{block}.attn.proj", f"{fblock}/attn/proj", _DENSE_PARAMS)
-    rules += expand(f"{block}.norm2", f"{fblock}/norm2", _NORM_PARAMS)
-    rules += expand(f"{block}.mlp.fc1", f"{fblock}/mlp/fc1", _DENSE_PARAMS)
-    rules += expand(f"{block}.mlp.fc2", f"{fblock}/mlp/fc2", _DENSE_PARAMS)
-    return rules
+    return block_rules(block, fblock) + expand(f"{block}.attn.qkv", f"{fblock}/attn/qkv", _DENSE_PARAMS)
 
 
 def vit_backbone_rules(
@@ -90,11 +89,6 @@ def deconv_trunk_rules(src: str, dst: str, num_deconv: int) -> list[Rule]:
         rules.append(Rule(f"{src}.{3 * j}.weight", f"{dst}/deconvs/{j}/kernel", DECONV))
         rules += expand(f"{src}.{3 * j + 1}", f"{dst}/norms/{j}", _BN_PARAMS)
     return rules
-
-
-def single_task(cfg: ModelConfig) -> str:
-    """The task whose head a one-head layout (ViTPose, transformers) holds: the first."""
-    return cfg.tasks[0].name
 
 
 def bn_counters(exported: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -140,7 +134,7 @@ FLAX = Layout(
 
 # -- vitpose: official mmpose ViTPose files -----------------------------------------------
 def vitpose_table(cfg: ModelConfig, options: Options) -> list:
-    task = single_task(cfg)
+    task = cfg.tasks[0].name  # a one-head layout holds the first task's head
     rules = vit_backbone_rules("backbone", "backbone", ("last_norm", "norm"), cfg, options, CLASS_SLOT_ALWAYS)
     trunk = "trunk" if cfg.head_sharing == "shared_trunk" else f"heads/{task}/trunk"
     if cfg.head_kind == "classic":
@@ -167,19 +161,15 @@ VITPOSE = Layout(
 
 # -- hf-vitpose: transformers VitPoseForPoseEstimation --------------------------------------
 def hf_vitpose_table(cfg: ModelConfig, options: Options) -> list:
-    task = single_task(cfg)
+    task = cfg.tasks[0].name  # a one-head layout holds the first task's head
     emb = "backbone.embeddings"
     rules = expand(f"{emb}.patch_embeddings.projection", "backbone/patch_embed/proj", _CONV_PARAMS)
     rules.append(table_rule(f"{emb}.position_embeddings", "backbone/pos_embed", cfg, options, CLASS_SLOT_ALWAYS))
     layer, block = "backbone.encoder.layer.{i}", "backbone/blocks/{i}"
     attn = f"{layer}.attention.attention"
-    rules += expand(f"{layer}.layernorm_before", f"{block}/norm1", _NORM_PARAMS)
+    rules += block_rules(layer, block, "layernorm_before", "attention.output.dense", "layernorm_after")
     rules.append(Rule(tuple(f"{attn}.{p}.weight" for p in ("query", "key", "value")), f"{block}/attn/qkv/kernel", FUSED_QKV_LINEAR))
     rules.append(Rule(tuple(f"{attn}.{p}.bias" for p in ("query", "key", "value")), f"{block}/attn/qkv/bias", FUSED_QKV_BIAS))
-    rules += expand(f"{layer}.attention.output.dense", f"{block}/attn/proj", _DENSE_PARAMS)
-    rules += expand(f"{layer}.layernorm_after", f"{block}/norm2", _NORM_PARAMS)
-    rules += expand(f"{layer}.mlp.fc1", f"{block}/mlp/fc1", _DENSE_PARAMS)
-    rules += expand(f"{layer}.mlp.fc2", f"{block}/mlp/fc2", _DENSE_PARAMS)
     rules += expand("backbone.layernorm", "backbone/norm", _NORM_PARAMS)
     if cfg.head_kind == "classic":
         trunk = "trunk" if cfg.head_sharing == "shared_trunk" else f"heads/{task}/trunk"

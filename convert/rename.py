@@ -1,12 +1,6 @@
-"""Rename rules: regular-expression substitutions applied to a checkpoint's tensor names
-before its layout is detected, so a checkpoint with a naming we have never seen can be
-adapted without editing any code (``decoders\\.(\\w+)\\.up\\.0`` -> ``heads.\\1.deconv_layers.0``).
-
-A rule is ``(pattern, replacement)`` with Python `re.sub` semantics, or the text
-``PATTERN=REPLACEMENT`` (split at the last ``=``: tensor names never contain one, patterns
-may). Rules apply in order, each to the result of the previous one, within a time bound:
-a pattern such as ``(a+)+$`` backtracks for ever on a name it nearly matches.
-"""
+"""Rename rules: `re.sub` rules (``(pattern, replacement)`` or ``PATTERN=REPLACEMENT``, split
+at the last ``=``) applied in order to a checkpoint's tensor names before its layout is
+detected, each within a time bound (docs/checkpoints.md, "Rename rules")."""
 
 from __future__ import annotations
 

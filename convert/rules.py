@@ -1,12 +1,7 @@
-"""Declarative table entries of a layout: name rules, ignores and refusals.
-
-A `Rule` pairs PyTorch tensor name patterns with one Flax state path pattern. Patterns
-use placeholders: ``{i}`` matches a decimal index, ``{task}`` a task name (no dots or
-slashes), ``{path}`` a whole Flax path (for checkpoints already in Flax layout). The same
-rule maps source names to a Flax path and, for export, a Flax path back to the source
-names, with the tensor transform and its inverse. A rule with several source patterns
-(separate q, k, v) combines their tensors; every pattern must use the same placeholders.
-"""
+"""Declarative table entries of a layout: name rules, ignores and refusals. A `Rule` pairs
+PyTorch name patterns (several: their tensors are combined, as separate q, k, v) with one
+Flax path pattern, both ways, with placeholders ``{i}`` (an index), ``{task}`` (a task
+name) and ``{path}`` (a whole Flax path, for checkpoints already in Flax layout)."""
 
 from __future__ import annotations
 
@@ -62,9 +57,7 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class Ignore:
-    """Source tensors that carry nothing the Flax model needs, and why."""
-
+class _Pattern:
     pattern: str  # regular expression searched in the (prefix-stripped) source name
     reason: str
 
@@ -72,13 +65,10 @@ class Ignore:
         return re.search(self.pattern, name) is not None
 
 
-@dataclass(frozen=True)
-class Refuse:
+class Ignore(_Pattern):
+    """Source tensors that carry nothing the Flax model needs, and why."""
+
+
+class Refuse(_Pattern):
     """Source tensors of a variant this project cannot represent (e.g. ViTPose+ experts):
     the conversion fails, naming each such tensor and the reason."""
-
-    pattern: str
-    reason: str
-
-    def matches(self, name: str) -> bool:
-        return re.search(self.pattern, name) is not None

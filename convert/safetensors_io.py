@@ -1,11 +1,6 @@
-"""Streaming safetensors reading and writing with numpy only (no torch, no JAX).
-
-The format is an 8-byte little-endian header length, a JSON header naming every tensor's
-dtype, shape and byte range, then the raw bytes. We read tensors with positioned reads
-instead of the `safetensors` package's memory map: mapped pages of a 500 MB checkpoint
-stay resident and count towards peak memory, which the converter keeps near one copy.
-Files written here load with `safetensors.safe_open` and `safetensors.torch.load_file`.
-"""
+"""Streaming safetensors reading and writing with numpy only (no torch, no JAX): positioned
+reads, not the `safetensors` package's memory map, whose resident pages would count
+towards the converter's peak memory (docs/checkpoints.md, "Where the weights are")."""
 
 from __future__ import annotations
 
@@ -145,11 +140,8 @@ class SafetensorsSource:
 
 class SafetensorsWriter:
     """Writes a safetensors file whose tensor names, shapes and dtypes are known up front,
-    one tensor at a time in any order, so a converter never holds the whole output.
-
-    Use as a context manager over a path from `atomic_path`; every declared tensor must be
-    written before the file is complete.
-    """
+    one tensor at a time in any order (a converter never holds the whole output); every
+    declared tensor must be written before the file is complete."""
 
     def __init__(self, path: str, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]], metadata=None):
         header: dict = {"__metadata__": dict(metadata)} if metadata else {}

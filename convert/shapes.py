@@ -1,10 +1,6 @@
 """Every variable of a Sonichu model (and of an I-JEPA predictor) by Flax state path, with
-its shape, computed from the config alone.
-
-The converter needs the target shapes to plan a conversion; computing them here keeps it
-free of JAX (``convert``, ``inspect`` and headers-only checks never start a backend). A
-test checks that these shapes equal those of the Flax modules for every config kind.
-"""
+its shape, from the config alone: the converter plans without starting a JAX backend (a
+test checks these against the Flax modules for every config kind)."""
 
 from __future__ import annotations
 

@@ -12,10 +12,6 @@ from typing import Iterable, Mapping
 _NUMBER = re.compile(r"\d+\Z")
 
 
-def numel(shape: Iterable[int]) -> int:
-    return math.prod(shape)
-
-
 def human_count(n: int) -> str:
     """4194304 -> '4.2 M', 786432 -> '786.4 K', 12 -> '12'."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -103,7 +99,7 @@ def tensor_tree(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str]
     groups = _collapse_numbers(shapes, sep, lambda n: (tuple(shapes[n]), dtypes.get(n, "")))
     lines = [
         Line(_pattern(names, sep), tuple(shapes[names[0]]), dtypes.get(names[0], ""), len(names),
-             sum(numel(shapes[n]) for n in names))
+             sum(math.prod(shapes[n]) for n in names))
         for names in groups.values()
     ]
     return sorted(_merge_one_component(lines, sep), key=lambda line: _natural(line.pattern))
@@ -140,7 +136,7 @@ def group_apart(names: Mapping[str, tuple[int, ...]], others: Iterable[str], sep
     groups = []
     for members in _collapse_numbers(by_key, sep).values():
         tensors = [n for key in members for n in by_key[key]]
-        groups.append(Group(_pattern(members, sep), len(tensors), sum(numel(names[n]) for n in tensors)))
+        groups.append(Group(_pattern(members, sep), len(tensors), sum(math.prod(names[n]) for n in tensors)))
     return sorted(groups, key=lambda g: _natural(g.key))
 
 
@@ -150,5 +146,5 @@ def top_level(names: Mapping[str, tuple[int, ...]], sep: str = ".") -> list[Grou
     for name in names:
         first, _, rest = name.partition(sep)
         by_first.setdefault(first + (f"{sep}*" if rest else ""), []).append(name)
-    return [Group(key, len(members), sum(numel(names[n]) for n in members))
+    return [Group(key, len(members), sum(math.prod(names[n]) for n in members))
             for key, members in sorted(by_first.items(), key=lambda kv: _natural(kv[0]))]

@@ -1,13 +1,6 @@
-"""Reading PyTorch pickles (``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.pth.tar``).
-
-torch is optional: it is imported only when such a file is opened, and the converter
-never needs it for safetensors. Files are always unpickled with ``weights_only=True``,
-which refuses any pickled object that could run code. numpy arrays and
-``argparse.Namespace`` objects, which training scripts often keep beside the weights
-(mmpose's dataset metadata, saved command-line arguments), are read as inert placeholders
-instead: the named class is never looked up, let alone called. Legacy (non-zip) files,
-whose objects cannot be listed before unpickling, must hold tensors only.
-"""
+"""Reading PyTorch pickles (``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.pth.tar``) with
+``weights_only=True``; torch is imported only when one is opened. Which pickled objects
+are refused and which are read as inert placeholders: docs/checkpoints.md, "Containers"."""
 
 from __future__ import annotations
 

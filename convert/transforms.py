@@ -1,11 +1,6 @@
-"""Tensor transforms between PyTorch and Flax layouts, each with its exact inverse.
-
-A forward transform receives the source arrays of one rule (one for most, three for a
-fused q/k/v) and the shape the Flax model expects, and returns the array plus an optional
-note for the report (e.g. "class slot folded"). The inverse, used for export, returns the
-source arrays; it is bit-exact (permutations, flips, splits) except where the forward
-step discarded information (a folded or resized table), which the report always says.
-"""
+"""Tensor transforms between PyTorch and Flax layouts: ``forward(source arrays, expected
+shape) -> (array, note for the report)`` and an ``inverse`` for export, bit-exact except
+where the forward step discarded information, which its note says (a folded table)."""
 
 from __future__ import annotations
 
@@ -82,16 +77,11 @@ def position_table(
     class_slot: str,
     fixed_sincos: bool = False,
 ) -> Transform:
-    """Transform for a (1, S, D) / (S, D) position table.
-
-    ``source_grid`` is the checkpoint's token grid (None: the target grid when the slot
-    count allows, else the most nearly square one). The target's expected shape says
-    whether the model keeps a class slot (N + 1 rows, folded at run time) or not (N rows):
-    a slot the model lacks is folded (ViTPose) or dropped (timm); a slot it needs but the
-    checkpoint lacks is zero, which folds to nothing. A different grid is resized
-    bicubically with the class slot kept aside; a fixed sin-cos target is recomputed
-    for its grid instead, since interpolating sin-cos values does not give sin-cos values.
-    """
+    """Transform for a (1, S, D) / (S, D) position table of ``source_grid`` (None: the
+    target grid when the slot count allows, else the most nearly square one). The expected
+    shape says whether the model keeps a class slot; a slot it lacks is folded or dropped,
+    one it needs is zero; another grid is resized or, fixed sin-cos, recomputed
+    (docs/checkpoints.md, "Tensor transforms")."""
 
     def forward(arrays: tuple[np.ndarray, ...], expected: Shape | None) -> tuple[np.ndarray, Note]:
         (table,) = arrays

@@ -3,7 +3,6 @@ checkpoint (``model.safetensors.index.json`` / ``pytorch_model.bin.index.json`` 
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable
 
@@ -12,6 +11,7 @@ import numpy as np
 from sonichu_jax.convert.safetensors_io import SafetensorsSource
 from sonichu_jax.convert.torch_io import TORCH_SUFFIXES, TorchSource
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import read_json
 
 INDEX_SUFFIX = ".index.json"
 
@@ -22,12 +22,7 @@ class ShardedSource:
 
     def __init__(self, index_path: str | os.PathLike):
         self.path = os.fspath(index_path)
-        try:
-            with open(self.path) as fh:
-                index = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read the shard index {self.path}: {exc}") from None
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        weight_map = read_json(self.path).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise InputError(f"{self.path} has no weight_map (tensor name -> shard file)")
         folder = os.path.dirname(os.path.abspath(self.path))

@@ -1,10 +1,5 @@
-"""Sonichu models from checkpoints and back: the JAX side of `sonichu_jax.convert`.
-
-A checkpoint is a directory (``config.json`` + ``flax_model.safetensors`` in this
-project's Flax layout, or PyTorch weights in any layout the converter knows, single or
-sharded safetensors or a torch pickle), a weights file, or a Hugging Face Hub name. How
-they are read, and what happens to tensors that do not fit, is in docs/checkpoints.md.
-"""
+"""Sonichu models from checkpoints and back, the JAX side of `sonichu_jax.convert`: what a
+checkpoint may be and how it is read is in docs/checkpoints.md."""
 
 from __future__ import annotations
 

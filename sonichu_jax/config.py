@@ -7,13 +7,12 @@ checkpoint's configuration without initialising an accelerator backend.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from sonichu_jax.errors import ConfigError, UnknownTaskError
-from sonichu_jax.fileio import write_json
+from sonichu_jax.fileio import read_json, write_json
 
 POS_EMBED_KINDS = ("sincos", "learned", "learned_cls_folded")
 HEAD_KINDS = ("classic", "simple")
@@ -28,6 +27,7 @@ DECODERS = ("soft_argmax", "argmax")  # heatmaps -> xy (sonichu_jax.nn.vitpose.d
 COMPUTE_FIELDS = ("dtype", "remat", "attention", "head_conv")
 
 CONFIG_NAME = "config.json"
+PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 MODEL_TYPE = "sonichu"
 
 
@@ -95,12 +95,7 @@ class ModelConfig:
     softargmax_beta: float = 1.0
     decoder: str = "soft_argmax"
     dtype: str = "float32"  # compute dtype; parameters are always float32
-    # Compute options (COMPUTE_FIELDS). remat: recompute each transformer block in the
-    # backward pass ("block"), or all but its matmuls ("block_save_dots"), to fit larger
-    # batches per chip. attention: auto (the fastest for the platform compiled for:
-    # nn.vit.AUTO_ATTENTION), jax.nn.dot_product_attention's xla or cudnn, heads_major
-    # (einsums laid out per head) or splash (Pallas TPU kernel). head_conv: the heads' 2x2 and 1x1 convolutions as
-    # shifted-copy matmuls (fast backward on CPU) or as XLA convolutions.
+    # Compute options (COMPUTE_FIELDS: how the same function is computed; docs/scaling.md).
     remat: str = "none"
     attention: str = "auto"
     head_conv: str = "matmul"
@@ -148,8 +143,7 @@ class ModelConfig:
 
     @property
     def num_patches(self) -> int:
-        gh, gw = self.grid
-        return gh * gw
+        return self.grid[0] * self.grid[1]
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -217,13 +211,7 @@ class ModelConfig:
         """Read a config from ``config.json`` or from a directory that holds one."""
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
-        try:
-            with open(path) as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"no config file at {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        data = read_json(path)
         try:
             return cls.from_dict(data)
         except ConfigError as exc:
@@ -335,13 +323,5 @@ def card_config(**changes: Any) -> ModelConfig:
 
 def tiny_config(**changes: Any) -> ModelConfig:
     """A model small enough to train on a laptop CPU in minutes (tests, demo)."""
-    base = dict(
-        image_size=(64, 64),
-        patch_size=8,
-        width=64,
-        depth=2,
-        num_heads=2,
-        deconv_filters=32,
-    )
-    base.update(changes)
-    return ModelConfig(**base)
+    return ModelConfig(**{**dict(image_size=(64, 64), patch_size=8, width=64, depth=2, num_heads=2, deconv_filters=32),
+                          **changes})

@@ -14,8 +14,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from sonichu_jax.config import CONFIG_NAME
-from sonichu_jax.convert.files import FLAX_WEIGHTS_NAME, PREPROCESSOR_NAME, TORCH_WEIGHTS_NAME, WEIGHT_NAMES, open_checkpoint
+from sonichu_jax.config import CONFIG_NAME, PREPROCESSOR_CONFIG_NAME
+from sonichu_jax.convert.files import FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, WEIGHT_NAMES, open_checkpoint
 from sonichu_jax.convert.engine import Plan, run_plan
 from sonichu_jax.convert.ijepa import PREDICTOR_CONFIG, PREDICTOR_WEIGHTS
 from sonichu_jax.convert.layouts import EXPORT_LAYOUTS, write_pytorch
@@ -29,7 +29,7 @@ from sonichu_jax.preprocess import SonichuPreprocessor
 
 TARGETS = ("flax",) + EXPORT_LAYOUTS
 # Every file a conversion may write; with ``force`` only these are ever replaced.
-OUTPUT_NAMES = (CONFIG_NAME, FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, PREPROCESSOR_NAME, PREDICTOR_WEIGHTS,
+OUTPUT_NAMES = (CONFIG_NAME, FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, PREPROCESSOR_CONFIG_NAME, PREDICTOR_WEIGHTS,
                 PREDICTOR_CONFIG)
 
 
@@ -114,14 +114,11 @@ def convert_to_directory(
     strict: bool = False,
     force: bool = False,
 ) -> Converted:
-    """Convert ``source`` (a checkpoint directory, weights file or Hub name) into the
-    folder ``out``: ``to="flax"`` writes ``flax_model.safetensors`` (+ an I-JEPA predictor's
-    ``flax_predictor.safetensors``), ``config.json`` and ``preprocessor_config.json``;
-    ``sonichu`` / ``hf-vitpose`` write a PyTorch ``model.safetensors``. An encoder-only
-    checkpoint gives a directory whose config.json says ``pretrained_parts``, which loads
-    with freshly initialised heads. Raises ConversionError (with the report) when the
-    checkpoint does not fit; nothing is written then, and ``out`` is never half-written.
-    With ``force`` an existing ``out`` keeps every file this function does not write."""
+    """Convert ``source`` (a checkpoint directory, weights file or Hub name) into the folder
+    ``out``: the Flax layout (``to="flax"``, with an I-JEPA predictor's file when there is
+    one) or a PyTorch export, plus config.json and preprocessor_config.json
+    (docs/checkpoints.md, "Converting"). ConversionError (with the report) when it does
+    not fit; ``out`` is never half-written, and with ``force`` keeps the files not written."""
     if to not in TARGETS:
         raise InputError(f"unknown output layout {to!r}; choose one of {', '.join(TARGETS)}")
     ckpt = open_checkpoint(source, rename=rename, entry=entry)
@@ -138,7 +135,7 @@ def convert_to_directory(
         raise InputError(f"a PyTorch export needs a whole model; {ckpt.weights} holds no weights for the heads "
                          f"of {', '.join(report.new_heads)}")
     predictor = planned.inferred.predictor if any(t.startswith("predictor/") for t in planned.plan.targets) else None
-    writing = {CONFIG_NAME, PREPROCESSOR_NAME} | (
+    writing = {CONFIG_NAME, PREPROCESSOR_CONFIG_NAME} | (
         {FLAX_WEIGHTS_NAME} | ({PREDICTOR_WEIGHTS, PREDICTOR_CONFIG} if predictor else set())
         if to == "flax" else {TORCH_WEIGHTS_NAME})
     _check_shadows(out, writing)

@@ -1,15 +1,6 @@
-"""Feature files: backbone embeddings with the names of the images they came from.
-
-Two containers, chosen by the file's extension:
-
-``.safetensors``
-    tensor ``features`` (N, D) or (N, gh, gw, D) float32; the header's metadata holds
-    ``names`` (a JSON list of N image names, in row order) and the other fields given
-    (``pool``, ``model``), as strings.
-``.npz``
-    arrays ``features`` and ``names`` (N unicode strings), plus one 0-d string array per
-    metadata field. Loads with ``numpy.load(path)`` (no pickle).
-"""
+"""Feature files: backbone ``features`` with the names of the images they came from, as
+``.safetensors`` (names and the other metadata, as strings, in the header) or ``.npz``
+(a ``names`` array and one 0-d string array per metadata field; no pickle)."""
 
 from __future__ import annotations
 
@@ -27,14 +18,9 @@ from sonichu_jax.fileio import atomic_path, check_output
 FEATURE_SUFFIXES = (".safetensors", ".npz")
 
 
-def check_features_path(path: str | os.PathLike) -> str:
-    """Check before any work that ``path`` can become a feature file."""
-    return check_output(path, FEATURE_SUFFIXES, what="feature file")
-
-
 def save_features(path: str | os.PathLike, names: Sequence[str], features: np.ndarray,
                   metadata: Mapping[str, str] | None = None) -> None:
-    path = check_features_path(path)
+    path = check_output(path, FEATURE_SUFFIXES, what="feature file")
     features = np.ascontiguousarray(features, np.float32)
     if len(names) != len(features):
         raise ValueError(f"{len(names)} names for {len(features)} feature rows")

@@ -19,7 +19,7 @@ import numpy as np
 from sonichu_jax.config import ModelConfig, TaskSpec
 from sonichu_jax.data.records import LoadReport, Record
 from sonichu_jax.data.sources import load_source
-from sonichu_jax.errors import ConfigError, InputError, UnknownTaskError
+from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.inference import predict_pixels
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.prediction_csv import load_predictions, match_predictions
@@ -342,10 +342,6 @@ class Evaluation:
         }
 
 
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def evaluate(
     data: str,
     models: Sequence[str] = (),
@@ -357,7 +353,7 @@ def evaluate(
     ensemble_method: str = "median",
     strict: bool = False,
     progress: bool = True,
-    warn: Callable[[str], None] = _warn,
+    warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> Evaluation:
     """Score model directories and prediction CSVs (`sonichu_jax.prediction_csv`) on the
     labelled records of ``data`` (restricted to ``tasks``), in the task table's order.
@@ -374,8 +370,7 @@ def evaluate(
     tasks_evaluated = _evaluated_tasks(configs, prediction_files, models)
     for task in tasks or ():
         for cfg in configs:
-            if task not in cfg.task_names:
-                raise UnknownTaskError(task, cfg.task_names)
+            cfg.task(task)  # UnknownTaskError naming the valid tasks
 
     source = load_source(data, tasks=tasks_evaluated, strict=strict)
     records = [r for r in source if r.has_label and (not tasks or r.task in tasks)]
@@ -384,8 +379,7 @@ def evaluate(
         warn(f"{unlabelled} unlabelled records not evaluated")
     for task in {r.task for r in records}:  # the first model's table filtered the source
         for cfg in configs[1:]:
-            if task not in cfg.task_names:
-                raise UnknownTaskError(task, cfg.task_names)
+            cfg.task(task)
     names = column_names(models + predictions)
     model_names, file_names = names[:len(models)], names[len(models):]
     records, predicted, missing = match_predictions(records, dict(zip(file_names, prediction_files.values())))

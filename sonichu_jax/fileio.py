@@ -1,10 +1,6 @@
-"""Writing files so that a failure never leaves a half-written result behind.
-
-Temporary files and folders are created beside their destination (so the final rename
-stays on one file system) and renamed into place only when complete. They get the mode a
-plain ``open``/``os.makedirs`` would give (the process umask), not ``tempfile``'s private
-0600/0700.
-"""
+"""Writing files so that a failure never leaves a half-written result behind: temporaries
+beside the destination (one file system), renamed into place only when complete, with
+the mode a plain ``open``/``os.makedirs`` would give (not ``tempfile``'s 0600/0700)."""
 
 from __future__ import annotations
 
@@ -44,12 +40,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
-    """Yield an empty temporary folder beside ``path``; on success it becomes ``path``.
-
-    ``path`` must not exist, or be an empty folder (it is then replaced); deciding what
-    may be removed from an existing folder is the caller's business. On failure the
-    temporary folder is deleted and ``path`` is left as it was.
-    """
+    """Yield an empty temporary folder beside ``path``, which must not exist or be empty; on
+    success it becomes ``path``, on failure it is deleted and ``path`` is left as it was."""
     path = os.path.realpath(os.fspath(path))  # a link to an empty folder: fill that folder
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -72,12 +64,10 @@ def _inside(path: str, folder: str) -> bool:
 def check_output(path: str | os.PathLike, suffixes: Sequence[str] = (), what: str = "output file", *,
                  folder: bool = False, inputs: Sequence[str] = (), data: Sequence[str] = ()) -> str:
     """Check, before any work, that ``path`` can become a command's output file (or, with
-    ``folder``, folder) and replaces nothing the command reads. ``inputs`` are read whole
-    (checkpoints, run directories, the command's own output folder): an output is not one
-    of them, inside one, nor (a folder) holding one. ``data`` are images and data sets: a
-    file output is none of them, a folder output neither holds nor lies inside one. Also
-    refused: a file name without one of ``suffixes``, an existing folder given as a file
-    (and the reverse), a path below a file. Returns the absolute path."""
+    ``folder``, folder) and replaces nothing the command reads: not one of ``inputs`` (read
+    whole: checkpoints, run directories) or inside one, a folder not holding one; not one of
+    ``data`` (images, data sets), a folder neither holding nor inside one. Also refused: no
+    suffix of ``suffixes``, a folder given as a file (and the reverse), a path below a file."""
     path = os.fspath(path)
     if suffixes and not path.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise InputError(f"{what} {path} must end in {' or '.join(suffixes)}")
@@ -104,6 +94,21 @@ def os_reason(exc: OSError) -> str:
     where = " -> ".join(os.fspath(f) for f in (exc.filename, exc.filename2) if f is not None)
     reason = exc.strerror or str(exc)
     return f"{where}: {reason}" if where else reason
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``, or InputError naming the file when it cannot be read,
+    is not JSON, or holds something other than an object."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{os.fspath(path)} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{os.fspath(path)} must hold a JSON object, got a {type(data).__name__}")
+    return data
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

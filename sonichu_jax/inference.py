@@ -1,8 +1,5 @@
-"""Batched prediction over many images with one compilation per task.
-
-Every batch is padded to the same size, so `SonichuModel.predict` compiles once per
-(task, tta) however many images there are and whatever the last batch holds.
-"""
+"""Batched prediction over many images, every batch padded to one size, so that
+`SonichuModel.predict` compiles once per (task, tta) whatever the last batch holds."""
 
 from __future__ import annotations
 
@@ -36,11 +33,8 @@ def predict_pixels(
     batch_size: int = 8,
     progress: bool = True,
 ) -> np.ndarray:
-    """Images (paths or arrays) -> (N, K, 2) keypoints in original-image pixels.
-
-    Raises InputError naming the first image that cannot be read; use
-    `iter_predictions` to skip and report unreadable files instead.
-    """
+    """Images (paths or arrays) -> (N, K, 2) keypoints in original-image pixels; InputError
+    naming the first unreadable image (`iter_predictions` skips and reports them)."""
     results = []
     for item in iter_predictions(model, prep, images, task, tta=tta, batch_size=batch_size, progress=progress):
         if item.error:
@@ -73,27 +67,30 @@ def _name(image, index: int) -> str:
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"array[{index}]"
 
 
-def _padded_batches(prep: SonichuPreprocessor, images: Sequence, batch_size: int, desc: str, progress: bool):
-    """Preprocess ``images`` a batch at a time. Yields ``(loaded, failed, pixel_values)``
-    per batch: ``loaded`` lists ``(index, orig_h, orig_w)`` of the readable images,
-    ``failed`` maps index -> message, ``pixel_values`` holds the readable ones padded to
-    ``batch_size`` (None if there are none), so every forward pass has one shape."""
+def _batches(prep: SonichuPreprocessor, images: Sequence, batch_size: int, desc: str, progress: bool, forward):
+    """``(index, name, row, (orig_w, orig_h), error)`` per input, in order: ``row`` is the
+    image's row of ``forward(pixel_values)``, run a batch at a time on the readable images
+    padded to ``batch_size`` (one shape for every pass); an unreadable image has ``error``."""
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress)
     try:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            loaded, arrays, failed = [], [], {}
+            loaded, arrays, results = [], [], {}
             for index, image in enumerate(chunk, start=start):
                 try:
                     array, orig_h, orig_w = prep.preprocess_one(image)
                 except InputError as exc:
-                    failed[index] = str(exc)
+                    results[index] = (index, _name(image, index), None, None, str(exc))
                     continue
-                loaded.append((index, orig_h, orig_w))
+                loaded.append((index, (orig_w, orig_h)))
                 arrays.append(array)
-            yield loaded, failed, pad_batch(np.stack(arrays), batch_size) if arrays else None
+            if arrays:
+                rows = np.asarray(forward(pad_batch(np.stack(arrays), batch_size)))
+                for (index, size), row in zip(loaded, rows):
+                    results[index] = (index, _name(images[index], index), row, size, None)
+            yield from (results[i] for i in sorted(results))
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -112,14 +109,10 @@ def iter_predictions(
     """Yield one `Prediction` per input, in order; unreadable images yield an error
     instead of stopping the run. Preprocessing is done a batch at a time."""
     model.cfg.task(task)
-    for loaded, failed, pixel_values in _padded_batches(prep, images, batch_size, f"predict {task}", progress):
-        results = {i: Prediction(i, _name(images[i], i), error=e) for i, e in failed.items()}
-        if loaded:
-            coords = np.asarray(model.predict(pixel_values, task, tta=tta))
-            for (index, orig_h, orig_w), xy in zip(loaded, coords):
-                scale = np.array([orig_w, orig_h], np.float32)
-                results[index] = Prediction(index, _name(images[index], index), xy * scale, xy, (orig_w, orig_h))
-        yield from (results[i] for i in sorted(results))
+    forward = lambda pixel_values: model.predict(pixel_values, task, tta=tta)  # noqa: E731
+    for index, name, xy, size, error in _batches(prep, images, batch_size, f"predict {task}", progress, forward):
+        yield Prediction(index, name, error=error) if error else Prediction(
+            index, name, xy * np.array(size, np.float32), xy, size)
 
 
 def iter_embeddings(
@@ -133,13 +126,9 @@ def iter_embeddings(
 ) -> Iterator[Embedding]:
     """Yield one `Embedding` (see `SonichuModel.embed`) per input, in order; unreadable
     images yield an error instead of stopping the run. One compilation for all batches."""
-    for loaded, failed, pixel_values in _padded_batches(prep, images, batch_size, "embed", progress):
-        results = {i: Embedding(i, _name(images[i], i), error=e) for i, e in failed.items()}
-        if loaded:
-            features = np.asarray(model.embed(pixel_values, pool))
-            for (index, _, _), row in zip(loaded, features):
-                results[index] = Embedding(index, _name(images[index], index), row)
-        yield from (results[i] for i in sorted(results))
+    forward = lambda pixel_values: model.embed(pixel_values, pool)  # noqa: E731
+    for index, name, row, _, error in _batches(prep, images, batch_size, "embed", progress, forward):
+        yield Embedding(index, name, row, error)
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:

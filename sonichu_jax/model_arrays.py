@@ -80,10 +80,9 @@ _TRUNCATION = 0.87962566103423978  # std of a standard normal truncated to [-2, 
 
 
 def fresh_arrays(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Initial values for new heads, with the Flax modules' own initialisers: LeCun normal
-    kernels (truncated at two standard deviations, fan-in = all but the last axis), zero
-    biases, identity BatchNorm. Sampled in numpy: a jitted Flax initialiser compiles for
-    seconds per head, which loading a backbone with nine new heads should not cost."""
+    """Initial values for new heads by the Flax modules' own rules (truncated LeCun normal
+    kernels, zero biases, identity BatchNorm), sampled in numpy: a jitted Flax initialiser
+    compiles for seconds per head."""
     rng = np.random.default_rng(seed)
     out = {}
     for path, shape in shapes.items():

@@ -30,8 +30,9 @@ _LABEL_BGR = (255, 160, 0)
 _ERROR_BGR = (60, 60, 255)
 
 
-def _to_bgr_uint8(image: np.ndarray) -> np.ndarray:
-    rgb = (np.clip(to_float_rgb(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+def _to_bgr_uint8(image: np.ndarray | str) -> np.ndarray:
+    rgb = (np.clip(to_float_rgb(read_image(image) if isinstance(image, (str, os.PathLike)) else image), 0.0, 1.0)
+           * 255.0 + 0.5).astype(np.uint8)
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
@@ -41,7 +42,7 @@ def _pixel_grid(keypoints: np.ndarray) -> list[tuple[int, int]]:
 
 
 def draw_overlay(image: np.ndarray, keypoints: np.ndarray, task: str, canvas: np.ndarray | None = None) -> np.ndarray:
-    """Return a BGR uint8 copy of ``image`` with ``keypoints`` (K, 2, original pixels)
+    """Return a BGR uint8 copy of ``image`` (an array or a path) with ``keypoints`` (K, 2, original pixels)
     drawn (onto ``canvas`` instead, a BGR uint8 image of the same size, if given)."""
     canvas = _to_bgr_uint8(image) if canvas is None else canvas
     scale = max(canvas.shape[:2]) / 256.0
@@ -65,8 +66,6 @@ def draw_comparison(image: np.ndarray | str, prediction: np.ndarray, label: np.n
     """BGR uint8 image, its longer side ``size`` px: the label's keypoints as blue rings,
     a red line from each to its predicted point, then the prediction drawn as
     `draw_overlay` draws it. Masked label points get no ring and no line."""
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
     canvas = _to_bgr_uint8(image)
     factor = size / max(canvas.shape[:2])
     canvas = cv2.resize(canvas, (round(canvas.shape[1] * factor), round(canvas.shape[0] * factor)),
@@ -84,8 +83,6 @@ def draw_comparison(image: np.ndarray | str, prediction: np.ndarray, label: np.n
 
 def save_overlay(image: np.ndarray | str, keypoints: np.ndarray, task: str, path: str) -> str:
     """Draw and write a PNG atomically; returns the path."""
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
     canvas = draw_overlay(image, keypoints, task)
     with atomic_path(path) as tmp:
         if not cv2.imwrite(tmp + ".png", canvas):

@@ -1,9 +1,5 @@
-"""Position tables in numpy: the fixed 2D sin-cos table, bicubic resizing of learned
-tables, and guessing a token grid from a slot count.
-
-numpy only, so that both the Flax modules (`sonichu_jax.nn`) and the converter
-(`sonichu_jax.convert`, which never imports JAX) build the same tables.
-"""
+"""Position tables in numpy, so that the Flax modules and the converter (no JAX) build the
+same ones: the fixed 2D sin-cos table, bicubic resizing, a token grid from a slot count."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Prediction files: FM_UIA CSV predictions, written by `predict`, read back by `evaluate`.
-
-A prediction CSV is an FM_UIA per-task CSV (the layout `sonichu_jax.data.sources.load_csv`
-reads: an ``image`` column and one ``point_{i}_xy`` column per keypoint, numbered from 1
-as in the challenge's files, holding a JSON ``[x, y]`` in original pixels) with ``task``, ``width`` and ``height`` columns besides, so
-a prediction file can be read back, scored against labels, or opened in a spreadsheet.
-Image paths are written relative to the CSV's folder, as FM_UIA CSVs are.
-"""
+"""Prediction files, written by `predict` and read back by `evaluate`: FM_UIA per-task CSVs
+(what `data.sources.load_csv` reads, image paths relative to the CSV's folder) with
+``task``, ``width`` and ``height`` columns besides."""
 
 from __future__ import annotations
 

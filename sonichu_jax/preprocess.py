@@ -6,7 +6,6 @@ original image's frame, so pixel coordinates are ``xy * (orig_w, orig_h)``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -14,14 +13,13 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from sonichu_jax.config import CONFIG_NAME, ModelConfig
+from sonichu_jax.config import CONFIG_NAME, PREPROCESSOR_CONFIG_NAME, ModelConfig
 from sonichu_jax.convert.files import local_path
 from sonichu_jax.errors import ConfigError, InputError
-from sonichu_jax.fileio import write_json
+from sonichu_jax.fileio import read_json, write_json
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 # The file types searched for in folders of frames (prediction inputs, I-JEPA frames).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -170,13 +168,9 @@ class SonichuPreprocessor:
         batch: Sequence[Any] = [images] if single else images
         if not batch:
             raise InputError("no images given")
-        outs = [self.preprocess_one(im) for im in batch]
-        pixel_values = np.stack([o[0] for o in outs])
-        orig_h = [o[1] for o in outs]
-        orig_w = [o[2] for o in outs]
-        if single:
-            return {"pixel_values": pixel_values, "orig_h": orig_h[0], "orig_w": orig_w[0]}
-        return {"pixel_values": pixel_values, "orig_h": orig_h, "orig_w": orig_w}
+        arrays, orig_h, orig_w = zip(*(self.preprocess_one(im) for im in batch))
+        sizes = (lambda v: v[0]) if single else list
+        return {"pixel_values": np.stack(arrays), "orig_h": sizes(orig_h), "orig_w": sizes(orig_w)}
 
     # -- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -218,30 +212,18 @@ class SonichuPreprocessor:
 def _model_config_beside(directory: str | os.PathLike) -> ModelConfig | None:
     """The Sonichu ``config.json`` in ``directory``; None when there is none or it is
     another project's (a transformers config, say), which the model loader interprets."""
-    if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
-        return None
     try:
-        return ModelConfig.load(directory)
-    except ConfigError:
+        return ModelConfig.load(directory) if os.path.isfile(os.path.join(directory, CONFIG_NAME)) else None
+    except (ConfigError, InputError):
         return None
 
 
 def _read_config(path: str) -> dict[str, Any]:
     """``preprocessor_config.json`` -> constructor arguments, each value checked."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    data = read_json(path)
     keys = {"size": "size", "image_mean": "mean", "image_std": "std", "interpolation": "interpolation"}
     kwargs = {arg: data[key] for key, arg in keys.items() if key in data}
-    try:
-        if "size" in kwargs:
-            kwargs["size"] = _size(kwargs["size"], "size")
+    try:  # named as in the file (the constructor checks the size under its own name)
         if "mean" in kwargs:
             kwargs["mean"] = _channel_values(kwargs["mean"], "image_mean")
         if "std" in kwargs:

@@ -12,7 +12,6 @@ from sonichu_jax.data.pipeline import (
 )
 from sonichu_jax.data.records import Issue, LoadReport, Record
 from sonichu_jax.data.sources import (
-    ConcatSource,
     Source,
     load_csv,
     load_csv_dir,
@@ -29,32 +28,3 @@ from sonichu_jax.data.synthetic import (
     synthetic_tasks,
     write_synthetic_dataset,
 )
-
-__all__ = [
-    "AugmentConfig",
-    "ConcatSource",
-    "ExampleLoader",
-    "Issue",
-    "LoadReport",
-    "PipelineConfig",
-    "Record",
-    "SYNTHETIC_FLIP_PERMS",
-    "Source",
-    "augment_sample",
-    "describe_mixture",
-    "fair_split",
-    "generate_sample",
-    "load_csv",
-    "load_csv_dir",
-    "load_frames",
-    "load_manifest",
-    "load_source",
-    "make_eval_pipeline",
-    "make_train_pipeline",
-    "manifest_line",
-    "resize_sample",
-    "synthetic_records",
-    "synthetic_tasks",
-    "task_weights",
-    "write_synthetic_dataset",
-]

@@ -1,14 +1,6 @@
-"""Keypoint-aware augmentation: the image and its keypoints move together.
-
-Geometry is one affine map in the continuous pixel frame (see `sonichu_jax.data.records`)
-that also does the resize to the model size, applied with a single ``cv2.warpAffine``:
-random scale and rotation about the image centre, translation, and an optional
-horizontal flip that relabels keypoints with the task's flip permutation. Keypoints that
-leave the output image are masked (``valid=False``), never clipped. Photometric changes
-(gamma, contrast, brightness, speckle-like multiplicative noise, blur) follow.
-Everything random comes from the ``np.random.Generator`` passed in, so grain's per-element
-generators make the augmentation reproducible.
-"""
+"""Keypoint-aware augmentation: one affine map moves the image and its keypoints together
+(continuous pixel frame, `data.records`), then photometric changes; every draw comes
+from the generator passed in (docs/training.md, "Input batches")."""
 
 from __future__ import annotations
 
@@ -103,11 +95,7 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
 
 def photometric(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
     """Gamma, contrast, brightness, multiplicative noise and blur; uint8/uint16/float image
-    in, float32 in [0, 1] out (1 or 3 channels, alpha dropped).
-
-    For uint8 the three intensity maps are one 256-entry lookup table (a tenth of the
-    cost of doing them per pixel); other dtypes take the same formula per pixel.
-    """
+    in, float32 in [0, 1] out (1 or 3 channels, alpha dropped; uint8 through a lookup table)."""
     gamma = rng.uniform(*config.gamma)
     contrast = np.float32(rng.uniform(*config.contrast))
     shift = np.float32(0.5 + rng.uniform(-config.brightness, config.brightness))

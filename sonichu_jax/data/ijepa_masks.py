@@ -19,8 +19,6 @@ EQUALIZE = ("batch_min", "none")
 RETRIES = 20  # official: failed placements before a constraint is relaxed
 MAX_ATTEMPTS = 2000  # fixed: placements per image before giving up with an error
 
-MASK_KEYS = ("context_idx", "context_valid", "target_idx", "target_valid")
-
 
 class MaskSamplingError(ConfigError):
     """The mask settings cannot produce valid masks on this grid."""

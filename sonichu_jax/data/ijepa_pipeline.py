@@ -1,10 +1,6 @@
-"""The I-JEPA input pipeline: this host's frames -> `EpochShuffle` -> random resized
-crop (+ flip; uint8 `to_wire` images, normalised on the device) -> batch -> masks keyed
-by the batch index, so the grain iterator state restores the exact next images and masks.
-A frame that cannot be decoded is replaced by another draw of the same slot (counted in
-``skipped``, reported once); more than ``max_bad_fraction`` bad frames stops the run with
-an `InputError`.
-"""
+"""The I-JEPA input pipeline: this host's frames -> `EpochShuffle` -> random resized crop
+(+ flip, uint8 `to_wire`) -> batch -> masks keyed by the batch index, so the iterator
+state restores the exact next images and masks. Unreadable frames: docs/ijepa.md."""
 
 from __future__ import annotations
 
@@ -79,10 +75,8 @@ class RandomResizedCrop:
 @dataclass(frozen=True)
 class FrameDraw:
     """A frame index -> ``{"image", "skipped", "bad"}`` for grain's ``random_map``: the crop
-    of that frame or, when it cannot be read, of another frame of ``records`` drawn with the
-    same generator (up to `MAX_DRAWS` frames). ``skipped``: the frames that failed for this
-    slot; ``bad``: their indices, padded with -1 (`MAX_DRAWS` failures leave a zero image,
-    which `BadFrameCheck` refuses)."""
+    of that frame or, when it cannot be read, of another drawn with the same generator (up
+    to `MAX_DRAWS`); ``skipped`` counts the failures, ``bad`` lists them (-1 padded)."""
 
     records: Sequence[Record]
     crop: RandomResizedCrop

@@ -1,35 +1,6 @@
-"""grain input pipelines: task-homogeneous training batches with static shapes, an eval
-pipeline that yields every record once (the I-JEPA frame pipeline is
-`sonichu_jax.data.ijepa_pipeline`).
-
-Every batch is a dict of numpy arrays whose shapes do not depend on the task, so a jitted
-step compiles once:
-
-- ``image`` (B, H, W, 3) at the model size: uint8 in training batches (`to_wire`; the
-  device normalises them, `device_normalize`), float32 ImageNet-normalised in eval batches
-- ``keypoints`` float32 (B, Kmax, 2), normalised xy (pixel / size); 0 where not valid
-- ``valid`` float32 (B, Kmax): 0 for masked keypoints and for padding beyond the task's K
-- ``task_id`` int32 (B,): index into the configured task tuple, equal within a batch
-- ``has_label``, ``is_pseudo``, ``mask`` float32 (B,) (``mask`` is 0 only for eval padding)
-- ``orig_size`` float32 (B, 2): the original (width, height)
-- ``index`` int32 (B,): the record's position in the input sequence (-1 for padding)
-
-Kmax is the largest keypoint count of the configured tasks.
-
-How training batches stay task-homogeneous: each task has its own stream
-``source -> [process_index::process_count] -> shuffle -> repeat -> random_map(augment)
--> batch(B)``, and a seeded *block mixture* picks which task's next batch comes next:
-every block of ``block_batches`` batches holds a fixed number of batches per task
-(the task weights, rounded by largest remainder, at least one per task) in a seeded random
-order. The mixture depends only on the seed and the global task counts, never on the
-host, so all hosts pick the same task for the same step and a global batch assembled with
-``jax.make_array_from_process_local_data`` is still one task. Task weights:
-``proportional`` (records per task), ``balanced`` (equal), ``capped`` (records per task
-capped at ``cap``: large tasks stop dominating, small ones keep their natural rate).
-
-The iterator is a grain ``DatasetIterator``: ``get_state()`` / ``set_state()`` (or
-``grain.checkpoint``) restore the exact next batches, with or without worker processes.
-"""
+"""grain input pipelines: task-homogeneous training batches with static shapes, and an
+eval pipeline that yields every record once. The batch keys, the block mixture and the
+task weights: docs/training.md, "Input batches"; I-JEPA frames: `data.ijepa_pipeline`."""
 
 from __future__ import annotations
 
@@ -55,31 +26,22 @@ _OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 
 
 def to_wire(x: np.ndarray) -> np.ndarray:
-    """A float [0, 1] gray (H, W) or RGB (H, W, 3) image -> uint8 (H, W, 3), rounded.
-
-    Training batches travel as uint8: a quarter of float32's bytes through grain's
-    shared memory (a fresh segment per batch, whose page faults were the workers' largest
-    cost: benchmarks/bench_data.py) and through the host-to-device copy. Rounding to 1/255
-    is far below the augmentation's own noise.
-    """
+    """A float [0, 1] gray (H, W) or RGB (H, W, 3) image -> uint8 (H, W, 3), rounded: the
+    form training batches travel in (docs/training.md, "Input batches")."""
     u = cv2.convertScaleAbs(x, alpha=255.0)
     return cv2.cvtColor(u, cv2.COLOR_GRAY2RGB) if u.ndim == 2 else u
 
 
 def device_normalize(images):
     """uint8 (..., 3) training images -> float32 ImageNet-normalised, on the device (jit it)."""
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # the module stays JAX-free: grain's worker processes import it
 
     return images.astype(jnp.float32) * jnp.asarray(_SCALE / 255) + jnp.asarray(_OFFSET)
 
 
 def normalize_planes(x: np.ndarray) -> np.ndarray:
-    """`sonichu_jax.preprocess.normalize` (same constants, equal to float32 rounding) for a
-    gray (H, W) or RGB (H, W, 3) [0, 1] image, producing (H, W, 3).
-
-    Works plane by plane: numpy broadcasting over a trailing axis of 3 is an order of
-    magnitude slower at 256x256 and was the most expensive step of the whole pipeline.
-    """
+    """`sonichu_jax.preprocess.normalize` of a gray (H, W) or RGB (H, W, 3) [0, 1] image ->
+    (H, W, 3), plane by plane (numpy broadcasting over a trailing 3 is ten times slower)."""
     planes = [x] * 3 if x.ndim == 2 else cv2.split(x)
     return cv2.merge([p * _SCALE[c] + _OFFSET[c] for c, p in enumerate(planes)])
 
@@ -108,11 +70,6 @@ class PipelineConfig:
             raise InputError("weighting 'capped' needs a positive cap")
         if self.block_batches < 1:
             raise InputError(f"block_batches must be >= 1, got {self.block_batches}")
-
-
-# ---------------------------------------------------------------------------------------
-# One record -> one example
-# ---------------------------------------------------------------------------------------
 
 
 class ExampleLoader:
@@ -164,22 +121,10 @@ class ExampleLoader:
     def padding(self, task_id: int) -> dict[str, np.ndarray]:
         """An all-zero example (mask 0) that fills an eval pipeline's last batch."""
         W, H = self.out_size
-        return {
-            "image": np.zeros((H, W, 3), np.float32),
-            "keypoints": np.zeros((self.kmax, 2), np.float32),
-            "valid": np.zeros((self.kmax,), np.float32),
-            "task_id": np.int32(task_id),
-            "has_label": np.float32(0.0),
-            "is_pseudo": np.float32(0.0),
-            "mask": np.float32(0.0),
-            "orig_size": np.zeros((2,), np.float32),
-            "index": np.int32(-1),
-        }
-
-
-# ---------------------------------------------------------------------------------------
-# Task weights and the block mixture
-# ---------------------------------------------------------------------------------------
+        shapes = {"image": (H, W, 3), "keypoints": (self.kmax, 2), "valid": (self.kmax,), "orig_size": (2,)}
+        zeros = {k: np.zeros(shapes.get(k, ()), np.float32) for k in ("image", "keypoints", "valid", "task_id",
+                                                                     "has_label", "is_pseudo", "mask", "orig_size")}
+        return {**zeros, "task_id": np.int32(task_id), "index": np.int32(-1)}
 
 
 def task_weights(counts: Sequence[int], weighting: str, cap: int | None = None) -> np.ndarray:
@@ -216,12 +161,9 @@ def block_counts(weights: Sequence[float], block: int) -> np.ndarray:
 
 
 class BlockMixture(grain.transforms.DatasetSelectionMap):
-    """Mixture index -> (task slot, batch index within that task's stream).
-
-    Block ``b`` holds ``counts[t]`` batches of task ``t`` in an order drawn from
-    ``default_rng([seed, b])``; task ``t``'s ``r``-th batch in block ``b`` is its stream's
-    batch ``b * counts[t] + r``, so every task stream is consumed in order, without gaps.
-    """
+    """Mixture index -> (task slot, batch index within that task's stream): block ``b`` holds
+    ``counts[t]`` batches of task ``t`` in the order ``default_rng([seed, b])`` draws, its
+    ``r``-th being the stream's batch ``b * counts[t] + r`` (in order, without gaps)."""
 
     def __init__(self, counts: Sequence[int], seed: int):
         self.counts = np.asarray(counts, np.int64)
@@ -260,14 +202,9 @@ class BlockMixture(grain.transforms.DatasetSelectionMap):
         self._cache = {}
 
 
-# ---------------------------------------------------------------------------------------
-# Pipelines
-# ---------------------------------------------------------------------------------------
-
-
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax
+        import jax  # as in device_normalize: no JAX in grain's worker processes
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
@@ -296,9 +233,8 @@ def _group_by_task(records: Sequence[Record], tasks: Sequence[TaskSpec]) -> list
 
 class EpochShuffle(grain.MapDataset):
     """``parent`` repeated without end, each epoch in its own seeded order (one permutation
-    per epoch, cached). Replaces ``shuffle().repeat()``: grain's per-index cipher costs
-    more the shorter the data (measured: 1.6 ms per record at 24 records, 60 µs at 1,000),
-    the most expensive step for small per-task, per-host shards."""
+    per epoch, cached): cheaper than grain's ``shuffle().repeat()`` on small shards (README,
+    "Benchmarks")."""
 
     def __init__(self, parent: grain.MapDataset, seed: int):
         super().__init__(parent)
@@ -315,10 +251,6 @@ class EpochShuffle(grain.MapDataset):
         if order[0] != epoch:
             order = self._order = (epoch, np.random.default_rng([self._seed, epoch]).permutation(len(self._parent)))
         return self._parent[int(order[1][i])]
-
-
-def _stream_seed(seed: int, slot: int) -> int:
-    return int(np.random.SeedSequence([seed, slot]).generate_state(1)[0])
 
 
 def finish_pipeline(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
@@ -340,8 +272,7 @@ def finish_pipeline(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterD
 
 
 def _one_cv2_thread(worker_index: int, worker_count: int) -> None:
-    """Workers are the parallelism: OpenCV's own pool sizes itself to every core of the host
-    in each worker, oversubscribing a many-core host (no difference measurable on 2 cores)."""
+    """Workers are the parallelism: OpenCV's own pool would take every core in each one."""
     cv2.setNumThreads(1)
 
 
@@ -353,14 +284,9 @@ def make_train_pipeline(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.IterDataset:
-    """Infinite, shuffled, augmented, task-homogeneous batches of ``config.batch_size``
-    (uint8 images: `to_wire`).
-
-    ``records`` is any random-access sequence of labelled records (a source, a list);
-    ``tasks`` the model's task table (``task_id`` indexes it; flip permutations come from
-    it). Per-host sharding takes ``[process_index::process_count]`` of every task
-    (defaults: ``jax.process_index()`` / ``jax.process_count()``).
-    """
+    """Infinite, shuffled, augmented, task-homogeneous batches (uint8 images) of labelled
+    ``records`` for the task table ``tasks``; this host takes ``[process_index::process_count]``
+    of every task (defaults: ``jax.process_index()`` / ``jax.process_count()``)."""
     tasks = tuple(tasks)
     pi, pc = _process(process_index, process_count)
     groups = _group_by_task(records, tasks)
@@ -380,7 +306,7 @@ def make_train_pipeline(
     for slot, group in enumerate(groups):
         if not group:
             continue
-        seed = _stream_seed(config.seed, slot)
+        seed = int(np.random.SeedSequence([config.seed, slot]).generate_state(1)[0])
         stream = (
             EpochShuffle(grain.MapDataset.source(group)[pi::pc], seed)
             .seed(seed)

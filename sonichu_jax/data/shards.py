@@ -1,13 +1,7 @@
-"""Packed data sets: frames and their records in ArrayRecord shards (`sonichu-jax pack`).
-
-A pack is a folder of ``shard-NNNNN.array_record`` files and ``pack.json``, which lists
-the shards with their record counts and every record's labels, so loading a pack reads
-no image. Each shard item is self-describing: a 4-byte little-endian header length, the
-record as JSON, then the image: the frame file's own bytes (``encoded``, decoded again at
-every read) or its decoded uint8/uint16 pixels (``decoded``, larger, no decode cost).
-Items are written one per group (``group_size:1``) so that any one can be read alone:
-grain's global shuffle and per-host sharding read only the items they draw.
-"""
+"""Packed data sets (`sonichu-jax pack`): ``shard-NNNNN.array_record`` files, one item a
+group so any one reads alone, and ``pack.json`` with every record's labels, so loading
+a pack reads no image. Each item: a 4-byte little-endian header length, the record as
+JSON, then the frame file's bytes (``encoded``) or its decoded pixels (``decoded``)."""
 
 from __future__ import annotations
 
@@ -21,6 +15,7 @@ import numpy as np
 
 from sonichu_jax.data.records import LoadReport, Record
 from sonichu_jax.errors import InputError
+from sonichu_jax.preprocess import read_image
 
 PACK_INDEX = "pack.json"
 FORMAT = "sonichu-jax pack 1"
@@ -59,8 +54,6 @@ class PackedImage:
 
 def load_image(image) -> np.ndarray:
     """A record's image as an array: arrays as they are, packed frames read, paths decoded."""
-    from sonichu_jax.preprocess import read_image
-
     if isinstance(image, np.ndarray):
         return image
     return image.read() if isinstance(image, PackedImage) else read_image(image)
@@ -82,7 +75,7 @@ def write_pack(records: Sequence[Record], out: str, *, store: str = "decoded", s
 
     A frame that cannot be read is reported through ``warn`` and skipped; returns the
     ``pack.json`` contents plus ``skipped`` (how many were)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
+    from array_record.python.array_record_module import ArrayRecordWriter  # only packs need it: sources stay light
 
     if store not in STORES:
         raise InputError(f"store must be one of {STORES}, got {store!r}")
@@ -142,7 +135,7 @@ def load_pack(root: str) -> tuple[list[Record], LoadReport]:
     (`sonichu_jax.data.sources` wraps them as a `Source`).
 
     A shard that is missing, truncated or damaged raises `InputError` naming it."""
-    from array_record.python.array_record_data_source import ArrayRecordDataSource
+    from array_record.python.array_record_data_source import ArrayRecordDataSource  # as in write_pack
     from array_record.python.array_record_module import ArrayRecordReader
 
     path = os.path.join(root, PACK_INDEX)

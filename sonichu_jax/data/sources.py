@@ -1,10 +1,6 @@
-"""Random-access data sources: FM_UIA CSV files, JSONL manifests, folders of frames,
-packs (`sonichu_jax.data.shards`).
-
-Every source is a sequence of `Record` plus a `LoadReport` (``src.report``) of what was
-loaded, skipped and masked, and where; ``strict=True`` raises `InputError` at the first
-problem. The formats and the keypoint frame: README, "Data formats".
-"""
+"""Random-access data sources (FM_UIA CSV files, JSONL manifests, folders of frames, packs):
+a sequence of `Record` and a `LoadReport` (``src.report``); ``strict=True`` raises
+`InputError` at the first problem. The formats: README, "Data formats"."""
 
 from __future__ import annotations
 
@@ -55,18 +51,6 @@ class Source:
     def tasks(self) -> tuple[str, ...]:
         """Tasks present, in first-seen order."""
         return tuple(dict.fromkeys(r.task for r in self.records if r.task is not None))
-
-
-class ConcatSource(Source):
-    """Several sources as one (e.g. original labels plus a pseudo-label manifest)."""
-
-    def __init__(self, sources: Sequence[Source], name: str = "combined"):
-        report = LoadReport(name)
-        records: list[Record] = []
-        for src in sources:
-            records.extend(src.records)
-            report.merge(src.report)
-        super().__init__(records, report)
 
 
 def _task_table(tasks: Iterable[TaskSpec] | None) -> dict[str, TaskSpec]:
@@ -158,11 +142,6 @@ def _finish_record(
     return Record(image=image, task=task, keypoints=kps, valid=valid, **fields)
 
 
-# ---------------------------------------------------------------------------------------
-# FM_UIA CSV
-# ---------------------------------------------------------------------------------------
-
-
 def task_for_stem(stem: str, tasks: Mapping[str, TaskSpec], task_map: Mapping[str, str] | None) -> str | None:
     """The task a CSV named ``stem`` holds: ``task_map`` first, then a case-insensitive
     match of the stem to a task name."""
@@ -184,35 +163,16 @@ def _pick_column(header: Sequence[str], wanted: str | None, candidates: Sequence
     return None
 
 
-def _parse_point(cell: str) -> tuple[float, float] | None:
-    """A CSV cell ``[x, y]`` -> (x, y); empty -> None; anything else raises ValueError."""
-    cell = cell.strip()
-    if not cell:
-        return None
-    value = json.loads(cell)  # Python's json reads NaN too
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) != 2 or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    ):
-        raise ValueError(f"expected [x, y], got {cell!r}")
-    return float(value[0]), float(value[1])
-
-
-def _csv_rows(reader, path: str, report: LoadReport):
-    """(location, row) for each row after the header; row is None (and the problem is
-    reported and counted as skipped) where the csv module cannot parse the line."""
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:  # a NUL byte, a field over the size limit
-            report.add(f"{path}:{reader.line_num}", "malformed", f"cannot parse row: {exc}")
-            report.skipped += 1
-            yield f"{path}:{reader.line_num}", None
-            continue
-        yield f"{path}:{reader.line_num}", row
+def _keypoints(values: list, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """JSON ``[x, y]`` values (None: a missing point) -> ((K, 2) float32, NaN where missing;
+    which are present), or ValueError naming the first that is not ``[x, y]``."""
+    for value, name in zip(values, names):
+        if value is not None and (not isinstance(value, list) or len(value) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )):
+            raise ValueError(f"{name} must be [x, y], got {value!r}")
+    kps = np.array([(np.nan, np.nan) if v is None else v for v in values], np.float32).reshape(-1, 2)
+    return kps, np.array([v is not None for v in values], bool)
 
 
 def load_csv(
@@ -244,9 +204,18 @@ def load_csv(
         layout = _CsvLayout.read(reader, path, image_column, image_root or os.path.dirname(os.path.abspath(path)))
         wrong_k = len(layout.points) != spec.num_keypoints
         n_rows = 0
-        for location, row in _csv_rows(reader, path, report):
-            if row is None or not any(cell.strip() for cell in row):
-                continue  # unparsable (already reported and counted) or blank
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # a NUL byte, a field over the size limit
+                report.add(f"{path}:{reader.line_num}", "malformed", f"cannot parse row: {exc}")
+                report.skipped += 1
+                continue
+            location = f"{path}:{reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue
             n_rows += 1
             if wrong_k:
                 continue
@@ -305,7 +274,9 @@ class _CsvLayout:
             report.add(location, "malformed", f"{len(row)} fields, header has {len(self.header)}")
             return None
         try:
-            parsed = [_parse_point(row[c]) for c in self.points]
+            # an empty cell is a missing point (Python's json reads NaN too)
+            kps, valid = _keypoints([json.loads(row[c]) if row[c].strip() else None for c in self.points],
+                                    [self.header[c].strip() for c in self.points])
             spacing = None
             if self.spacing is not None and row[self.spacing].strip():
                 spacing = _positive(row[self.spacing].strip(), self.header[self.spacing].strip())
@@ -316,10 +287,8 @@ class _CsvLayout:
         if not image_ref:
             report.add(location, "malformed", "empty image path")
             return None
-        kps = np.array([p if p is not None else (np.nan, np.nan) for p in parsed], np.float32)
-        valid = np.array([p is not None for p in parsed], bool)
         return _finish_record(
-            image=_resolve(image_ref, self.root), task=spec.name, kps=kps.reshape(-1, 2), valid=valid,
+            image=_resolve(image_ref, self.root), task=spec.name, kps=kps, valid=valid,
             spec=spec, location=location, report=report, check_bounds=check_bounds,
             spacing_mm=spacing, source_id=f"{self.name}:{image_ref}",
         )
@@ -354,37 +323,11 @@ def load_csv_dir(
         if task is None or task not in table:
             report.add(path, "unknown_task", f"file stem {stem!r} names no task ({', '.join(table)})")
             continue
-        parts.append(
-            load_csv(
-                path, task=task, tasks=table.values(), image_column=image_column,
-                strict=strict, check_bounds=check_bounds,
-            )
-        )
-    combined = ConcatSource(parts, name=directory)
-    report.merge(combined.report)
-    return Source(combined.records, report)
-
-
-# ---------------------------------------------------------------------------------------
-# JSONL manifest
-# ---------------------------------------------------------------------------------------
-
-
-def _manifest_keypoints(value: Any) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(value, list):
-        raise ValueError("'keypoints' must be a list of [x, y]")
-    kps = np.full((len(value), 2), np.nan, np.float32)
-    present = np.zeros(len(value), bool)
-    for i, point in enumerate(value):
-        if point is None:
-            continue
-        if not isinstance(point, list) or len(point) != 2 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in point
-        ):
-            raise ValueError(f"keypoint {i} must be [x, y], got {point!r}")
-        kps[i] = point
-        present[i] = True
-    return kps, present
+        parts.append(load_csv(path, task=task, tasks=table.values(), image_column=image_column, strict=strict,
+                              check_bounds=check_bounds))
+    for part in parts:
+        report.merge(part.report)
+    return Source([r for part in parts for r in part], report)
 
 
 def _image_size_field(entry: dict) -> tuple[int, int]:
@@ -457,7 +400,10 @@ class _ManifestEntry:
             raise ValueError(f"'is_pseudo' must be true or false, got {entry.is_pseudo!r}")
         entry.kps = entry.valid = None
         if fields.get("keypoints") is not None:
-            entry.kps, entry.valid = _manifest_keypoints(fields["keypoints"])
+            points = fields["keypoints"]
+            if not isinstance(points, list):
+                raise ValueError("'keypoints' must be a list of [x, y]")
+            entry.kps, entry.valid = _keypoints(points, [f"keypoint {i}" for i in range(len(points))])
             if "valid" in fields:
                 given = fields["valid"]
                 if not isinstance(given, list) or len(given) != len(entry.kps) or not all(
@@ -525,11 +471,6 @@ def manifest_line(record: Record, root: str | None = None, size: tuple[int, int]
     return json.dumps(entry)
 
 
-# ---------------------------------------------------------------------------------------
-# Frame folders
-# ---------------------------------------------------------------------------------------
-
-
 def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Source:
     """Every image file below ``root`` as an unlabelled record (`find_images` order), or
     the records of the pack ``root`` is."""
@@ -546,15 +487,6 @@ def load_frames(root: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> S
     return Source(records, report)
 
 
-# ---------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def load_source(
     spec: str | os.PathLike,
     *,
@@ -563,33 +495,28 @@ def load_source(
     image_column: str | None = None,
     strict: bool = False,
     check_bounds: bool = True,
-    log: Callable[[str], None] | None = _stderr,
+    log: Callable[[str], None] | None = lambda message: print(message, file=sys.stderr),
 ) -> Source:
     """A ``.jsonl`` manifest, a ``.csv`` file, or a directory (a pack, its ``manifest.jsonl``
     if it has one, else its CSV files). The load summary goes to ``log`` (stderr by default;
     None to stay quiet)."""
     spec = os.fspath(spec)
-    tasks = tuple(_task_table(tasks).values())
+    options = dict(tasks=tuple(_task_table(tasks).values()), strict=strict, check_bounds=check_bounds)
+    csv_options = dict(options, task_map=task_map, image_column=image_column)
     if os.path.isdir(spec):
         manifest = os.path.join(spec, MANIFEST_NAME)
         if is_pack(spec):
             source = Source(*load_pack(spec))
         elif os.path.isfile(manifest):
-            source = load_manifest(manifest, tasks=tasks, strict=strict, check_bounds=check_bounds)
+            source = load_manifest(manifest, **options)
         else:
-            source = load_csv_dir(
-                spec, tasks=tasks, task_map=task_map, image_column=image_column,
-                strict=strict, check_bounds=check_bounds,
-            )
+            source = load_csv_dir(spec, **csv_options)
     elif not os.path.exists(spec):
         raise InputError(f"data not found: {spec}")
     elif spec.lower().endswith(".jsonl"):
-        source = load_manifest(spec, tasks=tasks, strict=strict, check_bounds=check_bounds)
+        source = load_manifest(spec, **options)
     elif spec.lower().endswith(".csv"):
-        source = load_csv(
-            spec, tasks=tasks, task_map=task_map, image_column=image_column,
-            strict=strict, check_bounds=check_bounds,
-        )
+        source = load_csv(spec, **csv_options)
     else:
         raise InputError(f"{spec}: expected a .jsonl manifest, a .csv file or a directory of CSVs")
     if log is not None:

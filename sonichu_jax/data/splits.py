@@ -1,14 +1,5 @@
-"""The card's fair validation split: original labels only, 15 %, seed 42.
-
-The split is stratified per task: within each task, the original-label records are
-ordered by ``source_id`` (so the result does not depend on the order files were listed or
-concatenated in), permuted with ``numpy.random.default_rng([seed, crc32(task)])``, and the
-first ``round(fraction * n)`` go to validation. Per task rather than global because a
-global 15 % draw over a data set where one task is 60 % of the records can leave a small
-task with almost no validation images, which makes its per-task MRE and the unweighted
-mean noisy; per-task rounding keeps every task at 15 % (and at least one validation record
-once a task has two). Pseudo-labelled records always go to training.
-"""
+"""The card's fair validation split: original labels only, 15 %, seed 42, stratified per
+task (why and how: docs/training.md, "Input batches")."""
 
 from __future__ import annotations
 

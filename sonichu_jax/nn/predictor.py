@@ -1,12 +1,6 @@
-"""The I-JEPA predictor, Flax NNX (Assran et al. 2023, facebookresearch/ijepa; how the official
-checkpoint's names map onto it: docs/checkpoints.md, "I-JEPA").
-
-A narrow transformer that sees the context tokens (encoder outputs, embedded to its own
-width, plus their positions) followed by one mask token per target position (the learned
-mask token plus that position), and predicts the encoder features at the target positions.
-Parameter names follow the official module (``predictor_embed`` -> ``embed``, ...), so the
-converter's rules stay one-to-one.
-"""
+"""The I-JEPA predictor, Flax NNX (Assran et al. 2023, facebookresearch/ijepa): a narrow
+transformer over the embedded context tokens and one mask token per target position
+(docs/checkpoints.md, "I-JEPA"); names follow the official module's, one-to-one."""
 
 from __future__ import annotations
 

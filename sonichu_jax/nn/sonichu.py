@@ -20,10 +20,8 @@ EMBED_POOLS = ("mean", "none")
 
 
 def unflip(coords: jax.Array, flip_perm: tuple[int, ...] | None) -> jax.Array:
-    """(B, K, 2) coordinates predicted on mirrored images -> the original images' frame:
-    x back as 1 - x, then left/right keypoints relabelled (keypoint i of the original
-    image is keypoint ``flip_perm[i]`` of the mirrored one). Flip TTA averages this with
-    the plain prediction; the trainers' predict step uses it too."""
+    """(B, K, 2) coordinates predicted on mirrored images -> the original images' frame: x
+    back as 1 - x, keypoints relabelled (keypoint i is ``flip_perm[i]`` of the mirrored one)."""
     coords = coords.at[..., 0].set(1.0 - coords[..., 0])
     return coords if flip_perm is None else coords[:, jnp.asarray(flip_perm)]
 
@@ -39,29 +37,17 @@ class TaskOutput(nnx.Module):
 
 
 class SonichuModel(nnx.Module):
-    """Multi-task keypoint model.
-
-    ``heatmaps(pixel_values, task)`` -> (B, H/4, W/4, K) float32,
-    ``predict(pixel_values, task, tta=True)`` -> (B, K, 2) normalised xy in [0, 1] (``cfg.decoder``) and
-    ``embed(pixel_values, pool="mean")`` -> (B, D) or (B, gh, gw, D) backbone features;
-    all take channels-last (B, H, W, 3) ImageNet-normalised images and run jit-compiled
-    in eval mode (whatever mode the model is in), one compilation per (task or pooling,
-    batch shape, tta).
-    """
+    """Multi-task keypoint model: ``heatmaps`` (B, H/4, W/4, K), ``predict`` (B, K, 2)
+    normalised xy and ``embed`` (B, D) or (B, gh, gw, D) take channels-last (B, H, W, 3)
+    ImageNet-normalised images and run jit-compiled in eval mode, one compilation per
+    (task or pooling, batch shape, tta)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.backbone = VisionTransformer(cfg, rngs=rngs)
         self.trunk = DeconvTrunk(cfg, rngs=rngs) if cfg.head_sharing == "shared_trunk" else None
-        heads = {}
-        for spec in cfg.tasks:
-            if cfg.head_kind == "simple":
-                heads[spec.name] = SimpleHead(cfg, spec.num_keypoints, rngs=rngs)
-            elif self.trunk is not None:
-                heads[spec.name] = TaskOutput(cfg, spec.num_keypoints, rngs=rngs)
-            else:
-                heads[spec.name] = ClassicHead(cfg, spec.num_keypoints, rngs=rngs)
-        self.heads = nnx.Dict(heads)
+        head = SimpleHead if cfg.head_kind == "simple" else ClassicHead if self.trunk is None else TaskOutput
+        self.heads = nnx.Dict({spec.name: head(cfg, spec.num_keypoints, rngs=rngs) for spec in cfg.tasks})
 
     # -- forward pieces (traceable; used by the jitted entry points and the trainers) ----
     def feature_map(self, pixel_values: jax.Array) -> jax.Array:
@@ -99,10 +85,6 @@ class SonichuModel(nnx.Module):
     def forward_predict(self, pixel_values: jax.Array, task: str, tta: bool) -> jax.Array:
         return self.forward_views(pixel_values, task, tta).mean(0)
 
-    def forward_embed(self, pixel_values: jax.Array, pool: str) -> jax.Array:
-        features = self.feature_map(pixel_values).astype(jnp.float32)
-        return features.mean(axis=(1, 2)) if pool == "mean" else features
-
     # -- jitted public API --------------------------------------------------------------
     def _pixels(self, pixel_values) -> jax.Array:
         """The input as a (B, H, W, C) array, or a one-line error that says how to fix it."""
@@ -139,12 +121,9 @@ class SonichuModel(nnx.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, layout: str | None = None, dtype: str | None = None,
                         report=None, strict: bool = False, tasks=None, rename=None, entry=None) -> "SonichuModel":
-        """Load a checkpoint directory, weights file or Hub name (``owner/name``), in
-        eval mode. Tensors the model does not use are skipped and reported (``strict``:
-        refused); an encoder-only checkpoint, or ``tasks`` not in the checkpoint (names,
-        or ``{name: keypoint count}``), get freshly initialised heads. ``rename``:
-        ``[(regex, replacement), ...]`` applied to tensor names first. See
-        `sonichu_jax.model_arrays.read_pretrained` and docs/checkpoints.md."""
+        """Load a checkpoint directory, weights file or Hub name (``owner/name``), in eval
+        mode, through `model_arrays.read_pretrained` (unused tensors, new heads for
+        ``tasks``, ``rename`` rules: docs/checkpoints.md)."""
         cfg, arrays = read_pretrained(path, layout=layout, dtype=dtype, report=report, strict=strict, tasks=tasks,
                                       rename=rename, entry=entry)
         return cls.from_arrays(cfg, arrays)
@@ -181,7 +160,8 @@ def _jit_predict(graphdef, state, pixel_values, task, tta):
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _jit_embed(graphdef, state, pixel_values, pool):
-    return _inference_copy(graphdef, state).forward_embed(pixel_values, pool)
+    features = _inference_copy(graphdef, state).feature_map(pixel_values).astype(jnp.float32)
+    return features.mean(axis=(1, 2)) if pool == "mean" else features
 
 
 def count_params(model: nnx.Module) -> int:

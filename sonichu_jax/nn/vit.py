@@ -22,9 +22,8 @@ FSDP = "fsdp"  # the mesh axis that parameters are split over (sonichu_jax.train
 
 
 def fsdp(*axes) -> dict:
-    """Variable metadata: the partition spec ``axes`` (a mesh axis or None per dimension:
-    FSDP on the largest one) that `nnx.get_partition_spec` reads. Nothing is placed when
-    the module is built; a run, or a researcher's own code, places the state from it."""
+    """Variable metadata: the partition spec ``axes`` (FSDP on the largest dimension) that
+    `nnx.get_partition_spec` reads; nothing is placed when the module is built."""
     return {"out_sharding": axes, "eager_sharding": False}
 
 
@@ -222,12 +221,8 @@ def run_blocks(blocks, x: jax.Array, valid: jax.Array | None, remat: str) -> jax
 
 
 class VisionTransformer(nnx.Module):
-    """Patch embedding + position table + pre-LN blocks + final LayerNorm; no class token.
-
-    Position table kinds: ``sincos`` (fixed, not trained), ``learned`` (N, D) and
-    ``learned_cls_folded`` (N + 1, D, the ViTPose layout whose class slot is added to every
-    patch token).
-    """
+    """Patch embedding + position table (``cfg.pos_embed``; docs/architecture.md) + pre-LN
+    blocks + final LayerNorm; no class token."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg

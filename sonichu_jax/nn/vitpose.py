@@ -11,13 +11,8 @@ from sonichu_jax.nn.vit import FSDP, fsdp
 
 def conv_as_matmul(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
     """Stride-1 convolution (HWIO kernel, ``pad`` zeros on every side) as one matmul over
-    shifted copies of the input (im2col).
-
-    Same result as lax.conv_general_dilated, but its kernel gradient is a plain matmul:
-    XLA's CPU backend computes convolution kernel gradients over large spatial maps two
-    orders of magnitude slower than the forward pass. Meant for small kernels (1x1, 2x2),
-    where the im2col copy is cheap.
-    """
+    shifted copies of the input (im2col), for small kernels: its kernel gradient is a plain
+    matmul, fast on CPU where XLA's convolution gradient is not (docs/architecture.md)."""
     kh, kw, cin, cout = kernel.shape
     if pad:
         x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -58,16 +53,10 @@ class PointwiseConv(nnx.Module):
 
 
 class Deconv4x4(nnx.Module):
-    """PyTorch's ConvTranspose2d(k=4, stride=2, padding=1, bias=False), computed as a
-    sub-pixel convolution.
-
-    The kernel is stored as (4, 4, in, out) of the *spatially flipped* PyTorch kernel (the
-    kernel lax.conv_transpose would take). Instead of convolving a zero-dilated input (4x
-    the FLOPs, and slow on CPU), each of the four output phases (row parity a, column
-    parity b) is a 2x2 convolution with taps kernel[a::2, b::2]: one 2x2 convolution with
-    padding 1 and 4 * out channels computes all four, and phase (a, b) is its output
-    shifted by (a, b), interleaved into the 2x larger map.
-    """
+    """PyTorch's ConvTranspose2d(k=4, stride=2, padding=1, bias=False) as a sub-pixel
+    convolution: the four output phases (a, b) are one 2x2 convolution with taps
+    kernel[a::2, b::2], interleaved. The kernel is stored spatially flipped
+    (docs/architecture.md, "The transposed convolution as a sub-pixel convolution")."""
 
     def __init__(self, in_features: int, out_features: int, dtype, *, rngs: nnx.Rngs, conv: str = "matmul"):
         init = nnx.initializers.lecun_normal()

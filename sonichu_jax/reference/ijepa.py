@@ -3,15 +3,7 @@ shapes them (facebookresearch/ijepa, ``src/models/vision_transformer.py``; Assra
 "Self-Supervised Learning from Images with a Joint-Embedding Predictive Architecture",
 CVPR 2023): parameter names, the list-of-masks calling convention and the checkpoint dict.
 Written for the parity tests from the paper and the public module's names; never imported
-by the library.
-
-- Encoder: patch embedding, a fixed 2D sin-cos table, pre-LN blocks, final LayerNorm;
-  ``forward(x, masks)`` keeps, per mask, the tokens it indexes (after adding positions).
-- Predictor: ``predictor_embed`` to its own width, positions of the context tokens added;
-  one query per target position (``mask_token`` + that position); each target mask gets
-  its own copy of the context; pre-LN ``predictor_blocks``, ``predictor_norm``, and
-  ``predictor_proj`` back to the encoder width at the query positions.
-"""
+by the library."""
 
 from __future__ import annotations
 

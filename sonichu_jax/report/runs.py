@@ -1,11 +1,6 @@
-"""Training runs on disk: finding them, reading their config and metrics, and the data
-they were validated on.
-
-A run directory holds ``train_config.json`` and ``metrics.jsonl`` (every stage writes
-both before its first step); a finished keypoint run also holds ``model/``. A directory
-that is not a run may hold runs below it (the demo's ``ijepa/``, ``teachers/*/`` and
-``student/``); it is searched, without descending into the runs themselves.
-"""
+"""Training runs on disk (``train_config.json`` + ``metrics.jsonl``, and ``model/`` once a
+keypoint run has finished), found in the folders given or below them, and the data
+they were validated on."""
 
 from __future__ import annotations
 
@@ -16,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from sonichu_jax.errors import InputError
+from sonichu_jax.fileio import read_json
 
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -97,14 +93,7 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 
 
 def load_run(path: str, name: str) -> Run:
-    config_path = os.path.join(path, CONFIG_FILE)
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            config = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {config_path}: {exc}") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path} is not a JSON object")
+    config = read_json(os.path.join(path, CONFIG_FILE))
     return Run(os.path.abspath(path), name, config, read_metrics(os.path.join(path, METRICS_FILE)))
 
 
