@@ -10,10 +10,6 @@ from sonichu_jax.errors import ConfigError
 from sonichu_jax.train.configlib import EPOCH_KEYS, get_path, has_path, replace_path, steps_twin
 
 
-def steps_per_epoch(examples: int, batch_size: int) -> int:
-    return max(1, examples // batch_size)
-
-
 def _in_steps(key: str, epochs: float, per_epoch: int) -> int:
     steps = round(epochs * per_epoch)
     if key in ("optim.warmup_epochs", "log.eval_every_epochs"):
@@ -38,7 +34,7 @@ def in_steps(config: Any, examples: int | None) -> Any:
 
 def resolve_schedule(config: Any, examples: int) -> tuple[Any, int]:
     """(config with every epoch field's twin in steps, checked again; steps per epoch)."""
-    per_epoch = steps_per_epoch(examples, config.data.batch_size)
+    per_epoch = max(1, examples // config.data.batch_size)
     given = epoch_fields(config)
     for key in given:
         config = replace_path(config, steps_twin(key), _in_steps(key, get_path(config, key), per_epoch))

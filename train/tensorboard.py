@@ -25,10 +25,6 @@ TAGS = {
 NOT_LOGGED = ("finite",)
 
 
-def tag(key: str) -> str:
-    return TAGS.get(key, f"train/{key}")
-
-
 def _tensorboardx():
     """tensorboardX, imported with torch hidden: its writer imports torch only to accept
     tensors, and a JAX training process should not load torch."""
@@ -71,7 +67,7 @@ class TensorBoardSink(MetricsSink):
         self.writer.flush()
 
     def train_window(self, step, metrics):
-        self._write(step, {tag(k): v for k, v in metrics.items() if k not in NOT_LOGGED})
+        self._write(step, {TAGS.get(k, f"train/{k}"): v for k, v in metrics.items() if k not in NOT_LOGGED})
 
     def validation(self, step, report: MREReport):
         scalars = {"val/mre_weighted": report.weighted_px, "val/mre_unweighted": report.unweighted_px}
