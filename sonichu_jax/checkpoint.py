@@ -7,7 +7,6 @@ import os
 from typing import Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
@@ -26,7 +25,6 @@ from sonichu_jax.convert import (
 )
 from sonichu_jax.convert.rename import RuleSpec
 from sonichu_jax.model_arrays import expected_shapes, filled, flat_state, fresh_arrays, path_str, read_pretrained, save_flax  # noqa: F401
-from sonichu_jax.nn.predictor import Predictor
 from sonichu_jax.nn.sonichu import SonichuModel
 
 __all__ = ["FLAX_WEIGHTS_NAME", "TORCH_WEIGHTS_NAME", "load_backbone", "save_flax", "export_pytorch", "init_model"]
@@ -75,12 +73,6 @@ def load_backbone(
         raise ConversionError(report, context=ckpt.weights)
     nnx.update(model.backbone, nnx.state(filled(model.backbone, arrays, prefix="backbone/")))
     return report
-
-
-def predictor_from_arrays(cfg: ModelConfig, width: int, depth: int, arrays: dict[str, np.ndarray]) -> Predictor:
-    """A predictor whose every variable comes from ``arrays`` (keys ``predictor/...``)."""
-    abstract = nnx.eval_shape(lambda: Predictor(cfg, width, depth, rngs=nnx.Rngs(0)))
-    return filled(abstract, arrays, prefix="predictor/")
 
 
 def export_pytorch(model: SonichuModel, directory: str | os.PathLike, layout: str = "sonichu") -> None:

@@ -173,24 +173,18 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, notes: list[str] | None = None) -> "ModelConfig":
+    def from_dict(cls, data: Any) -> "ModelConfig":
         """A config from its ``config.json`` form, every value type-checked (ConfigError
-        naming the key and the value). Keys that are not ours are an error, or, when
-        ``notes`` is a list, one note there (a publisher's config.json carries keys of
-        its own)."""
+        naming the key and the value); keys that are not ours are an error."""
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a JSON object, got a {type(data).__name__}")
         data = dict(data)
         model_type = data.pop("model_type", MODEL_TYPE)
         unknown = sorted(set(data) - set(FIELD_TYPES) - {"tasks", "flip_permutations", *CHECKPOINT_KEYS})
         if model_type != MODEL_TYPE:
-            if notes is None:
-                raise ConfigError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
-            notes.append(f"model_type {model_type!r} is not {MODEL_TYPE!r}; the keys we know are read")
+            raise ConfigError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
         if unknown:
-            if notes is None:
-                raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-            notes.append(f"config keys not ours, ignored: {', '.join(unknown)}")
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         fields = {key: check_field(key, data[key]) for key in FIELD_TYPES if key in data}
         tasks = data.get("tasks")
         if tasks is not None:

@@ -5,7 +5,6 @@ from sonichu_jax.data.augment import AugmentConfig, augment_sample, resize_sampl
 from sonichu_jax.data.pipeline import (
     ExampleLoader,
     PipelineConfig,
-    describe_mixture,
     make_eval_pipeline,
     make_train_pipeline,
     task_weights,

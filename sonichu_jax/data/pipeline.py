@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import grain
@@ -360,14 +360,3 @@ class _EvalItem:
 
     def __call__(self, i: int) -> dict[str, np.ndarray]:
         return self.loader(self.shard[i]) if i < len(self.shard) else self.loader.padding(self.slot)
-
-
-def describe_mixture(records: Sequence[Record], tasks: Sequence[TaskSpec], config: PipelineConfig) -> dict[str, Any]:
-    """Per task: records, sampling weight and batches per block (for logs and tests)."""
-    groups = _group_by_task(records, tasks)
-    weights = task_weights([len(g) for g in groups], config.weighting, config.cap)
-    counts = block_counts(weights, config.block_batches)
-    return {
-        t.name: {"records": len(g), "weight": float(w), "batches_per_block": int(c)}
-        for t, g, w, c in zip(tasks, groups, weights, counts)
-    }
