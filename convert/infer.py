@@ -15,7 +15,7 @@ import numpy as np
 from sonichu_jax.config import CARD_TASKS, ModelConfig, TaskSpec
 from sonichu_jax.convert.config_json import ConfigJson, read_config_json
 from sonichu_jax.convert.engine import Layout, Options, TensorSource, strip_prefix
-from sonichu_jax.errors import ConfigError, InputError
+from sonichu_jax.errors import InputError
 from sonichu_jax.posembed import factor_grid, sincos_2d
 
 HEAD_DIM = 64  # ViT-Ti/S/B/L use 64-wide attention heads
@@ -328,10 +328,7 @@ def _from_fields(parsed: ConfigJson, layout: Layout) -> Inferred:
     fields = dict(parsed.fields)
     if parsed.tasks:
         fields["tasks"] = parsed.tasks
-    try:
-        cfg = ModelConfig(**fields)
-    except ConfigError as exc:
-        raise ConfigError(f"config.json: {exc}") from None
+    cfg = ModelConfig(**fields)
     return Inferred(cfg, cfg.grid, parsed.notes + [f"layout {layout.name}: config from config.json, defaults elsewhere"])
 
 
@@ -353,10 +350,7 @@ def _reconcile(inferred: ModelConfig, parsed: ConfigJson, layout: Layout, notes:
             notes.append(f"heads from the task table in config.json ({parsed.tasks_key}); they start freshly initialised")
     elif layout.provides is not None:
         notes.append(f"backbone only: the card's {len(CARD_TASKS)} tasks, whose heads start freshly initialised")
-    try:
-        return inferred.replace(**free, tasks=tasks)
-    except ConfigError as exc:
-        raise ConfigError(f"config.json: {exc}") from None
+    return inferred.replace(**free, tasks=tasks)
 
 
 def _agree(parsed: ConfigJson, from_heads: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
