@@ -66,15 +66,9 @@ class Layout:
 
 def strip_prefix(names: Iterable[str]) -> str:
     """The wrapper prefix shared by every name (``module.``, ``model.``, nested), or ''."""
-    names = list(names)
-    prefix = ""
-    while names:
-        for cand in KNOWN_PREFIXES:
-            if all(n.startswith(prefix + cand) for n in names):
-                prefix += cand
-                break
-        else:
-            return prefix
+    names, prefix = list(names), ""
+    while names and (cand := next((c for c in KNOWN_PREFIXES if all(n.startswith(prefix + c) for n in names)), None)):
+        prefix += cand
     return prefix
 
 

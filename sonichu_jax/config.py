@@ -258,17 +258,8 @@ def _size(key: str, value: Any) -> tuple[int, int]:
     raise ConfigError(f"config {key} must be [height, width] (positive integers) or one integer, got {value!r}")
 
 
-FIELD_TYPES = {
-    "image_size": _size, "patch_size": _int(1), "in_channels": _int(1), "width": _int(1), "depth": _int(1),
-    "num_heads": _int(1), "mlp_ratio": _number, "qkv_bias": _bool, "layer_norm_eps": _number,
-    "pos_embed": _text, "patch_padding": _int(0), "head_kind": _text, "head_sharing": _text,
-    "deconv_filters": _int(1), "num_deconv": _int(0), "batch_norm_eps": _number, "softargmax_beta": _number,
-    "dtype": _text,
-}
-
-
 def _by_default_type(default: Any):
-    """The check for a field without an entry above, from the type of its default."""
+    """The check for a field from the type of its default."""
     if isinstance(default, bool):
         return _bool
     if isinstance(default, int):
@@ -278,10 +269,12 @@ def _by_default_type(default: Any):
     return _text
 
 
-# Every other field of ModelConfig (compute options added later, say) is checked by the
-# type of its default value.
-FIELD_TYPES.update({f.name: _by_default_type(f.default) for f in dataclasses.fields(ModelConfig)
-                    if f.name not in FIELD_TYPES and f.name != "tasks"})
+# Each ModelConfig field (but the task table) is checked by the type of its default value,
+# except the image size and the sizes that must be positive.
+_SPECIAL = {"image_size": _size, **dict.fromkeys(("patch_size", "in_channels", "width", "depth", "num_heads",
+                                                  "deconv_filters"), _int(1))}
+FIELD_TYPES = {f.name: _SPECIAL.get(f.name) or _by_default_type(f.default) for f in dataclasses.fields(ModelConfig)
+               if f.name != "tasks"}
 
 
 def check_field(key: str, value: Any) -> Any:
