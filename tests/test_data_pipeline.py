@@ -169,7 +169,7 @@ def test_eval_pipeline_every_record_once_and_sharded(records):
     b = single[0]
     r = records[int(b["index"][0])]
     np.testing.assert_allclose(b["image"][0], prep.preprocess_one(r.image)[0], atol=1e-5)
-    np.testing.assert_allclose(b["keypoints"][0, : r.num_keypoints], r.keypoints / 48, atol=1e-6)
+    np.testing.assert_allclose(b["keypoints"][0, : len(r.keypoints)], r.keypoints / 48, atol=1e-6)
     # two hosts: disjoint, complete, same number of batches
     hosts = [list(make_eval_pipeline(records, TASKS, config, process_index=p, process_count=2)) for p in range(2)]
     assert len(hosts[0]) == len(hosts[1])
