@@ -11,8 +11,7 @@ from flax import nnx
 
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.convert import (
-    FLAX_WEIGHTS_NAME,
-    TORCH_WEIGHTS_NAME,
+    FLAX_WEIGHTS_NAME,  # noqa: F401 - re-exported
     ConversionError,
     ConversionReport,
     Options,
@@ -24,10 +23,8 @@ from sonichu_jax.convert import (
     write_pytorch,
 )
 from sonichu_jax.convert.rename import RuleSpec
-from sonichu_jax.model_arrays import expected_shapes, filled, flat_state, fresh_arrays, path_str, read_pretrained, save_flax  # noqa: F401
+from sonichu_jax.model_arrays import expected_shapes, filled, flat_state, fresh_arrays, save_flax  # noqa: F401
 from sonichu_jax.nn.sonichu import SonichuModel
-
-__all__ = ["FLAX_WEIGHTS_NAME", "TORCH_WEIGHTS_NAME", "load_backbone", "save_flax", "export_pytorch", "init_model"]
 
 
 def abstract_model(cfg: ModelConfig) -> SonichuModel:
