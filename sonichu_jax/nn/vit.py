@@ -138,12 +138,16 @@ def heads_major_attention(x: jax.Array, qkv: nnx.Linear, proj: nnx.Linear, num_h
     dtype = qkv.dtype or x.dtype
     w = qkv.kernel[...].astype(dtype).reshape(d, 3, num_heads, hd)
     q, k, v = (jnp.einsum("btd,dnh->bnth", x.astype(dtype), w[:, i]) for i in range(3))
-    if qkv.bias is not None:
-        bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, 1, hd)
-        q, k, v = q + bias[0], k + bias[1], v + bias[2]
-    out = (splash_attention if splash else softmax_attention)(q * jnp.asarray(hd**-0.5, dtype), k, v, valid)
     wp = proj.kernel[...].astype(dtype).reshape(num_heads, hd, d)
-    return (jnp.einsum("bnth,nhd->btd", out, wp) + proj.bias[...].astype(dtype))[:, :t]
+    out_bias = proj.bias[...].astype(dtype)
+    if qkv.bias is not None:
+        # No token-wide reductions of dk and dv for their biases: k's shifts all of a query's
+        # logits alike (the softmax ignores it), v's passes through it (rows sum to one) into proj's.
+        bias = qkv.bias[...].astype(dtype).reshape(3, num_heads, hd)
+        q = q + bias[0][:, None]
+        out_bias = out_bias + jnp.einsum("nh,nhd->d", bias[2], wp)
+    out = (splash_attention if splash else softmax_attention)(q * jnp.asarray(hd**-0.5, dtype), k, v, valid)
+    return (jnp.einsum("bnth,nhd->btd", out, wp) + out_bias)[:, :t]
 
 
 class Attention(nnx.Module):
