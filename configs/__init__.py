@@ -1,5 +1,3 @@
-"""Experiment configs bundled with sonichu-jax: each module defines ``get_config()``.
-
-Installed as ``sonichu_jax.configs`` so that ``--config teacher_vitb`` finds them by name
-after a wheel install; ``--config path/to/file.py`` loads any file.
+"""Experiment configs bundled with sonichu-jax (``sonichu_jax.configs``), each defining
+``get_config()``: ``--config teacher_vitb`` finds one by name after a wheel install.
 """

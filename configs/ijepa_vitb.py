@@ -1,14 +1,6 @@
-"""I-JEPA pretraining of the card's backbone: ViT-B/16 at 256 px (16x16 patch grid),
-predictor depth 6 width 384, the official masks, schedules and batch (docs/ijepa.md).
-
-The official schedule is in epochs: 300, with 40 of warm-up, at batch 2048. The run turns
-them into steps from its number of frames: the card's 160,486 give 78 steps per epoch,
-23,400 steps and a 3,120-step warm-up. bfloat16 compute, float32 parameters and
-optimiser state.
-
-Masks: the official context block at 16x16 is always 15x15 at the top-left (the shrink
-below the grid); contexts are cut to the batch minimum, which at 128+ images per host
-stays below ~100 tokens: 128 static slots. Targets pad to 54 tokens (largest 9x6 block).
+"""I-JEPA pretraining of the card's backbone: ViT-B/16 at 256 px, predictor depth 6 width
+384, the official masks, schedules (300 epochs, 40 of warm-up) and batch 2048; bfloat16
+compute. 128 static context slots, targets padded to 54 tokens (docs/ijepa.md).
 """
 
 from sonichu_jax.config import card_config

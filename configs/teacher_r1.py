@@ -1,17 +1,13 @@
-"""Teacher regime R1: labelled data + round-1 pseudo-labels (written by a labels-only teacher),
-all tasks, flip disagreement <= 8.0 px, sampled like labelled records.
+"""Teacher regime R1: labelled data + round-1 pseudo-labels (by a labels-only teacher) within
+8 px flip disagreement.
 
     sonichu-jax train-teacher --config configs/teacher_r1.py --data DATA --out runs/r1 \
         --set init.path=runs/ijepa/backbone --set data.pseudo_dir=runs/pseudo
 """
 
-import dataclasses
-import os
-
-from sonichu_jax.train.configlib import PseudoLabelSet, load_config_file
+from sonichu_jax.configs.teacher_vitb import with_pseudo_labels
+from sonichu_jax.train.configlib import PseudoLabelSet
 
 
 def get_config():
-    base = load_config_file(os.path.join(os.path.dirname(__file__), "teacher_vitb.py"))
-    pseudo = (PseudoLabelSet("round1.jsonl", max_disagreement_px=8.0),)
-    return dataclasses.replace(base, data=dataclasses.replace(base.data, pseudo_labels=pseudo), seed=1)
+    return with_pseudo_labels(PseudoLabelSet("round1.jsonl", max_disagreement_px=8.0), seed=1)

@@ -1,17 +1,13 @@
-"""Teacher regime R2: labelled data + round-2 pseudo-labels (written by the R1 teacher),
-all tasks, flip disagreement <= 6.0 px, sampled like labelled records.
+"""Teacher regime R2: labelled data + round-2 pseudo-labels (by the R1 teacher) within 6 px
+flip disagreement.
 
     sonichu-jax train-teacher --config configs/teacher_r2.py --data DATA --out runs/r2 \
         --set init.path=runs/ijepa/backbone --set data.pseudo_dir=runs/pseudo
 """
 
-import dataclasses
-import os
-
-from sonichu_jax.train.configlib import PseudoLabelSet, load_config_file
+from sonichu_jax.configs.teacher_vitb import with_pseudo_labels
+from sonichu_jax.train.configlib import PseudoLabelSet
 
 
 def get_config():
-    base = load_config_file(os.path.join(os.path.dirname(__file__), "teacher_vitb.py"))
-    pseudo = (PseudoLabelSet("round2.jsonl", max_disagreement_px=6.0),)
-    return dataclasses.replace(base, data=dataclasses.replace(base.data, pseudo_labels=pseudo), seed=2)
+    return with_pseudo_labels(PseudoLabelSet("round2.jsonl", max_disagreement_px=6.0), seed=2)

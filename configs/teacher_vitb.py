@@ -1,18 +1,16 @@
 """ViTPose teacher on the card's model: ViT-B/16 at 256x256, one classic head per task,
-fine-tuned from an I-JEPA backbone with the ViTPose-B optimiser (docs/recipe.md, "Stage 2").
+fine-tuned from an I-JEPA backbone with the ViTPose-B optimiser; 100 epochs, 3 of warm-up,
+batch 64 (docs/recipe.md, "Stage 2").
 
     sonichu-jax train-teacher --config configs/teacher_vitb.py --data DATA --out runs/t1 \
         --set init.path=runs/ijepa/backbone
-
-The card's schedule is in epochs: 100, with 3 of warm-up, batch 64. The run turns them
-into steps from its own training set (after the split and the pseudo-label selection):
-the card's 32,722 samples give 511 steps per epoch, 51,100 steps. Validation every 5
-epochs; checkpoints every 2,000 steps.
 """
+
+import dataclasses
 
 from sonichu_jax.config import card_config
 from sonichu_jax.train.configlib import (
-    CheckpointConfig, DataConfig, InitConfig, LogConfig, OptimConfig, TeacherConfig,
+    CheckpointConfig, DataConfig, InitConfig, LogConfig, OptimConfig, PseudoLabelSet, TeacherConfig,
 )
 
 
@@ -26,3 +24,9 @@ def get_config() -> TeacherConfig:
         log=LogConfig(every_steps=50, eval_every_epochs=5),
         epochs=100,
     )
+
+
+def with_pseudo_labels(pseudo: PseudoLabelSet, seed: int, **data) -> TeacherConfig:
+    """This teacher trained with one pseudo-label set (the regimes, `teacher_r*.py`)."""
+    base = get_config()
+    return dataclasses.replace(base, data=dataclasses.replace(base.data, pseudo_labels=(pseudo,), **data), seed=seed)

@@ -30,7 +30,6 @@ class ConfigJson:
     fields: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields (ours, then common keys)
     tasks: tuple[TaskSpec, ...] | None = None  # the keypoint table, when the file has one
     tasks_key: str = ""  # the key it was found under
-    pretrained_parts: tuple[str, ...] | None = None
     notes: list[str] = field(default_factory=list)
     ours: bool = False  # model_type sonichu and nothing but our keys: read exactly as written
 
@@ -61,11 +60,9 @@ def read_config_json(data: Any) -> ConfigJson:
     if table_key is not None:
         out.tasks = task_table(data[table_key], data.get("flip_permutations"), key=table_key)
         out.tasks_key = table_key
-    parts = data.get("pretrained_parts")
-    if parts is not None:
-        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
-            raise ConfigError(f"config pretrained_parts must be a list of part names, got {parts!r}")
-        out.pretrained_parts = tuple(parts)
+    parts = data.get("pretrained_parts")  # checked here, read by `loading`
+    if parts is not None and (not isinstance(parts, list) or not all(isinstance(p, str) for p in parts)):
+        raise ConfigError(f"config pretrained_parts must be a list of part names, got {parts!r}")
     used = set(COMMON_KEYS) | {"intermediate_size", table_key}
     ignored = [k for k in foreign if k not in used]
     if data.get("model_type", MODEL_TYPE) != MODEL_TYPE:

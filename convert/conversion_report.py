@@ -61,21 +61,12 @@ class ConversionReport:
     # -- the grouped blocks --------------------------------------------------------------
     def unexpected_block(self) -> str:
         used = [name for m in self.mapped for name in m[0].split(" + ")] + [s[0] for s in self.skipped]
-        groups = group_apart(self.unmapped_shapes, used)
-        total = sum(math.prod(s) for s in self.unmapped_shapes.values())
-        n = len(self.unmapped)
-        head = (f"{plural(n, 'tensor')} of the checkpoint {'is' if n == 1 else 'are'} not used by the model "
-                f"({human_count(total)} parameters):")
-        return "\n    ".join([head] + [g.describe() for g in groups])
+        return _block(self.unmapped_shapes, used, ".", "tensor", "of the checkpoint {} not used by the model")
 
     def missing_block(self) -> str:
         shapes = {p: self.expected.get(p, ()) for p in self.unfilled}
         filled = [p for p in self.expected if p not in shapes]
-        groups = group_apart(shapes, filled, sep="/")
-        n = len(self.unfilled)
-        head = (f"{plural(n, 'model variable')} {'is' if n == 1 else 'are'} missing from the checkpoint "
-                f"({human_count(sum(math.prod(s) for s in shapes.values()))} parameters):")
-        return "\n    ".join([head] + [g.describe() for g in groups])
+        return _block(shapes, filled, "/", "model variable", "{} missing from the checkpoint")
 
     def new_heads_line(self) -> str:
         return f"{plural(len(self.new_heads), 'head')} newly initialised: {', '.join(self.new_heads)}"
@@ -126,6 +117,13 @@ class ConversionReport:
                 {"source": s, "target": t, "shape": list(g), "expected": list(e)} for s, t, g, e in self.mismatched
             ],
         }
+
+
+def _block(shapes: dict[str, tuple], others: list[str], sep: str, noun: str, what: str) -> str:
+    """A head line (how many ``noun``s, ``what``, their parameters), then one line per group."""
+    n, total = len(shapes), sum(math.prod(s) for s in shapes.values())
+    head = f"{plural(n, noun)} {what.format('is' if n == 1 else 'are')} ({human_count(total)} parameters):"
+    return "\n    ".join([head] + [g.describe() for g in group_apart(shapes, others, sep=sep)])
 
 
 def _by(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:

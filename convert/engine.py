@@ -57,24 +57,12 @@ class Layout:
     # "vitpose"); any other config.json is read as a publisher's (see `config_json`).
     foreign_config: str | None = None
 
-    def rules(self, cfg: ModelConfig, options: Options | None = None) -> list[Rule]:
-        return [e for e in self.table(cfg, options or Options()) if isinstance(e, Rule)]
-
-    def provides_path(self, path: str) -> bool:
-        return self.provides is None or path.startswith(self.provides)
-
 
 def strip_prefix(names: Iterable[str]) -> str:
     """The wrapper prefix shared by every name (``module.``, ``model.``, nested), or ''."""
-    names = list(names)
-    prefix = ""
-    while names:
-        for cand in KNOWN_PREFIXES:
-            if all(n.startswith(prefix + cand) for n in names):
-                prefix += cand
-                break
-        else:
-            return prefix
+    names, prefix = list(names), ""
+    while names and (cand := next((c for c in KNOWN_PREFIXES if all(n.startswith(prefix + c) for n in names)), None)):
+        prefix += cand
     return prefix
 
 
@@ -167,7 +155,7 @@ def plan_conversion(
         if defaults and path in defaults:
             used_defaults[path] = defaults[path]
             report.defaulted.append((path, defaults[path][1]))
-        elif not layout.provides_path(path):
+        elif layout.provides is not None and not path.startswith(layout.provides):
             report.not_provided.append(path)
         else:
             report.unfilled.append(path)
@@ -223,7 +211,7 @@ def export_tensors(
 
     Raises KeyError naming a Flax path that no rule of the layout can express.
     """
-    rules = layout.rules(cfg, options)
+    rules = [e for e in layout.table(cfg, options or Options()) if isinstance(e, Rule)]
     out: dict[str, np.ndarray] = {}
     for path, array in flat.items():
         for rule in rules:

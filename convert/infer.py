@@ -15,7 +15,7 @@ import numpy as np
 from sonichu_jax.config import CARD_TASKS, ModelConfig, TaskSpec
 from sonichu_jax.convert.config_json import ConfigJson, read_config_json
 from sonichu_jax.convert.engine import Layout, Options, TensorSource, strip_prefix
-from sonichu_jax.errors import ConfigError, InputError
+from sonichu_jax.errors import InputError
 from sonichu_jax.posembed import factor_grid, sincos_2d
 
 HEAD_DIM = 64  # ViT-Ti/S/B/L use 64-wide attention heads
@@ -88,14 +88,13 @@ def infer_backbone(
     )
     if "num_heads" in hints:
         fields["num_heads"] = int(hints["num_heads"])
+    elif width in KNOWN_HEADS:
+        fields["num_heads"] = KNOWN_HEADS[width]
+        notes.append(f"num_heads {fields['num_heads']} assumed (the ViT-H / ViT-g value for width {width}); "
+                     "shapes cannot tell")
     else:
-        if width in KNOWN_HEADS:
-            fields["num_heads"] = KNOWN_HEADS[width]
-            notes.append(f"num_heads {fields['num_heads']} assumed (the ViT-H / ViT-g value for width {width}); "
-                         "shapes cannot tell")
-        else:
-            fields["num_heads"] = max(1, width // HEAD_DIM)
-            notes.append(f"num_heads {fields['num_heads']} assumed (width {width} // {HEAD_DIM}); shapes cannot tell")
+        fields["num_heads"] = max(1, width // HEAD_DIM)
+        notes.append(f"num_heads {fields['num_heads']} assumed (width {width} // {HEAD_DIM}); shapes cannot tell")
     grid = _grid_from_hint(hints, p)
     if pos not in t.shapes:
         fields["pos_embed"] = "sincos"
@@ -157,7 +156,7 @@ def card_order(names) -> list[str]:
     return sorted(names, key=lambda n: (0, card.index(n), "") if n in card else (1, 0, n))
 
 
-def _config(fields: dict, tasks: tuple[TaskSpec, ...], image_grid, notes: list[str], **extra) -> ModelConfig:
+def _config(fields: dict, tasks: tuple[TaskSpec, ...], image_grid, **extra) -> ModelConfig:
     fields = {k: v for k, v in fields.items() if k != "num_keypoints"}
     fields.update(extra)
     fields["image_size"] = (image_grid[0] * fields["patch_size"], image_grid[1] * fields["patch_size"])
@@ -187,7 +186,7 @@ def infer_sonichu(t: Tensors, hints: Mapping, task_name: str, options: Options) 
         specs = list(CARD_TASKS)
     _eps_note(hints, notes, "1e-6", "the I-JEPA / ViTPose value")
     head_sharing = "shared_trunk" if shared else "per_task"
-    return Inferred(_config({**fields, **head}, tuple(specs), grid, notes, head_sharing=head_sharing), grid, notes)
+    return Inferred(_config({**fields, **head}, tuple(specs), grid, head_sharing=head_sharing), grid, notes)
 
 
 def infer_vitpose(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
@@ -196,7 +195,7 @@ def infer_vitpose(t: Tensors, hints: Mapping, task_name: str, options: Options) 
     fields, grid = fused_backbone(t, "backbone.", True, hints, notes)
     head = infer_mmpose_head(t, "keypoint_head")
     tasks = (TaskSpec(task_name, head["num_keypoints"]),)
-    return Inferred(_config({**fields, **head}, tasks, grid, notes, patch_padding=2), grid, notes)
+    return Inferred(_config({**fields, **head}, tasks, grid, patch_padding=2), grid, notes)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -218,7 +217,7 @@ def infer_hf_vitpose(t: Tensors, hints: Mapping, task_name: str, options: Option
         k = t.need("head.conv.weight")[0]
         head = dict(head_kind="classic" if classic else "simple", layer_norm_eps=1e-12)
         tasks = (TaskSpec(task_name, k),)
-        return Inferred(_config({**fields, **head}, tasks, grid, notes, patch_padding=2), grid, notes)
+        return Inferred(_config({**fields, **head}, tasks, grid, patch_padding=2), grid, notes)
     bc = hints.get("backbone_config") or {}
     if int(bc.get("num_experts", 1)) > 1:
         raise InputError(f"VitPose+ with {bc['num_experts']} experts (mixture-of-experts MLP) is not supported")
@@ -248,10 +247,10 @@ def infer_hf_vitpose(t: Tensors, hints: Mapping, task_name: str, options: Option
     return Inferred(cfg, cfg.grid, notes)
 
 
-def _backbone_only_config(fields: dict, grid, hints: Mapping, notes: list[str], **extra) -> ModelConfig:
+def _backbone_only_config(fields: dict, grid, hints: Mapping, notes: list[str]) -> ModelConfig:
     """The card's heads on an encoder-only checkpoint (they start freshly initialised)."""
     _eps_note(hints, notes, "1e-6", "the timm / I-JEPA value")
-    return _config(fields, CARD_TASKS, grid, notes, **extra)
+    return _config(fields, CARD_TASKS, grid)
 
 
 def infer_timm(t: Tensors, hints: Mapping, task_name: str, options: Options) -> Inferred:
@@ -328,10 +327,7 @@ def _from_fields(parsed: ConfigJson, layout: Layout) -> Inferred:
     fields = dict(parsed.fields)
     if parsed.tasks:
         fields["tasks"] = parsed.tasks
-    try:
-        cfg = ModelConfig(**fields)
-    except ConfigError as exc:
-        raise ConfigError(f"config.json: {exc}") from None
+    cfg = ModelConfig(**fields)
     return Inferred(cfg, cfg.grid, parsed.notes + [f"layout {layout.name}: config from config.json, defaults elsewhere"])
 
 
@@ -353,10 +349,7 @@ def _reconcile(inferred: ModelConfig, parsed: ConfigJson, layout: Layout, notes:
             notes.append(f"heads from the task table in config.json ({parsed.tasks_key}); they start freshly initialised")
     elif layout.provides is not None:
         notes.append(f"backbone only: the card's {len(CARD_TASKS)} tasks, whose heads start freshly initialised")
-    try:
-        return inferred.replace(**free, tasks=tasks)
-    except ConfigError as exc:
-        raise ConfigError(f"config.json: {exc}") from None
+    return inferred.replace(**free, tasks=tasks)
 
 
 def _agree(parsed: ConfigJson, from_heads: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:

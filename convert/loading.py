@@ -124,7 +124,7 @@ def plan_model(
                                 overrides=overrides, read_values=read_values)
     except ConfigError as exc:
         where = os.path.join(ckpt.directory, CONFIG_NAME) if ckpt.directory else ckpt.weights
-        raise ConfigError(f"{where}: {str(exc).removeprefix('config.json: ')}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     cfg = inferred.cfg
     if tasks is not None:
         cfg = cfg.replace(tasks=task_specs(tasks, cfg.tasks))

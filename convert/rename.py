@@ -109,6 +109,3 @@ class RenamedSource:
 
     def get(self, name: str) -> np.ndarray:
         return self.inner.get(self._original[name])
-
-    def original(self, name: str) -> str:
-        return self._original[name]

@@ -14,14 +14,9 @@ _PLACEHOLDERS = {"i": r"\d+", "task": r"[^./]+", "path": r"[^.]+"}
 
 
 def _compile(pattern: str) -> re.Pattern:
-    out, pos = [], 0
-    for match in re.finditer(r"\{(\w+)\}", pattern):
-        out.append(re.escape(pattern[pos : match.start()]))
-        name = match.group(1)
-        out.append(f"(?P<{name}>{_PLACEHOLDERS[name]})")
-        pos = match.end()
-    out.append(re.escape(pattern[pos:]))
-    return re.compile("".join(out) + r"\Z")
+    """The whole-name regex of a pattern: its text literal, each ``{name}`` a named group."""
+    regex = re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?P<{m[1]}>{_PLACEHOLDERS[m[1]]})", re.escape(pattern))
+    return re.compile(regex + r"\Z")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ INDEX_SUFFIX = ".index.json"
 
 class ShardedSource:
     """The tensors of every shard named by a Hugging Face index file (``weight_map``: tensor
-    name -> shard file), as one source. Shards are opened lazily, headers only."""
+    name -> shard file), as one source; every shard is opened (headers only) and checked."""
 
     def __init__(self, index_path: str | os.PathLike):
         self.path = os.fspath(index_path)
@@ -27,30 +27,25 @@ class ShardedSource:
             raise InputError(f"{self.path} has no weight_map (tensor name -> shard file)")
         folder = os.path.dirname(os.path.abspath(self.path))
         self._shard_of = {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
-        self._shards: dict[str, object] = {}
         for shard in dict.fromkeys(self._shard_of.values()):
             if not os.path.isfile(shard):
                 raise InputError(f"{self.path} names the shard {os.path.basename(shard)}, which is missing")
+        self._shards = {shard: open_source(shard) for shard in dict.fromkeys(self._shard_of.values())}
         for name, shard in self._shard_of.items():
-            if name not in self._open(shard).keys():
+            if name not in self._shards[shard].keys():
                 raise InputError(f"{self.path} places {name} in {os.path.basename(shard)}, which does not hold it")
-
-    def _open(self, shard: str):
-        if shard not in self._shards:
-            self._shards[shard] = open_source(shard)
-        return self._shards[shard]
 
     def keys(self) -> Iterable[str]:
         return list(self._shard_of)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._open(self._shard_of[name]).shape(name)
+        return self._shards[self._shard_of[name]].shape(name)
 
     def dtype(self, name: str) -> str:
-        return self._open(self._shard_of[name]).dtype(name)
+        return self._shards[self._shard_of[name]].dtype(name)
 
     def get(self, name: str) -> np.ndarray:
-        return self._open(self._shard_of[name]).get(name)
+        return self._shards[self._shard_of[name]].get(name)
 
 
 def open_source(path: str | os.PathLike, entry: str | None = None):

@@ -7,13 +7,11 @@ import os
 from typing import Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
 from sonichu_jax.convert import (
-    FLAX_WEIGHTS_NAME,
-    TORCH_WEIGHTS_NAME,
+    FLAX_WEIGHTS_NAME,  # noqa: F401 - re-exported
     ConversionError,
     ConversionReport,
     Options,
@@ -25,11 +23,8 @@ from sonichu_jax.convert import (
     write_pytorch,
 )
 from sonichu_jax.convert.rename import RuleSpec
-from sonichu_jax.model_arrays import expected_shapes, filled, flat_state, fresh_arrays, path_str, read_pretrained, save_flax  # noqa: F401
-from sonichu_jax.nn.predictor import Predictor
+from sonichu_jax.model_arrays import expected_shapes, filled, flat_state, fresh_arrays, save_flax  # noqa: F401
 from sonichu_jax.nn.sonichu import SonichuModel
-
-__all__ = ["FLAX_WEIGHTS_NAME", "TORCH_WEIGHTS_NAME", "load_backbone", "save_flax", "export_pytorch", "init_model"]
 
 
 def abstract_model(cfg: ModelConfig) -> SonichuModel:
@@ -75,12 +70,6 @@ def load_backbone(
         raise ConversionError(report, context=ckpt.weights)
     nnx.update(model.backbone, nnx.state(filled(model.backbone, arrays, prefix="backbone/")))
     return report
-
-
-def predictor_from_arrays(cfg: ModelConfig, width: int, depth: int, arrays: dict[str, np.ndarray]) -> Predictor:
-    """A predictor whose every variable comes from ``arrays`` (keys ``predictor/...``)."""
-    abstract = nnx.eval_shape(lambda: Predictor(cfg, width, depth, rngs=nnx.Rngs(0)))
-    return filled(abstract, arrays, prefix="predictor/")
 
 
 def export_pytorch(model: SonichuModel, directory: str | os.PathLike, layout: str = "sonichu") -> None:

@@ -18,24 +18,9 @@ from sonichu_jax import __version__
 from sonichu_jax.errors import SonichuError
 from sonichu_jax.fileio import os_reason
 
-# subcommand name -> module under sonichu_jax.commands
-COMMANDS: dict[str, str] = {
-    "predict": "predict",
-    "embed": "embed",
-    "convert": "convert",
-    "inspect": "inspect",
-    "parity": "parity",
-    "make-synthetic": "make_synthetic",
-    "pack": "pack",
-    "evaluate": "evaluate",
-    "report": "report",
-    "train-teacher": "train_teacher",
-    "pseudo-label": "pseudo_label",
-    "distill": "distill",
-    "pretrain": "pretrain",
-    "demo": "demo",
-    "plan": "plan",
-}
+# Subcommands, in --help order; "make-synthetic" lives in sonichu_jax.commands.make_synthetic.
+COMMANDS = ("predict", "embed", "convert", "inspect", "parity", "make-synthetic", "pack", "evaluate", "report",
+            "train-teacher", "pseudo-label", "distill", "pretrain", "demo", "plan")
 
 # Exit codes: 0 done; 1 a run that failed (diverged, an OS error) or a parity check that failed;
 # 2 bad input (any SonichuError); 128 + signal number for a training run stopped by
@@ -48,10 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         "training and evaluation.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"sonichu_jax.commands.{module_name}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"sonichu_jax.commands.{name.replace('-', '_')}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)

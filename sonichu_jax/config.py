@@ -173,24 +173,18 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, notes: list[str] | None = None) -> "ModelConfig":
+    def from_dict(cls, data: Any) -> "ModelConfig":
         """A config from its ``config.json`` form, every value type-checked (ConfigError
-        naming the key and the value). Keys that are not ours are an error, or, when
-        ``notes`` is a list, one note there (a publisher's config.json carries keys of
-        its own)."""
+        naming the key and the value); keys that are not ours are an error."""
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a JSON object, got a {type(data).__name__}")
         data = dict(data)
         model_type = data.pop("model_type", MODEL_TYPE)
         unknown = sorted(set(data) - set(FIELD_TYPES) - {"tasks", "flip_permutations", *CHECKPOINT_KEYS})
         if model_type != MODEL_TYPE:
-            if notes is None:
-                raise ConfigError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
-            notes.append(f"model_type {model_type!r} is not {MODEL_TYPE!r}; the keys we know are read")
+            raise ConfigError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
         if unknown:
-            if notes is None:
-                raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-            notes.append(f"config keys not ours, ignored: {', '.join(unknown)}")
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         fields = {key: check_field(key, data[key]) for key in FIELD_TYPES if key in data}
         tasks = data.get("tasks")
         if tasks is not None:
@@ -264,17 +258,8 @@ def _size(key: str, value: Any) -> tuple[int, int]:
     raise ConfigError(f"config {key} must be [height, width] (positive integers) or one integer, got {value!r}")
 
 
-FIELD_TYPES = {
-    "image_size": _size, "patch_size": _int(1), "in_channels": _int(1), "width": _int(1), "depth": _int(1),
-    "num_heads": _int(1), "mlp_ratio": _number, "qkv_bias": _bool, "layer_norm_eps": _number,
-    "pos_embed": _text, "patch_padding": _int(0), "head_kind": _text, "head_sharing": _text,
-    "deconv_filters": _int(1), "num_deconv": _int(0), "batch_norm_eps": _number, "softargmax_beta": _number,
-    "dtype": _text,
-}
-
-
 def _by_default_type(default: Any):
-    """The check for a field without an entry above, from the type of its default."""
+    """The check for a field from the type of its default."""
     if isinstance(default, bool):
         return _bool
     if isinstance(default, int):
@@ -284,10 +269,12 @@ def _by_default_type(default: Any):
     return _text
 
 
-# Every other field of ModelConfig (compute options added later, say) is checked by the
-# type of its default value.
-FIELD_TYPES.update({f.name: _by_default_type(f.default) for f in dataclasses.fields(ModelConfig)
-                    if f.name not in FIELD_TYPES and f.name != "tasks"})
+# Each ModelConfig field (but the task table) is checked by the type of its default value,
+# except the image size and the sizes that must be positive.
+_SPECIAL = {"image_size": _size, **dict.fromkeys(("patch_size", "in_channels", "width", "depth", "num_heads",
+                                                  "deconv_filters"), _int(1))}
+FIELD_TYPES = {f.name: _SPECIAL.get(f.name) or _by_default_type(f.default) for f in dataclasses.fields(ModelConfig)
+               if f.name != "tasks"}
 
 
 def check_field(key: str, value: Any) -> Any:

@@ -33,15 +33,6 @@ OUTPUT_NAMES = (CONFIG_NAME, FLAX_WEIGHTS_NAME, TORCH_WEIGHTS_NAME, PREPROCESSOR
                 PREDICTOR_CONFIG)
 
 
-def check_output_dir(out: str | os.PathLike, inputs: Sequence[str], force: bool) -> str:
-    """Check, before any work, that ``out`` can become the output folder (`check_output`);
-    an existing non-empty folder only with ``force``. Returns the real path."""
-    out = os.path.realpath(check_output(out, what="output", folder=True, inputs=inputs))
-    if os.path.isdir(out) and os.listdir(out) and not force:
-        raise InputError(f"output {out} already exists and is not empty; replacing its files must be asked for")
-    return out
-
-
 def _check_shadows(out: str, writing: set[str]) -> None:
     """A weights file left in ``out`` that this conversion does not replace would be what
     a loader finds first (or beside the new one): refuse instead of deleting it."""
@@ -124,7 +115,9 @@ def convert_to_directory(
     ckpt = open_checkpoint(source, rename=rename, entry=entry)
     inputs = [os.fspath(source) if os.path.exists(source) else ckpt.weights, ckpt.weights] + (
         [ckpt.directory] if ckpt.directory else [])
-    out = check_output_dir(out, inputs, force)
+    out = os.path.realpath(check_output(out, what="output", folder=True, inputs=inputs))  # before any work
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise InputError(f"output {out} already exists and is not empty; replacing its files must be asked for")
     overrides = {k: v for k, v in (("num_heads", num_heads), ("image_size", image_size)) if v is not None}
     planned = plan_model(ckpt, layout=layout, task_name=task_name, overrides=overrides, encoder=encoder,
                          with_predictor=to == "flax")

@@ -230,10 +230,6 @@ def table_dict(columns: Mapping[str, MREReport]) -> dict[str, Any]:
     return {name: report.to_dict() for name, report in columns.items()}
 
 
-def _finite(values) -> list[float | None]:
-    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64).ravel()]
-
-
 def image_errors(records: Sequence[Record], predictions: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     """One JSON entry per record: image, task, id, predicted keypoints (px), each keypoint's
     error (px; null where the label is masked) and their mean; the same in mm where the
@@ -247,11 +243,11 @@ def image_errors(records: Sequence[Record], predictions: Sequence[np.ndarray]) -
             "task": record.task,
             "id": record.source_id,
             "prediction_px": np.asarray(pred, np.float64).round(4).tolist(),
-            "error_px": _finite(errors),
+            "error_px": [_num(v) for v in errors.ravel()],
             "mre_px": mean,
         }
         if record.spacing_mm is not None:
-            entry["error_mm"] = _finite(errors * record.spacing_mm)
+            entry["error_mm"] = [_num(v) for v in (errors * record.spacing_mm).ravel()]
             entry["mre_mm"] = None if mean is None else mean * record.spacing_mm
         out.append(entry)
     return out

@@ -15,14 +15,6 @@ from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.preprocess import SonichuPreprocessor, find_images
 
 
-def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    """Pad the leading axis to ``size`` with copies of the last row (keeps values realistic
-    for BatchNorm-free inference and never produces NaN)."""
-    if len(batch) == size:
-        return batch
-    return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
-
-
 def predict_pixels(
     model: SonichuModel,
     prep: SonichuPreprocessor,
@@ -86,8 +78,9 @@ def _batches(prep: SonichuPreprocessor, images: Sequence, batch_size: int, desc:
                     continue
                 loaded.append((index, (orig_w, orig_h)))
                 arrays.append(array)
-            if arrays:
-                rows = np.asarray(forward(pad_batch(np.stack(arrays), batch_size)))
+            if arrays:  # padded with copies of the last image: realistic values, never NaN
+                batch = np.stack(arrays + arrays[-1:] * (batch_size - len(arrays)))
+                rows = np.asarray(forward(batch))
                 for (index, size), row in zip(loaded, rows):
                     results[index] = (index, _name(images[index], index), row, size, None)
             yield from (results[i] for i in sorted(results))

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from sonichu_jax.fileio import atomic_path
-from sonichu_jax.preprocess import read_image, to_float_rgb
+from sonichu_jax.data.shards import load_image
+from sonichu_jax.preprocess import to_float_rgb
 
 # Keypoint pairs joined by a measurement line, and closed contours, per task. Biometry
 # tasks measure distances between point pairs (axis end points, segment ends); cardiac
@@ -30,9 +31,8 @@ _LABEL_BGR = (255, 160, 0)
 _ERROR_BGR = (60, 60, 255)
 
 
-def _to_bgr_uint8(image: np.ndarray | str) -> np.ndarray:
-    rgb = (np.clip(to_float_rgb(read_image(image) if isinstance(image, (str, os.PathLike)) else image), 0.0, 1.0)
-           * 255.0 + 0.5).astype(np.uint8)
+def _to_bgr_uint8(image) -> np.ndarray:
+    rgb = (np.clip(to_float_rgb(load_image(image)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 

@@ -41,13 +41,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"image file not found: {path}")
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    try:
+        return decode_image(np.fromfile(path, np.uint8), path)
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from None
+
+
+def decode_image(data: bytes | np.ndarray, what: str) -> np.ndarray:
+    """Encoded image bytes -> the array `read_image` gives; InputError naming ``what``."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise InputError(f"cannot decode image: {path}")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+        raise InputError(f"cannot decode image: {what}")
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     return image
 
 
@@ -196,11 +202,11 @@ class SonichuPreprocessor:
         if os.path.isfile(directory):
             directory = os.path.dirname(os.path.abspath(directory))
         path = os.path.join(directory, PREPROCESSOR_CONFIG_NAME)
-        kwargs = _read_config(path) if os.path.lexists(path) else {}
         cfg = model_config or _model_config_beside(directory)
-        if cfg is not None and "size" not in kwargs:
-            kwargs["size"] = cfg.image_size
-        try:
+        try:  # a value is named as in the file (the constructor checks the size under its own name)
+            kwargs = _read_config(path) if os.path.lexists(path) else {}
+            if cfg is not None and "size" not in kwargs:
+                kwargs["size"] = cfg.image_size
             prep = cls(**kwargs)
             if cfg is not None:
                 prep.check_fits(cfg)
@@ -223,11 +229,8 @@ def _read_config(path: str) -> dict[str, Any]:
     data = read_json(path)
     keys = {"size": "size", "image_mean": "mean", "image_std": "std", "interpolation": "interpolation"}
     kwargs = {arg: data[key] for key, arg in keys.items() if key in data}
-    try:  # named as in the file (the constructor checks the size under its own name)
-        if "mean" in kwargs:
-            kwargs["mean"] = _channel_values(kwargs["mean"], "image_mean")
-        if "std" in kwargs:
-            kwargs["std"] = _channel_values(kwargs["std"], "image_std", positive=True)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    if "mean" in kwargs:
+        kwargs["mean"] = _channel_values(kwargs["mean"], "image_mean")
+    if "std" in kwargs:
+        kwargs["std"] = _channel_values(kwargs["std"], "image_std", positive=True)
     return kwargs

@@ -185,7 +185,7 @@ def test_ijepa_encoder_and_predictor_parity(tmp_path):
     with torch.no_grad():
         features = target(nchw(x))
     assert rel_l2(model.backbone(x), features.numpy()) <= 1e-5
-    pred = checkpoint.predictor_from_arrays(cfg, 32, 2, arrays)
+    pred = torch_refs.predictor_from_arrays(cfg, 32, 2, arrays)
     rng = np.random.default_rng(0)
     context_idx = np.sort(rng.permutation(16)[:10]).reshape(1, 10).repeat(2, 0)
     target_idx = np.array([[0, 1, 4, 5]] * 2)

@@ -85,7 +85,9 @@ def test_identity_config_is_plain_resize():
     rng = np.random.default_rng(1)
     img = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
     kps = np.array([[0.0, 0.0], [60.0, 40.0], [15.0, 10.0]], np.float32)
-    out, out_kps, ok = augment_sample(img, kps, np.ones(3, bool), rng, AugmentConfig.none(), (30, 20), None)
+    identity = AugmentConfig(scale=(1.0, 1.0), rotation_deg=0.0, translate=0.0, flip_prob=0.0, gamma=(1.0, 1.0),
+                             contrast=(1.0, 1.0), brightness=0.0, noise_prob=0.0, blur_prob=0.0)
+    out, out_kps, ok = augment_sample(img, kps, np.ones(3, bool), rng, identity, (30, 20), None)
     ref, ref_kps = resize_sample(img, kps, (30, 20))
     np.testing.assert_allclose(out_kps, [[0, 0], [30, 20], [7.5, 5]], atol=1e-5)
     np.testing.assert_allclose(ref_kps, out_kps, atol=1e-5)

@@ -136,3 +136,18 @@ def test_evaluate_reads_a_pack_as_it_reads_the_png_folder(femur, tmp_path):
     np.testing.assert_allclose(packed.weighted_px, png.weighted_px, rtol=1e-6)
     for task in png.tasks:
         np.testing.assert_allclose(packed.tasks[task].mre_px, png.tasks[task].mre_px, rtol=1e-6)
+
+
+def test_report_tiles_draw_a_packed_frame_as_its_png(femur, tmp_path):
+    from sonichu_jax.overlay import draw_comparison
+
+    pack = tmp_path / "pack"
+    assert main(["pack", femur, "--out", str(pack), "--quiet"]) == 0
+    png = {r.source_id: r for r in load_source(femur)}
+    packed = list(load_source(str(pack)))
+    for record in packed[:3]:
+        twin = png[record.source_id]
+        pred = twin.keypoints + 3.0
+        tiles = [draw_comparison(r.image, pred, r.keypoints, r.valid, r.task, size=96) for r in (record, twin)]
+        assert tiles[0].shape == (96, 96, 3)
+        np.testing.assert_array_equal(tiles[0], tiles[1])

@@ -99,7 +99,8 @@ sys.path.insert(0, sys.argv[1])
 from flax import nnx
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import DataConfig, OptimConfig
-from sonichu_jax.train.distill import DistillConfig, abstract_run, stack_teachers, teacher_shardings
+from sonichu_jax.train.distill import DistillConfig, stack_teachers, teacher_shardings
+from sonichu_jax.train.plans.stages import abstract_run
 from train_util import batch, flat, initial_weights, tiny
 
 cfg = tiny()

@@ -17,6 +17,7 @@ SCRIPT = textwrap.dedent(
     from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
     from sonichu_jax.train import ijepa, mesh as mesh_lib
     from sonichu_jax.train.configlib import apply_overrides, load_config_file
+    from sonichu_jax.train.plans.stages import abstract_run
     from train_util import IJEPA_8_DEVICES
 
     assert jax.device_count() == 8
@@ -36,7 +37,7 @@ SCRIPT = textwrap.dedent(
         # Compiled ahead of time from abstract inputs only (what a pod plan does): nothing
         # is allocated until init_state, and the executable is the one the run uses.
         live = len(jax.live_arrays())
-        pretrainer = ijepa.abstract_run(config, mesh)
+        pretrainer = abstract_run(config, mesh)
         step = pretrainer.lower().compile()
         assert len(jax.live_arrays()) == live, "building or compiling the plan allocated arrays"
         state = pretrainer.init_state()

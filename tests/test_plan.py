@@ -13,7 +13,7 @@ import pytest
 
 from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.train.configlib import apply_overrides, load_config_file
-from sonichu_jax.train.plans import flops
+from sonichu_jax.train import flops
 from sonichu_jax.train.plans.topology import CHIPS, parse, tpu_available
 from train_util import IJEPA_8_DEVICES
 

@@ -28,7 +28,7 @@ from flax import nnx
 sys.path.insert(0, sys.argv[1])
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import DataConfig, OptimConfig, TeacherConfig
-from sonichu_jax.train.supervised import abstract_run
+from sonichu_jax.train.plans.stages import abstract_run
 from train_util import batch, flat, initial_weights, tiny
 
 assert jax.device_count() == 8, jax.device_count()

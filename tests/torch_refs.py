@@ -126,6 +126,16 @@ def ijepa_arrays(module: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
+def predictor_from_arrays(cfg, width: int, depth: int, arrays: dict[str, np.ndarray]):
+    """A predictor whose every variable comes from ``arrays`` (keys ``predictor/...``)."""
+    from flax import nnx
+
+    from sonichu_jax.model_arrays import filled
+    from sonichu_jax.nn.predictor import Predictor
+
+    return filled(nnx.eval_shape(lambda: Predictor(cfg, width, depth, rngs=nnx.Rngs(0))), arrays, prefix="predictor/")
+
+
 def predictor_parity(cfg, width: int, depth: int, arrays: dict[str, np.ndarray], predictor: nn.Module,
                      seed: int = 0) -> float:
     """Relative L2 between this project's predictor, every variable from ``arrays`` (paths
@@ -135,7 +145,6 @@ def predictor_parity(cfg, width: int, depth: int, arrays: dict[str, np.ndarray],
     import jax
     from flax import nnx
 
-    from sonichu_jax.checkpoint import predictor_from_arrays
 
     n = cfg.num_patches
     rng = np.random.default_rng(seed)

@@ -1,7 +1,5 @@
-"""Train checkpoints with orbax: train state + grain iterator state, saved together
-(asynchronously, atomically) by one `ocp.CheckpointManager` that keeps the last ``keep``
-plus the one with the lowest validation MRE. `Checkpointer.restore_latest` sets a
-damaged checkpoint aside (``damaged_checkpoints/<step>``) and falls back to an older one.
+"""Train checkpoints with orbax: train state + grain iterator state, kept by ``keep`` and
+the best validation MRE; a damaged one is set aside and an older one tried.
 """
 
 from __future__ import annotations
@@ -24,16 +22,9 @@ VAL_METRIC = "val_mre"
 DAMAGED_DIR = "damaged_checkpoints"
 
 
-def _absolute(directory: str | os.PathLike) -> str:
-    directory = os.fspath(directory)
-    return directory if "://" in directory else os.path.abspath(directory)
-
-
 class _UnreadReads(logging.Filter):
-    """A failed restore leaves orbax's other reads of that checkpoint failed and never
-    awaited; when they are garbage-collected asyncio logs each one ("Future exception was
-    never retrieved", a screen of tensorstore spec). The checkpoint was reported once
-    already, so those records are dropped."""
+    """Drops asyncio's "Future exception was never retrieved" records of a checkpoint whose
+    failed restore was reported already (orbax leaves its other reads unawaited)."""
 
     def __init__(self, path: str):
         super().__init__()
@@ -42,10 +33,6 @@ class _UnreadReads(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not (message.startswith("Future exception was never retrieved") and self.path in message)
-
-
-def _quiet_about(path) -> None:
-    logging.getLogger("asyncio").addFilter(_UnreadReads(str(path)))
 
 
 def _first_sentence(exc: Exception) -> str:
@@ -64,13 +51,9 @@ def _shapes(tree) -> list[tuple[int, ...]]:
 class Checkpointer:
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig):
         keep = [policies.LatestN(n=config.keep)]
-        if config.keep_best:
-            # BestN keeps the last n of an ascending sort; reverse=True puts the lowest MRE last.
-            keep.append(
-                policies.BestN(
-                    get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1, keep_checkpoints_without_metrics=False
-                )
-            )
+        if config.keep_best:  # BestN keeps the last n of an ascending sort: reverse puts the lowest MRE last
+            keep.append(policies.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1,
+                                       keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep),
             # best_fn only makes orbax write the metrics; the policy above decides what stays.
@@ -80,7 +63,8 @@ class Checkpointer:
             enable_async_checkpointing=config.async_save,
             create=True,
         )
-        self.directory = epath.Path(_absolute(directory))
+        directory = os.fspath(directory)
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state, data_iter, val_mre: float | None = None) -> None:
@@ -101,8 +85,7 @@ class Checkpointer:
         return min(scored)[1] if scored else None
 
     def restore(self, step: int, target, data_iter=None) -> Any:
-        """Restore the state into ``target`` (ShapeDtypeStructs with shardings) and, if
-        given, the iterator in place. Returns the state."""
+        """The state restored into ``target`` (with shardings); ``data_iter`` in place."""
         items = {"state": ocp.args.StandardRestore(target)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
@@ -130,15 +113,14 @@ class Checkpointer:
                 problem = _first_sentence(exc)
             if problem is None:
                 return state, step
-            _quiet_about(self.directory / str(step))
+            logging.getLogger("asyncio").addFilter(_UnreadReads(str(self.directory / str(step))))
             aside = self._set_aside(step)
             say(f"checkpoint at step {step} ({self.directory / str(step)}) is damaged ({problem}); "
                 f"moved to {aside}, trying an older one")
         return None
 
     def _set_aside(self, step: int) -> epath.Path:
-        """Move a damaged step out of orbax's directory (process 0), so that the resumed
-        run can save that step again."""
+        """Move a damaged step out of orbax's directory (process 0) so it can be saved again."""
         aside = self.directory.parent / DAMAGED_DIR / str(step)
         if jax.process_index() == 0:
             aside.parent.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,7 @@
-"""Typed experiment configs: dataclasses, ``--set a.b=c`` overrides, ``configs/*.py`` files.
-
-A config file is plain Python defining ``get_config()`` that returns a `TeacherConfig`
-(or a `DistillConfig`, an `IJEPAConfig`); the command line then overrides single fields
-(``--set optim.lr=3e-4``). Every value is checked against the field's type, and a key
-that names no field is an error that lists the valid keys, so a typo never silently
-trains the wrong experiment. ``validate()`` then checks the values together, once the
-overrides are applied and before anything is written or compiled.
-
-Schedule lengths come in steps or in epochs: ``steps``/``epochs``,
-``optim.warmup_steps``/``optim.warmup_epochs``, ``log.eval_every_steps``/
-``log.eval_every_epochs``, ``checkpoint.every_steps``/``checkpoint.every_epochs``. An
-``*_epochs`` field that is set wins, and the run turns it into steps from the size of
-its training set (`sonichu_jax.train.schedule`); setting the ``*_steps`` twin with
-``--set`` clears it, so the last word is the one that counts.
+"""Typed experiment configs: dataclasses, ``--set a.b=c`` overrides checked against the
+field types (an unknown key lists the valid ones), ``configs/*.py`` files defining
+``get_config()``, and ``validate()`` across fields once the overrides are applied.
+Schedules come in steps or epochs (docs/training.md, "Schedules in steps or in epochs").
 """
 
 from __future__ import annotations
@@ -34,47 +23,38 @@ from sonichu_jax.errors import ConfigError, SonichuError
 
 @dataclass(frozen=True)
 class InitConfig:
-    """Where the weights start: ``scratch``; ``pretrained`` (a whole SonichuModel
-    checkpoint dir, e.g. converted PyTorch weights); ``backbone`` (only the encoder of a
-    checkpoint dir, e.g. an I-JEPA backbone; heads start random). ``new_heads=fresh``
-    lets ``pretrained`` start the configured tasks the checkpoint lacks from new heads."""
+    """Where the weights start: ``scratch``, ``pretrained`` (a whole SonichuModel checkpoint)
+    or ``backbone`` (its encoder only); ``new_heads=fresh`` lets ``pretrained`` start the
+    tasks the checkpoint lacks from new heads."""
 
     kind: str = "scratch"
     path: str = ""
     new_heads: str = "refuse"
 
     def __post_init__(self):
-        if self.kind not in ("scratch", "pretrained", "backbone"):
-            raise ConfigError(f"init.kind must be scratch, pretrained or backbone, got {self.kind!r}")
+        require(self.kind in ("scratch", "pretrained", "backbone"), "init.kind", self.kind,
+                "scratch, pretrained or backbone")
         require(self.new_heads in ("refuse", "fresh"), "init.new_heads", self.new_heads, "refuse or fresh")
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The objective (`sonichu_jax.train.objectives`): ``l1``, ``heatmap_mse``,
-    ``l1+heatmap_mse`` or ``module:Factory``; ``sigma`` is the Gaussian targets' width in
-    heatmap pixels, ``heatmap_weight`` the heatmap term's weight beside L1."""
+    """The objective (`sonichu_jax.train.objectives`)."""
 
-    kind: str = "l1"
-    sigma: float = 2.0
-    heatmap_weight: float = 1.0
+    kind: str = "l1"  # l1, heatmap_mse, l1+heatmap_mse or module:Factory
+    sigma: float = 2.0  # the Gaussian targets' width, heatmap pixels
+    heatmap_weight: float = 1.0  # the heatmap term's weight beside L1
 
 
 @dataclass(frozen=True)
 class PseudoLabelSet:
-    """One pseudo-label JSONL file (written by `sonichu-jax pseudo-label`) entering training.
-
-    ``max_disagreement_px`` drops records whose flip disagreement (their confidence field)
-    is larger; ``caps`` limits records per task (the most confident are kept), ``tasks``
-    restricts which tasks enter at all (empty = all); ``weight`` is the sampling weight
-    of each kept record relative to a labelled one (1.0 = same).
-    """
+    """One pseudo-label JSONL file (written by `sonichu-jax pseudo-label`) entering training."""
 
     path: str
-    weight: float = 1.0
-    max_disagreement_px: float = float("inf")
-    tasks: tuple[str, ...] = ()
-    caps: tuple[tuple[str, int], ...] = ()
+    weight: float = 1.0  # sampling weight of each kept record relative to a labelled one
+    max_disagreement_px: float = float("inf")  # records with a larger flip disagreement are dropped
+    tasks: tuple[str, ...] = ()  # the tasks that enter (empty: all)
+    caps: tuple[tuple[str, int], ...] = ()  # records per task, the most confident kept
 
 
 @dataclass(frozen=True)
@@ -114,14 +94,10 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class DistributedConfig:
-    """How the processes of a multi-host run find each other (`sonichu_jax.train.distributed`):
-    ``auto`` starts JAX's distributed client when JAX recognises the cluster (Cloud TPU,
-    Slurm, Open MPI, Kubernetes) or ``JAX_COORDINATOR_ADDRESS`` is set; ``off`` never does;
-    a ``coordinator`` (host:port of process 0) with ``num_processes`` and ``process_id``
-    starts it explicitly."""
+    """How the processes of a multi-host run find each other (`sonichu_jax.train.distributed`)."""
 
-    mode: str = "auto"
-    coordinator: str = ""
+    mode: str = "auto"  # auto: when JAX recognises the cluster; off: one process
+    coordinator: str = ""  # host:port of process 0, for an explicit start
     num_processes: int = 0
     process_id: int = -1
 
@@ -163,7 +139,7 @@ class TeacherConfig:
     seed: int = 0
 
     def validate(self) -> "TeacherConfig":
-        """Check the values together (the overrides applied); raises `ConfigError`."""
+        """Check the values together, the overrides applied (`ConfigError`)."""
         from sonichu_jax.data.pipeline import WEIGHTINGS
         from sonichu_jax.train.objectives import objective_factory
 
@@ -172,13 +148,12 @@ class TeacherConfig:
         require(self.loss.sigma > 0, "loss.sigma", self.loss.sigma, "> 0")
         require(self.loss.heatmap_weight >= 0, "loss.heatmap_weight", self.loss.heatmap_weight, ">= 0")
         d, o = self.data, self.optim
-        require(d.batch_size >= 1, "data.batch_size", d.batch_size, ">= 1")
+        require(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+        require(o.lr >= 0, "optim.lr", o.lr, ">= 0")
         require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
         require(d.weighting in WEIGHTINGS, "data.weighting", d.weighting, f"one of {', '.join(WEIGHTINGS)}")
         if d.weighting == "capped":
             require(d.cap is not None and d.cap >= 1, "data.cap", d.cap, ">= 1 with weighting capped")
-        require(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
-        require(o.lr >= 0, "optim.lr", o.lr, ">= 0")
         require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
         require(0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay, "in (0, 1]")
         require(o.min_lr_ratio >= 0, "optim.min_lr_ratio", o.min_lr_ratio, ">= 0")
@@ -199,8 +174,7 @@ def require(ok: bool, key: str, value: Any, rule: str) -> None:
 
 
 def validate_run(config: Any) -> None:
-    """The checks every run config shares: schedule lengths, cadences, mesh, distributed
-    start. (The warm-up is checked by `check_warmup`, which knows the schedule's scale.)"""
+    """The checks every run config shares (the warm-up: `check_warmup`)."""
     if config.epochs is None:
         require(config.steps >= 1, "steps", config.steps, ">= 1")
     for key in EPOCH_KEYS:
@@ -217,12 +191,12 @@ def validate_run(config: Any) -> None:
     check_profile_steps(config)
     require(config.mesh.fsdp >= 1, "mesh.fsdp", config.mesh.fsdp, ">= 1")
     require(config.mesh.data == -1 or config.mesh.data >= 1, "mesh.data", config.mesh.data, ">= 1, or -1 for all")
+    require(config.data.batch_size >= 1, "data.batch_size", config.data.batch_size, ">= 1")
     validate_distributed(config.distributed)
 
 
 def profile_window(spec: str) -> tuple[int, int] | None:
-    """``log.profile_steps`` as (START, STOP): the steps START to STOP (1-based, both
-    traced); None when empty (no trace)."""
+    """``log.profile_steps`` as (START, STOP), 1-based, both traced; None when empty."""
     if not spec.strip():
         return None
     first, sep, last = spec.partition(":")
@@ -245,8 +219,7 @@ def check_profile_steps(config: Any) -> None:
 
 
 def check_warmup(config: Any, scale: float = 1.0) -> None:
-    """The warm-up ends before the schedule (``scale`` x the run's length), compared in the
-    unit both are given in; mixed units are checked once the run has turned them into steps."""
+    """The warm-up ends before ``scale`` x the run's length, when both are in one unit."""
     o = config.optim
     if config.epochs is not None and o.warmup_epochs is not None:
         warm, total, unit = o.warmup_epochs, config.epochs, "epochs"
@@ -274,8 +247,7 @@ def validate_distributed(d: DistributedConfig) -> None:
 
 
 # -- fields by dotted path ----------------------------------------------------------------
-# The schedule fields that may be given in epochs; each has a twin in steps ("epochs" ->
-# "steps"). Paths a config does not have are skipped.
+# The schedule fields that may be given in epochs, each with a twin in steps.
 EPOCH_KEYS = ("epochs", "optim.warmup_epochs", "log.eval_every_epochs", "checkpoint.every_epochs")
 
 
@@ -298,9 +270,8 @@ def get_path(config: Any, key: str) -> Any:
 
 
 def with_absolute_path(config: Any, key: str, path: str | os.PathLike | None) -> Any:
-    """``config`` with the path at ``key`` set to ``path`` (default: the config's own
-    value) made absolute: the run stores it, compares it on resume, and a later report
-    finds the data by it. URLs stay as they are."""
+    """``config`` with the path at ``key`` set to ``path`` (default: its own) made absolute
+    (URLs stay): the run stores it, compares it on resume, a report finds the data by it."""
     path = os.fspath(path) if path is not None else get_path(config, key)
     if not path:
         raise ConfigError(f"{key} is not set: the run needs its data")
@@ -362,10 +333,6 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
     raise ConfigError(f"override {key}: fields of type {annotation} cannot be overridden")
 
 
-def _field_types(obj: Any) -> dict[str, Any]:
-    return typing.get_type_hints(type(obj))
-
-
 def apply_override(config: Any, assignment: str) -> Any:
     """Return ``config`` with one ``a.b.c=value`` assignment applied."""
     key, sep, text = assignment.partition("=")
@@ -390,7 +357,7 @@ def _set_path(obj: Any, parts: list[str], text: str, full_key: str) -> Any:
     else:
         if dataclasses.is_dataclass(current):
             raise ConfigError(f"config key {full_key!r} is a section; set one of its fields")
-        value = _parse_value(text, _field_types(obj)[name], full_key)
+        value = _parse_value(text, typing.get_type_hints(type(obj))[name], full_key)
     changes = {name: value}
     twin = name[: -len("steps")] + "epochs" if name.endswith("steps") else None
     if twin in names:
@@ -409,8 +376,7 @@ def apply_overrides(config: Any, assignments: list[str] | tuple[str, ...]) -> An
 
 # -- config files ------------------------------------------------------------------------
 def _configs_folder() -> str:
-    """Where ``sonichu_jax.configs`` is installed, found without importing it: the configs
-    import this module, not the other way round."""
+    """Where ``sonichu_jax.configs`` is installed, found without importing it (it imports us)."""
     return importlib.util.find_spec("sonichu_jax.configs").submodule_search_locations[0]
 
 
@@ -420,8 +386,7 @@ def bundled_configs() -> list[str]:
 
 
 def resolve_config_path(path: str | os.PathLike) -> str:
-    """A config file path as given, or the bundled config of that name (``teacher_vitb``
-    or ``teacher_vitb.py``), so that configs are found after a wheel install too."""
+    """A config file path as given, or the bundled config of that name (``teacher_vitb[.py]``)."""
     path = os.fspath(path)
     if os.path.isfile(path):
         return path
@@ -433,8 +398,7 @@ def resolve_config_path(path: str | os.PathLike) -> str:
 
 
 def load_config_file(path: str | os.PathLike) -> TeacherConfig:
-    """Execute a config file (a path, or the name of a bundled config) and return its
-    ``get_config()``."""
+    """Execute a config file (a path or a bundled config's name); its ``get_config()``."""
     path = resolve_config_path(path)
     if not path.endswith(".py"):
         raise ConfigError(f"config file {path} is not a .py file defining get_config()")

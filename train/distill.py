@@ -1,14 +1,7 @@
-"""Distillation of a teacher ensemble into one student (stage 3 of the card's recipe).
-
-Every batch runs all teachers inside the student's jitted step: their parameters are a
-frozen step input (stacked on a leading teacher axis, sharded like the student, no
-gradient, no optimiser state), the batch's task head only, and their coordinate-wise
-median is the teacher target. The student minimises
-
-    real_weight * L1(student, real labels)  +  teacher_weight * L1(student, median target)
-
-where the real term covers samples with real labels (optionally pseudo-labels too) and
-the teacher term every sample, labelled or not, over the task's keypoints.
+"""Distillation of a teacher ensemble into one student (stage 3 of the card's recipe):
+the frozen teachers are a step input (stacked on a leading axis, sharded like the
+student) and their coordinate-wise median the target of an L1 term beside the real
+labels' (docs/recipe.md).
 """
 
 from __future__ import annotations
@@ -28,14 +21,14 @@ from sonichu_jax.errors import ConfigError, InputError
 from sonichu_jax.evaluation import ENSEMBLE_METHODS, combine
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
-from sonichu_jax.train.configlib import TeacherConfig, replace_path, with_absolute_path
+from sonichu_jax.train.configlib import TeacherConfig, replace_path, require, with_absolute_path
 from sonichu_jax.train.loop import RunResult, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.state import split_model
-from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.objectives import L1, l1_loss
 from sonichu_jax.train.step import make_predict_step
-from sonichu_jax.train.supervised import SupervisedStage, Trainer, build_trainer
+from sonichu_jax.train import flops
+from sonichu_jax.train.supervised import SupervisedStage
 
 CARD_TEACHERS = 5  # R1, R2, R3, Selective, r3capped
 
@@ -50,8 +43,7 @@ class DistillSettings:
     teachers: tuple[str, ...] = ()  # the teachers' directories; the run stores them absolute
 
     def __post_init__(self):
-        if self.reduce not in ENSEMBLE_METHODS:
-            raise ConfigError(f"distill.reduce must be one of {ENSEMBLE_METHODS}, got {self.reduce!r}")
+        require(self.reduce in ENSEMBLE_METHODS, "distill.reduce", self.reduce, f"one of {ENSEMBLE_METHODS}")
 
 
 @dataclass(frozen=True)
@@ -72,8 +64,7 @@ def resolve_teacher_dir(path: str) -> str:
 
 
 def computing_as(model: SonichuModel, student: ModelConfig) -> SonichuModel:
-    """``model``'s weights computing as ``student`` does: its compute options
-    (`COMPUTE_FIELDS`: dtype, attention, remat, head_conv), not the ones saved with it."""
+    """``model``'s weights computing with ``student``'s compute options (`COMPUTE_FIELDS`)."""
     cfg = model.cfg.replace(**{name: getattr(student, name) for name in COMPUTE_FIELDS})
     graphdef, _ = nnx.split(abstract_model(cfg))
     model = nnx.merge(graphdef, nnx.state(model))
@@ -82,18 +73,15 @@ def computing_as(model: SonichuModel, student: ModelConfig) -> SonichuModel:
 
 
 def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
-    """Load the teachers, computing as the student does; they must share one architecture
-    and the student's task table (the batch's task index selects the same head in every
-    model)."""
+    """The teachers, computing as the student does; they share one architecture and the
+    student's task table (a batch's task index selects the same head in every model)."""
     if not paths:
         raise InputError("distillation needs at least one teacher directory")
     models = [computing_as(SonichuModel.from_pretrained(resolve_teacher_dir(p)), student) for p in paths]
     first = models[0].cfg
     for path, model in zip(paths, models):
         if model.cfg.task_names != student.task_names:
-            raise ConfigError(
-                f"teacher {path} has tasks {model.cfg.task_names}, the student {student.task_names}"
-            )
+            raise ConfigError(f"teacher {path} has tasks {model.cfg.task_names}, the student {student.task_names}")
         if model.cfg != first:
             diff = [f.name for f in dataclasses.fields(ModelConfig) if getattr(model.cfg, f.name) != getattr(first, f.name)]
             raise ConfigError(f"teacher {path} differs from teacher {paths[0]} in: {', '.join(diff)}")
@@ -101,12 +89,10 @@ def load_teachers(paths: list[str], student: ModelConfig) -> list[SonichuModel]:
 
 
 def stack_teachers(models: list[SonichuModel]):
-    """(graphdef, params, rest): host arrays with every leaf stacked on a leading teacher
-    axis, ready to be placed on any mesh."""
-    parts = []
+    """(graphdef, params, rest) with every leaf stacked on a leading teacher axis, on the host."""
     for model in models:
         model.eval()
-        parts.append(split_model(model))
+    parts = [split_model(model) for model in models]
     graphdef = parts[0][0]
     params = jax.tree.map(lambda *xs: np.stack(xs), *[p[1] for p in parts])
     rest = jax.tree.map(lambda *xs: np.stack(xs), *[p[2] for p in parts])
@@ -114,8 +100,7 @@ def stack_teachers(models: list[SonichuModel]):
 
 
 def teacher_shardings(mesh, tree):
-    """Each teacher's arrays sharded like the student's (their partition metadata), the
-    teacher axis unsplit."""
+    """Each teacher's arrays sharded like the student's, the teacher axis unsplit."""
     return mesh_lib.state_shardings(mesh, tree, leading=1)
 
 
@@ -151,38 +136,40 @@ class Distillation(L1):
 
 class DistillStage(SupervisedStage):
     """The supervised stage with the distillation objective; the teachers are a frozen
-    step input, loaded before anything is built and placed on the run's mesh."""
+    step input, loaded before anything is built and placed on the run's mesh. Built
+    without its data (a plan), it takes ``teachers`` abstract teachers of the student's
+    architecture."""
 
     name = "distill"
+    config_class = DistillConfig
+
+    def __init__(self, config: DistillConfig, objective=None, teachers: int = CARD_TEACHERS):
+        super().__init__(config, objective)
+        self.num_teachers, self.teachers = teachers, None
 
     def examples(self) -> int:
         models = load_teachers(list(self.config.distill.teachers), self.config.model)
         graphdef, params, rest = stack_teachers(models)
-        self.teachers = {"params": params, "rest": rest}
+        self.num_teachers, self.teachers = len(models), {"params": params, "rest": rest}
         self.objective = Distillation(graphdef, models[0].cfg, self.config.distill)
         return super().examples()
 
     def aux_inputs(self, mesh) -> tuple:
+        if self.teachers is None:
+            graphdef, aux = abstract_teachers(self.config.model, self.num_teachers, mesh)
+            self.objective = Distillation(graphdef, self.config.model, self.config.distill)
+            return (aux,)
         return (jax.device_put(self.teachers, teacher_shardings(mesh, self.teachers)),)
 
-
-def abstract_run(config: DistillConfig, mesh: jax.sharding.Mesh, teachers: int = CARD_TEACHERS,
-                 examples: int | None = None) -> Trainer:
-    """A distillation run's step, abstract state, batch and ``teachers`` abstract frozen
-    teachers of the student's architecture on ``mesh``, without allocating anything:
-    ``abstract_run(config, mesh).lower().compile()``. ``examples`` (the training set's
-    size) turns a schedule in epochs into steps."""
-    config = in_steps(config.validate(), examples)
-    mesh_lib.check_batch(config.data.batch_size, mesh)
-    graphdef, aux = abstract_teachers(config.model, teachers, mesh)
-    objective = Distillation(graphdef, config.model, config.distill)
-    return build_trainer(config, mesh, objective=objective, aux=(aux,))
+    def model_flops(self, program) -> float:
+        cfg = self.config
+        teachers = flops.teachers_per_image(cfg.model, self.num_teachers, cfg.distill.teacher_tta)
+        return super().model_flops(program) + teachers * cfg.data.batch_size
 
 
 def abstract_teachers(cfg: ModelConfig, teachers: int, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, dict]:
-    """(graphdef, abstract stacked weights with their shardings) of ``teachers`` teachers
-    of architecture and compute options ``cfg``, as `load_teachers`, `stack_teachers` and
-    `teacher_shardings` give them to a run."""
+    """(graphdef, abstract stacked weights with shardings) of ``teachers`` teachers of
+    architecture ``cfg``, as a run loads and places them."""
     model = abstract_model(cfg)
     model.eval()
     graphdef, params, rest = split_model(model)
@@ -195,7 +182,7 @@ def distill(config: DistillConfig, teachers: list[str] | None, data_spec: str | 
             out_dir: str | os.PathLike, *, resume: bool = False, stop_after: int | None = None,
             sinks: tuple[MetricsSink, ...] = ()) -> RunResult:
     """Train the student of ``config`` against ``teachers`` (default: ``distill.teachers``)
-    on ``data_spec`` (default: ``data.source``); checkpoints and exports hold the student."""
+    on ``data_spec`` (default: ``data.source``); see `run`."""
     if teachers is not None:
         config = replace_path(config, "distill.teachers", tuple(os.path.abspath(t) for t in teachers))
     stage = DistillStage(with_absolute_path(config, "data.source", data_spec))

@@ -1,12 +1,6 @@
-"""Starting a multi-process run JAX's standard way, and the line that says what a run is on.
-
-``distributed.mode=auto`` (the default) calls `jax.distributed.initialize` with no
-arguments, which joins the run when JAX's own cluster detection recognises the
-environment (Cloud TPU, Slurm, Open MPI, Kubernetes) or ``JAX_COORDINATOR_ADDRESS`` is
-set; elsewhere it finds nothing and the run is one process. An explicit
-``distributed.coordinator`` (with ``num_processes`` and ``process_id``) starts it with
-those values; ``mode=off`` never starts it. Either way it must happen before anything
-touches a JAX device, so the run driver does it first.
+"""Starting a multi-process run JAX's standard way (``distributed.mode=auto``: JAX's
+cluster detection; an explicit coordinator; ``off``), before anything touches a device,
+and the banner line that says what a run is on (docs/training.md, "Several processes").
 """
 
 from __future__ import annotations
@@ -50,11 +44,6 @@ def start(config: DistributedConfig) -> bool:
     return True
 
 
-def is_url(path: str) -> bool:
-    """``gs://bucket/run`` and the like: storage that orbax reaches by itself."""
-    return "://" in str(path)
-
-
 def banner(name: str, mesh: jax.sharding.Mesh, global_batch: int, steps: int, per_epoch: int | None) -> str:
     """One line: backend, device kind, devices, processes, mesh, batch, schedule."""
     processes, devices = jax.process_count(), jax.device_count()
@@ -68,7 +57,7 @@ def banner(name: str, mesh: jax.sharding.Mesh, global_batch: int, steps: int, pe
 def shared_storage_note(out_dir: str) -> str | None:
     """With several processes every host writes the checkpoints collectively, so the run
     directory must be one they all see; a local path may or may not be (a mount)."""
-    if jax.process_count() == 1 or is_url(out_dir):
+    if jax.process_count() == 1 or "://" in str(out_dir):  # gs:// and the like: shared
         return None
     return (f"note: {jax.process_count()} processes write to {out_dir}, a local path: it must be storage "
             f"every host shares (a network file system, or a gs:// path)")

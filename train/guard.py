@@ -1,7 +1,4 @@
-"""The NaN/inf guard every train step ends with: a step whose loss or gradient norm is
-not finite is dropped inside the step; a finite step whose update overflowed is flagged
-by its ``finite`` verdict, which the run driver checks before it saves or validates.
-Why the two norms suffice: docs/training.md, "The NaN guard"."""
+"""The NaN/inf guard every train step ends with (docs/training.md, "The NaN guard")."""
 
 from __future__ import annotations
 

@@ -1,18 +1,7 @@
-"""The I-JEPA model, train state, jitted step and its builder (docs/ijepa.md).
-
-Per iteration, as the official loop: schedules (lr, weight decay, EMA momentum) from the
-step counter, forward, backward, AdamW step, then the EMA update of the target encoder.
-
-- context encoder: our `VisionTransformer` on the (padded, static-length) context tokens,
-  padding masked out of attention;
-- target encoder: an EMA copy of the context encoder's parameters (no gradient) on the
-  whole image, then LayerNorm without affine (eps 1e-5) over features, gathered at the
-  target indices;
-- predictor: each target block its own sequence (the context repeated per block);
-- loss: smooth L1 (beta 1) or L2, averaged over the valid target elements only.
-
-Parameters are float32; the modules compute in ``model.dtype`` (bfloat16 on accelerators);
-the target normalisation, the loss and the optimiser run in float32.
+"""The I-JEPA model, train state, jitted step and its builder, as the official loop:
+schedules from the step counter, forward, backward, AdamW, then the EMA update of the
+target encoder. Parameters are float32; the target normalisation, loss and optimiser run
+in float32 (docs/ijepa.md).
 """
 
 from __future__ import annotations
@@ -35,7 +24,6 @@ from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.ijepa_config import IJEPAConfig, IJEPAOptimConfig
 from sonichu_jax.train.guard import keep_if_finite
 from sonichu_jax.train.optim import decays, path_keys
-from sonichu_jax.train.schedule import in_steps
 
 # "skipped": per image, the undecodable frames the pipeline replaced to fill its slot
 BATCH_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid", "skipped")
@@ -53,18 +41,9 @@ class IJEPA(nnx.Module):
 
 
 def ijepa_init(model: IJEPA, key: jax.Array) -> None:
-    """The initialisation the official training runs start from, in place.
-
-    The official module constructors draw every Linear/Conv weight and the mask token from
-    N(0, 0.02) (``trunc_normal_`` cuts at +-2 absolute, i.e. +-100 std: a plain normal),
-    biases 0, LayerNorms (1, 0), then divide block i's ``attn.proj`` and ``mlp.fc2`` by
-    sqrt(2 (i + 1)); but the training script's ``init_model`` (``src/helper.py``) then
-    re-draws every Linear weight at 0.02, which undoes that division. So: every kernel
-    (the patch convolution included) and the mask token N(0, 0.02), no depth scaling,
-    in the encoder and the predictor alike.
-
-    One normal draw covers every tensor: XLA compiles a threefry draw per call, and one
-    per tensor made the jitted initialiser five times slower to compile."""
+    """The official runs' initialisation, in place: every kernel and the mask token
+    N(0, 0.02), biases 0, norms (1, 0), no depth scaling (docs/ijepa.md). One normal draw
+    covers every tensor: a draw per tensor made the initialiser 5x slower to compile."""
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
     drawn = [var.get_value().size for path, var in flat if path[-1] in ("kernel", "mask_token")]
     noise = INIT_STD * jax.random.normal(key, (sum(drawn),), jnp.float32)
@@ -90,9 +69,8 @@ def build_model(config: IJEPAConfig, seed: int) -> IJEPA:
 
 # -- schedules (official WarmupCosineSchedule / CosineWDSchedule / momentum generator) -----
 def schedules(optim: IJEPAOptimConfig, total_steps: int, step: jax.Array) -> dict[str, jax.Array]:
-    """lr, weight decay and EMA momentum of iteration ``step`` (0-based). The official
-    schedulers are stepped before the forward pass, so lr and wd use ``step + 1``; the
-    momentum generator yields its first value (0.996) at iteration 0."""
+    """lr, weight decay and EMA momentum of iteration ``step`` (0-based): lr and wd at
+    ``step + 1`` (the official schedulers step before the forward pass), momentum at ``step``."""
     length = float(int(optim.schedule_scale * total_steps))
     t = step.astype(jnp.float32) + 1.0
     warm = float(optim.warmup_steps)
@@ -120,25 +98,21 @@ class IJEPAState:
 
 
 def adam(optim: IJEPAOptimConfig) -> optax.GradientTransformation:
-    """The Adam direction; the lr and the (scheduled, masked) decoupled weight decay are
-    applied in the step, as torch.optim.AdamW does."""
+    """The Adam direction; lr and the scheduled, masked weight decay are applied in the step."""
     return optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)
 
 
 def decay_mask(params) -> nnx.State:
-    """Official param groups: no weight decay on biases and 1-D parameters (the mask token
-    (1, 1, P) is decayed, the fixed position tables are not parameters)."""
+    """Official param groups: no weight decay on biases and 1-D parameters."""
     return jax.tree_util.tree_map_with_path(lambda p, x: decays(path_keys(p), x.ndim), params)
 
 
 def split(model: IJEPA) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params, rest
+    return nnx.split(model, nnx.Param, ...)
 
 
 def fresh_state(config: IJEPAConfig) -> IJEPAState:
-    """Step 0: the official initialisation; the target encoder starts as a copy of the
-    context encoder. Traceable: it serves `jax.eval_shape` and the jitted allocation."""
+    """Step 0 (traceable): the official initialisation, the target a copy of the encoder."""
     _, params, rest = split(build_model(config, config.seed))
     zero = jnp.zeros((), jnp.int32)
     return IJEPAState(step=zero, frames_skipped=zero, params=params, target=jax.tree.map(jnp.copy, params["encoder"]),
@@ -153,13 +127,6 @@ def target_features(graphdef, state: IJEPAState, images: jax.Array) -> jax.Array
     mean = h.mean(-1, keepdims=True)
     var = jnp.square(h - mean).mean(-1, keepdims=True)
     return jax.lax.stop_gradient((h - mean) * jax.lax.rsqrt(var + TARGET_LN_EPS))
-
-
-def element_loss(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
-    diff = pred.astype(jnp.float32) - target
-    if kind == "l2":
-        return jnp.square(diff)
-    return optax.huber_loss(diff)  # smooth L1 with beta 1: 0.5 d^2 below 1, |d| - 0.5 above
 
 
 def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -196,7 +163,9 @@ def make_train_step(graphdef, config: IJEPAConfig):
         pred = predict_targets(model, batch)
         target = gather_tokens(h, batch["target_idx"])
         weight = batch["target_valid"].astype(jnp.float32)[..., None]
-        per_elem = element_loss(pred, target, optim.loss)
+        diff = pred.astype(jnp.float32) - target
+        # smooth L1 with beta 1 (Huber): 0.5 d^2 below 1, |d| - 0.5 above
+        per_elem = jnp.square(diff) if optim.loss == "l2" else optax.huber_loss(diff)
         loss = (per_elem * weight).sum() / jnp.maximum(weight.sum() * pred.shape[-1], 1.0)
         return loss, pred
 
@@ -241,9 +210,8 @@ def make_train_step(graphdef, config: IJEPAConfig):
 # -- the builder ---------------------------------------------------------------------------
 @dataclass
 class Pretrainer:
-    """An I-JEPA run's program on a mesh, built without allocating: ``state`` and
-    ``batch`` are ShapeDtypeStructs carrying their shardings; ``sampler`` fixes the
-    static mask lengths of the batch."""
+    """An I-JEPA run's program on a mesh (abstract ``state`` and ``batch`` with their
+    shardings); ``sampler`` fixes the batch's static mask lengths."""
 
     config: IJEPAConfig
     mesh: jax.sharding.Mesh
@@ -252,16 +220,15 @@ class Pretrainer:
     state: IJEPAState
     batch: dict
     step: Callable  # jitted ``step(state, batch) -> (state, metrics)``, state donated
+    aux: tuple = ()  # no further step inputs
 
     def lower(self):
         return self.step.lower(self.state, self.batch)
 
     def init_state(self, start=None) -> IJEPAState:
-        """The step-0 state, written directly into its shardings by one jitted initialiser:
-        fresh (the official initialisation), or with the weights of ``start`` (a
-        `sonichu_jax.train.ijepa_start.StartWeights`) and a fresh optimiser state. The
-        weights enter as arguments, each device receiving only its shards, and are donated
-        to the result, so no device ever holds them twice."""
+        """The step-0 state written into its shardings by one jitted initialiser: fresh, or
+        with the weights of ``start`` (`ijepa_start.StartWeights`) entering as donated
+        arguments, so each device holds only its shards, once."""
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
         if start is None:
             return jax.jit(lambda: fresh_state(self.config), out_shardings=shardings)()
@@ -278,9 +245,8 @@ def state_key(path) -> str:
 
 
 def place_weights(abstract: IJEPAState, start) -> dict[str, jax.Array]:
-    """The host arrays of ``start`` (state paths within each network) as device arrays
-    laid out as ``abstract`` says, keyed by `state_key`; the fixed tables come with their
-    network. The optimiser state and a predictor ``start`` lacks are left out."""
+    """The host arrays of ``start`` placed as ``abstract`` lays them out, by `state_key`
+    (no optimiser state; no predictor where ``start`` has none)."""
     sources = {"params/encoder": start.encoder, "rest/encoder": start.encoder, "target": start.target,
                "params/predictor": start.predictor, "rest/predictor": start.predictor}
     placed = {}
@@ -297,9 +263,8 @@ def place_weights(abstract: IJEPAState, start) -> dict[str, jax.Array]:
 
 
 def state_from_weights(config: IJEPAConfig, loaded: dict[str, jax.Array]) -> IJEPAState:
-    """Step 0 with the ``loaded`` leaves (by `state_key`), everything else fresh: AdamW's
-    zero moments, and a predictor the checkpoint does not give. Traced: the fresh draws
-    that ``loaded`` replaces are dead code that XLA removes."""
+    """Step 0 with the ``loaded`` leaves, everything else fresh (traced: XLA drops the
+    draws they replace)."""
     fresh = fresh_state(config)
     return jax.tree_util.tree_map_with_path(lambda path, x: loaded.get(state_key(path), x), fresh)
 
@@ -317,27 +282,13 @@ def abstract_batch(config: IJEPAConfig, sampler: MultiBlockMaskSampler, mesh: ja
 
 def build_pretrainer(config: IJEPAConfig, mesh: jax.sharding.Mesh, wrap: Callable | None = None) -> Pretrainer:
     """The program of ``config`` on ``mesh``, allocating nothing; ``wrap`` wraps the step
-    function before ``jit`` (tests count traces with it)."""
-    graphdef = split(nnx.eval_shape(lambda: IJEPA(config.model, config.predictor.width, config.predictor.depth,
-                                                    rngs=nnx.Rngs(0))))[0]
+    before ``jit`` (tests count traces)."""
+    model = nnx.eval_shape(lambda: IJEPA(config.model, config.predictor.width, config.predictor.depth,
+                                         rngs=nnx.Rngs(0)))
+    graphdef = split(model)[0]
     abstract = jax.eval_shape(lambda: fresh_state(config))
     shardings = mesh_lib.state_shardings(mesh, abstract)
-    fn = make_train_step(graphdef, config)
-    step = jax.jit(
-        mesh_lib.on_mesh(wrap(fn) if wrap is not None else fn, mesh),
-        in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-        out_shardings=(shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
+    step = mesh_lib.jit_step(make_train_step(graphdef, config), mesh, shardings, wrap=wrap)
     sampler = MultiBlockMaskSampler(config.masks, config.model.grid, config.seed, jax.process_index())
     return Pretrainer(config, mesh, graphdef, sampler, mesh_lib.abstract_with_shardings(abstract, shardings),
                       abstract_batch(config, sampler, mesh), step)
-
-
-def abstract_run(config: IJEPAConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Pretrainer:
-    """An I-JEPA run's step, abstract state and abstract batch on ``mesh``, without
-    allocating anything: ``abstract_run(config, mesh).lower().compile()``. ``examples``
-    (the number of frames) turns a schedule in epochs into steps."""
-    config = in_steps(config.validate(), examples)
-    mesh_lib.check_batch(config.data.batch_size, mesh)
-    return build_pretrainer(config, mesh)

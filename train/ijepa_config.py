@@ -1,9 +1,5 @@
-"""Typed config of an I-JEPA pretraining run (``configs/ijepa_*.py`` return one).
-
-Defaults are the official ViT-B setting of facebookresearch/ijepa (schedules, masks,
-augmentation; docs/ijepa.md), at the card's 256 px. Files are loaded and ``--set``
-overrides applied with `sonichu_jax.train.configlib`, which works on any config
-dataclass; ``steps``/``epochs`` and the warm-up come in steps or epochs as there.
+"""Typed config of an I-JEPA pretraining run (``configs/ijepa_*.py``): defaults are the
+official ViT-B setting of facebookresearch/ijepa at the card's 256 px (docs/ijepa.md).
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from sonichu_jax.train.configlib import (
 
 LOSSES = ("smooth_l1", "l2")
 NETWORKS = ("encoder", "predictor", "target_encoder")  # the parts of an I-JEPA checkpoint
-MISSING_PREDICTOR = ("fresh", "error")
 
 
 @dataclass(frozen=True)
@@ -47,45 +42,34 @@ class PretrainDataConfig:
     max_bad_fraction: float = 0.01
 
     def __post_init__(self):
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
+        require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction, "in [0, 1]")
         lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ConfigError(f"data.crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+        require(0 < lo <= hi <= 1, "data.crop_scale", self.crop_scale, "(low, high) with 0 < low <= high <= 1")
+        require(0 < self.crop_ratio[0] <= self.crop_ratio[1], "data.crop_ratio", self.crop_ratio,
+                "(low, high) with 0 < low <= high")
 
 
 @dataclass(frozen=True)
 class PretrainInitConfig:
-    """Where the weights start (docs/ijepa.md): from scratch (``path`` empty, the official
-    initialisation), or from an I-JEPA checkpoint: the official training checkpoint
-    (``jepa-latest.pth.tar``), a safetensors file with its names, or a directory written by
-    ``convert``. Only a run's step 0 reads it; the optimiser state starts fresh.
-
-    ``parts``: the networks taken from the checkpoint. An encoder left out starts as a copy
-    of the other one (``("target_encoder", "predictor")`` starts both encoders from the
-    EMA encoder); a predictor left out starts freshly initialised.
-    ``missing_predictor``: a checkpoint without a predictor gets a ``fresh`` one (with a
-    note), or is refused (``error``)."""
+    """Step 0's weights: the official initialisation (``path`` empty) or an I-JEPA
+    checkpoint's networks, with a fresh optimiser state (docs/ijepa.md)."""
 
     path: str = ""
-    parts: tuple[str, ...] = NETWORKS
-    missing_predictor: str = "fresh"
+    parts: tuple[str, ...] = NETWORKS  # taken from it; an encoder left out copies the other
+    missing_predictor: str = "fresh"  # a checkpoint without one: fresh (with a note) or error
 
     def __post_init__(self):
         unknown = [p for p in self.parts if p not in NETWORKS]
         if unknown or not {"encoder", "target_encoder"} & set(self.parts):
             raise ConfigError(f"init.parts must name encoder and/or target_encoder, optionally predictor "
                               f"(of {', '.join(NETWORKS)}), got {self.parts!r}")
-        if self.missing_predictor not in MISSING_PREDICTOR:
-            raise ConfigError(f"init.missing_predictor must be fresh or error, got {self.missing_predictor!r}")
+        require(self.missing_predictor in ("fresh", "error"), "init.missing_predictor", self.missing_predictor,
+                "fresh or error")
 
 
 @dataclass(frozen=True)
 class IJEPAOptimConfig:
-    """AdamW; every schedule is per iteration, spanning ``steps * schedule_scale`` (the
-    official ``ipe_scale``: > 1 stops the run before the schedules end)."""
+    """AdamW; every schedule spans ``steps * schedule_scale`` iterations (official ``ipe_scale``)."""
 
     start_lr: float = 2e-4
     lr: float = 1e-3
@@ -102,12 +86,9 @@ class IJEPAOptimConfig:
     loss: str = "smooth_l1"  # the official code's loss (beta 1); "l2" as in the paper
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ConfigError(f"optim.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.schedule_scale < 1.0:
-            raise ConfigError(f"optim.schedule_scale must be >= 1, got {self.schedule_scale}")
-        if self.warmup_steps < 0:
-            raise ConfigError("optim.warmup_steps must be >= 0")
+        require(self.loss in LOSSES, "optim.loss", self.loss, f"one of {LOSSES}")
+        require(self.schedule_scale >= 1.0, "optim.schedule_scale", self.schedule_scale, ">= 1")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -135,10 +116,8 @@ class IJEPAConfig:
     seed: int = 0
 
     def validate(self) -> "IJEPAConfig":
-        """Checks across sections, run once the overrides are applied (a check in
-        ``__post_init__`` would make the order of ``--set`` options matter)."""
+        """Checks across sections, once the overrides are applied."""
         validate_run(self)
-        require(self.data.batch_size >= 1, "data.batch_size", self.data.batch_size, ">= 1")
         require(self.data.num_workers >= 0, "data.num_workers", self.data.num_workers, ">= 0")
         require(self.optim.lr >= 0, "optim.lr", self.optim.lr, ">= 0")
         check_warmup(self, self.optim.schedule_scale)

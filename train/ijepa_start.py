@@ -1,12 +1,6 @@
-"""Continuing I-JEPA pretraining from a published checkpoint (domain-adaptive pretraining):
-the weights a run's step 0 starts from, by the ``init`` section (docs/ijepa.md).
-
-`load_start` reads the checkpoint with `sonichu_jax.convert.load_ijepa` at the configured
-input size (another patch grid: fixed sin-cos tables recomputed, learned tables resized,
-each with a note), refuses one whose architecture differs from the configured encoder or
-predictor (one line naming every differing field), and picks the networks ``init.parts``
-asks for. `sonichu_jax.train.ijepa.Pretrainer.init_state` then writes them into the
-sharded train state; the optimiser state starts fresh and the run starts at step 0.
+"""Continuing I-JEPA pretraining from a published checkpoint: the step-0 weights the
+``init`` section picks, checked against the configured encoder and predictor
+(docs/ijepa.md).
 """
 
 from __future__ import annotations
@@ -29,8 +23,7 @@ ENCODER_FIELDS = ("patch_size", "in_channels", "width", "depth", "num_heads", "m
 
 @dataclass
 class StartWeights:
-    """Host arrays by state path within each network (`sonichu_jax.nn.vit.VisionTransformer`,
-    `sonichu_jax.nn.predictor.Predictor`), fixed tables included."""
+    """Host arrays by state path within each network, fixed tables included."""
 
     encoder: Arrays  # the context encoder
     target: Arrays  # the EMA target encoder
@@ -50,9 +43,8 @@ def mismatches(weights, config: IJEPAConfig, with_predictor: bool) -> list[str]:
 
 
 def load_start(config: IJEPAConfig) -> StartWeights:
-    """The step-0 weights of ``config.init`` (its ``path`` must be set). Raises
-    `ConfigError` for a checkpoint that does not fit the configured model, and the
-    converter's `InputError` / `ConversionError` for one it cannot read."""
+    """The step-0 weights of ``config.init`` (``path`` set); `ConfigError` for a checkpoint
+    that does not fit the configured model."""
     init = config.init
     # Attention heads are the one field shapes cannot tell: a checkpoint without a
     # config.json (the official one) takes the configured count.

@@ -1,27 +1,9 @@
 """The one run driver: every training stage (teacher, distillation, I-JEPA) runs through it.
 
-A stage (`Stage`) supplies only what is its own: its data, its program (train state and
-compiled step, built without allocating), a fresh state, its validation (optional) and
-its export. `run` does the rest, in this order:
-
-1. check the config (``config.validate()``), start JAX's distributed client
-   (`sonichu_jax.train.distributed`), build the mesh and check the batch against it;
-2. check the run directory (`sonichu_jax.train.run_dir`): a new run refuses one that
-   holds a run, a resumed run requires one;
-3. load the data, turn epochs into steps (`sonichu_jax.train.schedule`), compare the
-   config with the saved one when resuming, print the banner;
-   -- nothing has been written and nothing compiled up to here --
-4. build the program, then restore the newest intact checkpoint or allocate a fresh
-   state, write ``train_config.json``, open the sinks (``metrics.jsonl``, the console,
-   TensorBoard) and the profiler window;
-5. loop: step (traced within ``log.profile_steps``); every ``log.every_steps`` one fetch
-   of the window's metrics (NaN guard, sinks); validation and checkpoint cadence; stop on
-   SIGTERM/SIGINT (`sonichu_jax.train.preemption`);
-6. finish: the last window, one final save (the final step validates first, so the MRE
-   it reports was measured at that step), the exports (and ``best/`` when validation
-   picked one).
-
-See docs/training.md for a new stage in a page of code.
+A `Stage` declares what is its own (config class, data, program, fresh state, validation,
+export, the card's training-set size for plans); `run` does the rest: checks, run
+directory, schedule, resume, sinks, the loop with its cadences, stop signals, final save
+and exports (docs/training.md, "What a run does, in order").
 """
 
 from __future__ import annotations
@@ -62,6 +44,8 @@ class Stage:
     steps from `examples` on."""
 
     name = "train"  # the command: progress bar and messages
+    config_class: type | None = None  # the config it runs (`sonichu_jax.train.plans.stages` picks by it)
+    card_examples: int | None = None  # the card's training set, over which a plan counts epochs
     batch_keys: tuple[str, ...] = ()  # the keys of a data batch that the step reads
     window_last: tuple[str, ...] = ("lr",)  # metrics a window reports at its end, not averaged
     postfix: tuple[str, ...] = ("loss", "lr", "img_per_s")  # on the progress bar
@@ -74,6 +58,11 @@ class Stage:
         raise NotImplementedError
 
     def build(self, mesh: jax.sharding.Mesh) -> Program:
+        """The program on ``mesh``, allocating nothing (a plan builds it for any mesh)."""
+        raise NotImplementedError
+
+    def model_flops(self, program) -> float:
+        """Model FLOPs of one step over the global batch (`sonichu_jax.train.flops`)."""
         raise NotImplementedError
 
     def initial_state(self) -> Any:
@@ -81,7 +70,7 @@ class Stage:
         raise NotImplementedError
 
     def batches(self) -> Iterator[dict]:
-        """This process's batches: a grain iterator (its state is checkpointed)."""
+        """This process's batches: a grain iterator (checkpointed)."""
         raise NotImplementedError
 
     def validation_every(self) -> int | None:
@@ -126,8 +115,7 @@ class RunResult:
 def run(stage: Stage, out_dir: str | os.PathLike, *, resume: bool = False, stop_after: int | None = None,
         sinks: Sequence[MetricsSink] = ()) -> RunResult:
     """Train (or continue) ``stage`` in ``out_dir``. ``stop_after`` ends the call after that
-    many steps as if preempted (checkpoint saved), for tests and time-boxed jobs; ``sinks``
-    receive every metrics window and validation besides ``metrics.jsonl`` and the console."""
+    many steps as if preempted (checkpoint saved); ``sinks`` receive what the run reports."""
     driver = _Run(stage, RunDir(out_dir), resume, sinks)
     try:
         driver.prepare()
@@ -244,8 +232,7 @@ class _Run:
             self.save()
 
     def validates_at(self, step: int) -> bool:
-        """Every ``validation_every`` steps, and at the last step, before its save (so that
-        the save records the MRE the final line reports, and ``best/`` can be chosen)."""
+        """Every ``validation_every`` steps, and at the last step before its save."""
         if self.every is None:
             return False
         return step == self.config.steps or (self.every > 0 and step % self.every == 0)

@@ -1,11 +1,5 @@
-"""Device mesh, shardings and global batch assembly (multi-process start-up:
-`sonichu_jax.train.distributed`).
-
-The mesh has two axes: ``data`` (batch only) and ``fsdp`` (batch *and* parameters). The
-batch is split over both; a parameter is split over ``fsdp`` as its partition metadata
-says (`nnx.get_partition_spec`: the largest dimension, see `sonichu_jax.nn.vit.fsdp`)
-where the mesh divides that dimension, so fsdp=1 means plain data parallelism with
-replicated parameters.
+"""Device mesh (``data`` x ``fsdp``), shardings from the parameters' partition metadata,
+and global batch assembly; fsdp=1 is plain data parallelism (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -44,8 +38,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def fit(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> P:
-    """``spec`` for an array of ``shape`` on ``mesh``: a mesh axis stays only on a dimension
-    it splits (more than one device, dividing the size); nothing split gives ``P()``."""
+    """``spec`` for ``shape`` on ``mesh``: an axis stays only where it splits the dimension."""
     def keep(axes, size):
         names = axes if isinstance(axes, tuple) else (axes,)
         devices = int(np.prod([mesh.shape[a] for a in names if a is not None]))
@@ -56,9 +49,8 @@ def fit(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> P:
 
 
 def state_shardings(mesh: jax.sharding.Mesh, tree, leading: int = 0):
-    """Shardings for a pytree of arrays or ShapeDtypeStructs (inside ``nnx.Variable``s)
-    from their partition metadata, `fit` to ``mesh``; ``leading`` stacked axes (one per
-    teacher, say) stay whole. Arrays without metadata are replicated."""
+    """Shardings of a pytree of ``nnx.Variable``s from their partition metadata, `fit` to
+    ``mesh``; ``leading`` stacked axes stay whole; no metadata: replicated."""
     def one(x, spec):
         inner = fit(spec, tuple(x.shape[leading:]), mesh)
         return NamedSharding(mesh, P(*[None] * leading, *inner) if leading else inner)
@@ -66,16 +58,22 @@ def state_shardings(mesh: jax.sharding.Mesh, tree, leading: int = 0):
     return jax.tree.map(one, tree, nnx.get_partition_spec(tree))
 
 
+def jit_step(fn, mesh: jax.sharding.Mesh, shardings, aux_shardings: tuple = (), wrap=None):
+    """``fn(state, batch, *aux) -> (state, metrics)`` jitted on ``mesh``: state donated,
+    metrics replicated; ``wrap`` wraps ``fn`` first (tests count traces)."""
+    return jax.jit(on_mesh(wrap(fn) if wrap is not None else fn, mesh), donate_argnums=0,
+                   in_shardings=(shardings, batch_sharding(mesh), *aux_shardings),
+                   out_shardings=(shardings, replicated(mesh)))
+
+
 def abstract_with_shardings(tree, shardings):
-    """ShapeDtypeStructs carrying shardings (of arrays or of ShapeDtypeStructs): inputs an
-    ahead-of-time lowering accepts, and the target orbax restores into."""
+    """ShapeDtypeStructs carrying shardings: what a lowering takes and orbax restores into."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def on_mesh(fn, mesh: jax.sharding.Mesh):
-    """``fn`` traced under ``mesh`` (as JAX's abstract mesh): the model reads from it the
-    platform it compiles for and the batch axes a per-device kernel runs over
-    (`nn.vit.target_platform`, `splash_attention`)."""
+    """``fn`` traced under ``mesh``'s abstract mesh, from which the model reads its target
+    platform and batch axes (`nn.vit.target_platform`)."""
     def traced(*args):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             return fn(*args)
@@ -84,8 +82,7 @@ def on_mesh(fn, mesh: jax.sharding.Mesh):
 
 
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
-    """The global batch splits evenly over every device of ``mesh`` (any mesh, also one
-    over devices this process cannot address, as an ahead-of-time plan builds)."""
+    """The global batch splits evenly over ``mesh``'s devices (also ones not addressable here)."""
     if global_batch % mesh.size:
         raise ConfigError(
             f"data.batch_size={global_batch} (the global batch) must be a multiple of the mesh's {mesh.size} "
@@ -94,8 +91,7 @@ def check_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
 
 
 def local_batch_size(global_batch: int) -> int:
-    """This process's share of ``global_batch``, which must split evenly over the
-    processes and their local devices (`ConfigError` otherwise)."""
+    """This process's share of ``global_batch``, which must split evenly over the devices."""
     processes, local = jax.process_count(), jax.local_device_count()
     if global_batch % (processes * local):
         raise ConfigError(
@@ -106,10 +102,8 @@ def local_batch_size(global_batch: int) -> int:
 
 
 def global_batch(mesh: jax.sharding.Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Assemble each process's slice of the batch into global arrays sharded over the mesh.
-
-    Every process passes its own rows (in process order they form the global batch).
-    uint8 training images (`sonichu_jax.data.pipeline.to_wire`) are normalised on the devices."""
+    """Each process's rows (in process order) as global arrays sharded over the mesh;
+    uint8 images (`sonichu_jax.data.pipeline.to_wire`) are normalised on the devices."""
     sharding = batch_sharding(mesh)
     out = {}
     for name, value in local.items():

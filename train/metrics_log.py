@@ -1,7 +1,6 @@
-"""Metrics out of the hot loop (`MetricsBuffer`: one `jax.device_get` per window of
-``log.every_steps``) and the sinks a run reports to (`MetricsSink`): `JsonlSink`
-(``metrics.jsonl``), `ConsoleSink` (progress bar and tables) and, in `train.tensorboard`,
-`TensorBoardSink`."""
+"""Metrics out of the hot loop (`MetricsBuffer`: one fetch per window) and the sinks a
+run reports to (`MetricsSink`: `JsonlSink`, `ConsoleSink`, `TensorBoardSink`).
+"""
 
 from __future__ import annotations
 
@@ -18,23 +17,17 @@ from sonichu_jax.evaluation import MREReport, format_table
 from sonichu_jax.fileio import atomic_path
 
 
-class MetricsBuffer:
-    def __init__(self):
-        self._steps: list[int] = []
-        self._metrics: list[dict] = []
+class MetricsBuffer(list):
+    """(step, device metrics) of the steps since the last `flush`."""
 
     def add(self, step: int, metrics: dict) -> None:
-        self._steps.append(step)
-        self._metrics.append(metrics)
-
-    def __len__(self) -> int:
-        return len(self._steps)
+        self.append((step, metrics))
 
     def flush(self) -> list[tuple[int, dict[str, float]]]:
-        """(step, {name: float}) for every buffered step, oldest first."""
-        fetched = jax.device_get(self._metrics)
-        rows = [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for s, m in zip(self._steps, fetched)]
-        self._steps, self._metrics = [], []
+        """(step, {name: float}) for every buffered step, oldest first: one fetch."""
+        fetched = jax.device_get([m for _, m in self])
+        rows = [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for (s, _), m in zip(self, fetched)]
+        self.clear()
         return rows
 
 
@@ -49,8 +42,7 @@ class MetricsSink:
     """Receives what a run reports; every method may be left as is (does nothing)."""
 
     def step(self, step: int) -> None:
-        """After every train step, on the host, without waiting for the device (the
-        progress bar moves here)."""
+        """After every train step, on the host, without waiting for the device."""
 
     def train_window(self, step: int, metrics: dict[str, float]) -> None:
         """The mean metrics of the window of steps that ends at ``step``."""
@@ -67,15 +59,11 @@ def _clean(value):
 
 
 class JsonlSink(MetricsSink):
-    """``metrics.jsonl``: one JSON object per window and per validation, flushed line by
-    line so that a killed run keeps every complete line. A resumed run first drops what
-    lies beyond the step it resumed from (lines a killed run wrote after its last
-    checkpoint, and a torn last line), so every step appears once. On object storage
-    (``gs://``), which cannot append, the file is rewritten whole at every line."""
+    """``metrics.jsonl``, flushed line by line; a resumed run first drops the lines beyond
+    ``keep_up_to`` (None: starts empty), so every step appears once. ``gs://`` cannot
+    append: the file is rewritten whole at every line."""
 
     def __init__(self, path: str, keep_up_to: int | None = None):
-        """``keep_up_to``: the step a run resumes from (lines of later steps go); None: the
-        file starts empty (a resumed run that had saved no checkpoint starts over)."""
         self.path = epath.Path(path)
         self.lines: list[str] = []
         if self.path.exists() and keep_up_to is not None:
@@ -122,8 +110,7 @@ def _step_of(line: str, limit: int) -> bool:
 
 
 class ConsoleSink(MetricsSink):
-    """The progress bar (``postfix`` keys of each window on it) and the validation tables,
-    printed through the bar while it is open."""
+    """The progress bar (``postfix`` keys of each window) and the validation tables."""
 
     def __init__(self, name: str, total: int, initial: int, postfix: tuple[str, ...], progress: bool):
         self.postfix = postfix

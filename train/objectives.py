@@ -1,11 +1,7 @@
-"""Training objectives: what the supervised step minimises (docs/research.md).
-
-An objective has ``targets(batch, aux)`` (run inside the step, outside the gradient) and
-``loss(outputs, batch, targets) -> (scalar, metrics)``. ``outputs`` holds ``coords``
-(B, Kmax, 2) soft-argmax xy, ``heatmaps`` (B, h, w, Kmax) float32 (padded keypoints are
-zero) and, when the objective sets ``needs_features``, the backbone ``features``
-(B, gh, gw, D). ``loss.kind`` names a built-in (`KINDS`) or ``module:Factory``; a factory
-is called as ``Factory(loss_config, model_config)``.
+"""Training objectives (docs/research.md): ``targets(batch, aux)`` inside the step, outside
+the gradient, and ``loss(outputs, batch, targets) -> (scalar, metrics)`` on ``coords``,
+``heatmaps`` and, with ``needs_features``, ``features``. ``loss.kind`` names a built-in
+(`KINDS`) or ``module:Factory``, called as ``Factory(loss_config, model_config)``.
 """
 
 from __future__ import annotations
@@ -37,8 +33,8 @@ def task_keypoints(cfg: ModelConfig, batch) -> jax.Array:
 
 
 def gaussian_heatmaps(keypoints: jax.Array, size: tuple[int, int], sigma: float) -> jax.Array:
-    """(B, K, 2) normalised xy -> (B, h, w, K) Gaussians of peak 1 and std ``sigma``
-    heatmap pixels, centred where the decoders read xy (pixel i's centre is (i + 0.5) / w)."""
+    """(B, K, 2) normalised xy -> (B, h, w, K) Gaussians of peak 1, std ``sigma`` pixels,
+    centred where the decoders read xy (pixel i's centre at (i + 0.5) / w)."""
     h, w = size
     cx = keypoints[..., 0] * w - 0.5
     cy = keypoints[..., 1] * h - 0.5
@@ -48,8 +44,7 @@ def gaussian_heatmaps(keypoints: jax.Array, size: tuple[int, int], sigma: float)
 
 
 def heatmap_mse(heatmaps: jax.Array, target: jax.Array, weight: jax.Array, task_k: jax.Array) -> jax.Array:
-    """mmpose's ``KeypointMSELoss`` with target weights: the squared error times the
-    keypoint's weight, averaged over B x K x h x w, K the task's keypoints (not the padding)."""
+    """mmpose's ``KeypointMSELoss`` with target weights, averaged over B x K x h x w (K: the task's)."""
     b, h, w, _ = heatmaps.shape
     sq = jnp.square(heatmaps - target) * weight[:, None, None, :]
     return sq.sum() / (b * h * w * task_k.astype(jnp.float32))
@@ -78,10 +73,7 @@ class HeatmapMSE(L1):
         self.sigma, self.cfg = loss.sigma, model
         self.l1_weight, self.heatmap_weight = l1_weight, heatmap_weight
 
-    def targets(self, batch, aux):
-        return None  # the Gaussians are drawn in `loss`, where the heatmap size is known
-
-    def loss(self, outputs, batch, targets):
+    def loss(self, outputs, batch, targets):  # the Gaussians drawn here, where the heatmap size is known
         hm = outputs["heatmaps"]
         gauss = jax.lax.stop_gradient(gaussian_heatmaps(batch["keypoints"], hm.shape[1:3], self.sigma))
         mse = heatmap_mse(hm, gauss, label_weight(batch), task_keypoints(self.cfg, batch))

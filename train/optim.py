@@ -1,16 +1,11 @@
-"""AdamW with a warm-up + cosine schedule, ViTPose layer-wise lr decay and a weight-decay
-mask, applied per parameter group so that a head only moves on batches of its task.
-
-Parameters are grouped as ``{"backbone": ..., "trunk": ..., "heads": {task: ...}}`` (see
-`state.py`). Each group has its own AdamW state. A task-homogeneous batch gives zero
-gradients to the other tasks' heads; PyTorch leaves such parameters (grad None) and their
-moments untouched, and so do we: a head group's update and state change are gated on the
-batch's task. The learning rate follows the global step, not a group's own count.
+"""AdamW with warm-up + cosine, ViTPose layer-wise lr decay and a weight-decay mask, one
+optax state per parameter group; a head group's update is gated on the batch's task, as
+PyTorch leaves parameters without a gradient untouched (docs/training.md).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +45,8 @@ def decays(path: tuple, ndim: int) -> bool:
 
 
 def backbone_layer_id(path: tuple, depth: int) -> int:
-    """ViTPose layer id inside the backbone: patch embedding and position table 0, block i
-    -> i + 1, anything after the blocks (final norm) depth + 1."""
+    """ViTPose layer id in the backbone: patch embedding and position table 0, block i
+    i + 1, what follows the blocks depth + 1."""
     if path[0] in ("patch_embed", "pos_embed"):
         return 0
     if path[0] == "blocks":
@@ -62,24 +57,6 @@ def backbone_layer_id(path: tuple, depth: int) -> int:
 def layer_scale(layer_id: int, depth: int, decay: float) -> float:
     num_layers = depth + 2
     return decay ** (num_layers - layer_id - 1)
-
-
-class ScaleByTreeState(NamedTuple):
-    pass
-
-
-def scale_by_tree(scales) -> optax.GradientTransformation:
-    """Multiply each update by a fixed per-parameter factor (the layer-wise lr scale)."""
-
-    def init(params):
-        del params
-        return ScaleByTreeState()
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u, s: u * s, updates, scales), state
-
-    return optax.GradientTransformation(init, update)
 
 
 def group_transform(optim: OptimConfig, group: tuple, params, cfg: ModelConfig) -> optax.GradientTransformation:
@@ -96,7 +73,7 @@ def group_transform(optim: OptimConfig, group: tuple, params, cfg: ModelConfig) 
             lambda p, x: layer_scale(backbone_layer_id(path_keys(p)[1:], cfg.depth), cfg.depth, optim.layer_decay),
             params,
         )
-        parts.append(scale_by_tree(scales))
+        parts.append(optax.stateless(lambda updates, params: jax.tree.map(lambda u, s: u * s, updates, scales)))
     return optax.chain(*parts)
 
 
@@ -118,10 +95,8 @@ def with_groups(groups: list[tuple], values: list) -> dict:
 
 
 class GroupedAdamW:
-    """AdamW over the trainable parameter groups, one optax state per group.
-
-    ``groups`` are paths into the params dict, e.g. ``("backbone",)``, ``("heads", "HC")``.
-    """
+    """AdamW over the trainable parameter groups (paths such as ``("heads", "HC")``),
+    one optax state per group."""
 
     def __init__(self, optim: OptimConfig, cfg: ModelConfig, total_steps: int, groups: list[tuple], params):
         self.optim = optim
@@ -133,8 +108,8 @@ class GroupedAdamW:
         return with_groups(self.groups, [tx.init(get_group(params, g)) for g, tx in zip(self.groups, self.txs)])
 
     def update(self, grads, opt_state, params, step: jax.Array, active: dict[tuple, jax.Array]) -> tuple[Any, Any, dict]:
-        """One AdamW step. ``active[group]`` (a traced bool) gates a group whose gradient
-        is structurally zero on this batch. Returns (params, opt_state, metrics)."""
+        """(params, opt_state, metrics) after one step; ``active[group]`` (traced) gates a
+        group whose gradient is structurally zero on this batch."""
         grad_norm = optax.tree.norm(grads)
         if self.optim.clip_norm > 0:
             factor = jnp.minimum(1.0, self.optim.clip_norm / (grad_norm + 1e-6))

@@ -1,17 +1,7 @@
-"""Stopping a run cleanly on SIGTERM (preemption) or SIGINT (Ctrl-C): the loop finishes
-the current step, saves a checkpoint and returns; the command exits with 128 + the
-signal's number (143, 130).
-
-Which mechanism applies:
-
-- one process: a Python signal handler for SIGTERM and SIGINT sets a flag that the loop
-  polls after every step;
-- several processes (JAX's distributed client is up): SIGTERM belongs to JAX's
-  preemption notifier, and orbax's `CheckpointManager.reached_preemption` tells every
-  process at the same step that a preemption notice arrived somewhere, which is what a
-  Cloud TPU maintenance event or a Slurm/Kubernetes eviction sends. SIGINT, which orbax
-  does not cover, still sets the flag, and the processes agree on it (a collective) at
-  every metrics window, so that they all stop at the same step.
+"""Stopping a run cleanly on SIGTERM or SIGINT: the loop finishes the step, saves and
+returns (exit 128 + the signal). One process: a signal handler's flag; several: orbax's
+``reached_preemption`` for SIGTERM and an all-gathered flag for SIGINT, so every process
+stops at the same step (docs/training.md, "Stopping, divergence and exit codes").
 """
 
 from __future__ import annotations

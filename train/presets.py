@@ -1,10 +1,6 @@
-"""The tiny configurations that run the whole recipe on a laptop CPU in minutes, on the
-synthetic data: shared by `configs/*_tiny.py` and `sonichu-jax demo`.
-
-One encoder for every stage (64x64 inputs, 8x8 patch grid, 2 blocks of width 64), so the
-I-JEPA export is a complete model for the teachers to start from, and the teachers and
-the student share the task table (with the synthetic flip permutations that flip
-augmentation and TTA need).
+"""The tiny configurations that run the whole recipe on a laptop CPU in minutes on the
+synthetic data (`configs/*_tiny.py`, `sonichu-jax demo`): one 64 px, 2-block encoder for
+every stage, so the I-JEPA export is what the teachers start from.
 """
 
 from __future__ import annotations

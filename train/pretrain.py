@@ -1,20 +1,6 @@
-"""The I-JEPA pretraining stage: unlabelled frames -> a pretrained encoder, run by
-`sonichu_jax.train.loop.run`.
-
-An epoch is the number of frames over the global batch. Exports:
-
-    backbone/           the EMA target encoder as a SonichuModel checkpoint (config.json,
-                        which says ``pretrained_parts: ["backbone"]``, + flax_model.safetensors;
-                        heads freshly initialised): what a teacher starts from with
-                        ``init.kind=backbone init.path=<out>/backbone``
-    backbone_pytorch/   the same weights in the ``sonichu`` PyTorch safetensors layout
-
-The exported encoder is the EMA target encoder, as the official evaluation uses it
-(docs/ijepa.md). Checkpoints hold the encoder, predictor, EMA target, AdamW state and the
-grain iterator, which also fixes the masks (they are keyed by step).
-
-Step 0 is the official initialisation, or, with ``init.path``, the networks of an I-JEPA
-checkpoint (`sonichu_jax.train.ijepa_start`) with a fresh optimiser state.
+"""The I-JEPA pretraining stage: unlabelled frames -> ``backbone/`` (the EMA target
+encoder as a SonichuModel checkpoint that says only its backbone is trained) and
+``backbone_pytorch/`` (the ``sonichu`` PyTorch layout); docs/ijepa.md.
 """
 
 from __future__ import annotations
@@ -28,7 +14,8 @@ from sonichu_jax.train import ijepa
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import with_absolute_path
 from sonichu_jax.train.ijepa_config import IJEPAConfig
-from sonichu_jax.train.loop import Program, RunResult, Stage, run
+from sonichu_jax.train import flops
+from sonichu_jax.train.loop import RunResult, Stage, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.optim import path_keys
 from sonichu_jax.train.run_dir import export_to
@@ -39,6 +26,8 @@ PYTORCH_DIR = "backbone_pytorch"
 
 class PretrainStage(Stage):
     name = "pretrain"
+    config_class = IJEPAConfig
+    card_examples = 160_486  # the card's unlabelled frames
     batch_keys = ijepa.BATCH_KEYS
     window_last = ("lr", "wd", "momentum", "frames_skipped")  # schedules and a running count, at the window's end
     postfix = ("loss", "target_std", "img_per_s")
@@ -49,14 +38,16 @@ class PretrainStage(Stage):
         self.records = load_frames(self.config.data.source)
         return len(self.records)
 
-    def build(self, mesh) -> Program:
+    def build(self, mesh) -> ijepa.Pretrainer:
         self.mesh = mesh
         self.pretrainer = ijepa.build_pretrainer(self.config, mesh)
-        sampler, masks = self.pretrainer.sampler, self.config.masks
-        if jax.process_index() == 0:
-            print(f"pretrain: {len(self.records)} frames, masks: context {sampler.context_len} tokens (padded), "
-                  f"{masks.num_targets} targets x {sampler.target_len} tokens, mode {masks.mode}")
-        return Program(self.pretrainer.state, self.pretrainer.step)
+        return self.pretrainer
+
+    def model_flops(self, program) -> float:
+        c, sampler = self.config, program.sampler
+        per_image = flops.ijepa_per_image(c.model, c.predictor.width, c.predictor.depth, sampler.context_len,
+                                          c.masks.num_targets, sampler.target_len)
+        return per_image * c.data.batch_size
 
     def initial_state(self):
         if not self.config.init.path:
@@ -72,18 +63,20 @@ class PretrainStage(Stage):
     def batches(self):
         from sonichu_jax.data.ijepa_pipeline import RandomResizedCrop, make_pretrain_pipeline
 
-        d = self.config.data
+        d, sampler, masks = self.config.data, self.pretrainer.sampler, self.config.masks
+        if jax.process_index() == 0:
+            print(f"pretrain: {len(self.records)} frames, masks: context {sampler.context_len} tokens (padded), "
+                  f"{masks.num_targets} targets x {sampler.target_len} tokens, mode {masks.mode}")
         crop = RandomResizedCrop(self.config.model.image_size, d.crop_scale, d.crop_ratio, d.flip)
         pipeline = make_pretrain_pipeline(
-            self.records, crop, self.pretrainer.sampler, mesh_lib.local_batch_size(d.batch_size), self.config.seed,
+            self.records, crop, sampler, mesh_lib.local_batch_size(d.batch_size), self.config.seed,
             num_workers=d.num_workers, process_index=jax.process_index(), process_count=jax.process_count(),
             max_bad_fraction=d.max_bad_fraction,
         )
         return iter(pipeline)
 
     def export(self, state: ijepa.IJEPAState, out_dir: str, best: bool = False) -> None:
-        """The EMA target encoder as ``backbone/`` (Flax) and ``backbone_pytorch/``
-        (``sonichu`` layout), process 0 only."""
+        """The EMA target encoder as ``backbone/`` and ``backbone_pytorch/`` (process 0)."""
         from sonichu_jax import checkpoint
 
         gather = jax.jit(lambda t, r: (t, r), out_shardings=mesh_lib.replicated(self.mesh))
@@ -101,9 +94,8 @@ def host_arrays(tree) -> dict[str, np.ndarray]:
 
 
 def backbone_model(cfg, backbone: dict[str, np.ndarray], seed: int):
-    """A SonichuModel (eval mode) with ``backbone`` (every encoder variable by state path)
-    and new heads sampled on the host with the Flax initialisers' distributions (a jitted
-    random initialisation of the whole model compiles for seconds, to be overwritten)."""
+    """A SonichuModel with ``backbone`` (encoder variables by state path) and new heads
+    sampled on the host (a jitted initialisation would compile for seconds, to be overwritten)."""
     from sonichu_jax import checkpoint
     from sonichu_jax.convert.shapes import is_head_path
 
@@ -115,8 +107,7 @@ def backbone_model(cfg, backbone: dict[str, np.ndarray], seed: int):
 
 def pretrain(config: IJEPAConfig, frames_dir: str | os.PathLike | None, out_dir: str | os.PathLike, *,
              resume: bool = False, stop_after: int | None = None, sinks: tuple[MetricsSink, ...] = ()) -> RunResult:
-    """Pretrain (or continue) on the frames in ``frames_dir`` (default: ``data.source``);
-    ``stop_after`` ends the call after that many steps as if preempted (checkpoint saved)."""
+    """Pretrain (or continue) on the frames in ``frames_dir`` (default: ``data.source``); see `run`."""
     config = with_absolute_path(config, "data.source", frames_dir)
     if config.init.path:  # stored absolute in train_config.json, as the data path
         config = with_absolute_path(config, "init.path", None)
@@ -125,7 +116,6 @@ def pretrain(config: IJEPAConfig, frames_dir: str | os.PathLike | None, out_dir:
 
 
 def save_backbone(model, directory: str) -> None:
-    """A SonichuModel checkpoint whose config.json says that only the backbone is trained,
-    so that loading it as a whole model (``init.kind=pretrained``) is refused."""
+    """A SonichuModel checkpoint whose config.json says only its backbone is trained."""
     model.save_pretrained(directory)
     model.cfg.save(directory, pretrained_parts=["backbone"])

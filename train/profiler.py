@@ -1,14 +1,5 @@
-"""A profiler window: a ``jax.profiler`` trace of the steps ``log.profile_steps=START:STOP``.
-
-The trace starts before step START fetches its batch and stops after step STOP, once the
-state that step computed is ready (steps are dispatched asynchronously: without the wait
-the trace would end before the device has done the work). It goes to
-``<run>/profile/plugins/profile/<time>/``: ``<host>.xplane.pb`` for TensorBoard's profile
-tab (``tensorboard --logdir <run>/profile``) and ``<host>.trace.json.gz``, a Chrome trace
-that ui.perfetto.dev opens. Written by the primary process only. A call of the run that
-starts inside the window (a resume) traces the rest of it; a run stopped inside the window
-writes what it traced. A trace that cannot start (another one is running in the process,
-say) is a note, not the end of the run.
+"""A ``jax.profiler`` trace of the steps ``log.profile_steps=START:STOP`` into
+``<run>/profile/``, by the primary process (docs/training.md, "Profiler window").
 """
 
 from __future__ import annotations

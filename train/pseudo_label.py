@@ -1,15 +1,6 @@
-"""Pseudo-labels: writing them with a teacher, and choosing which enter a training run.
-
-Writing: every image is predicted twice (plain and mirrored, the flip TTA); the label is
-their mean and the *confidence* is their disagreement, the mean distance in original
-pixels between the two views' keypoints (lower = more confident). Records above a
-threshold are left out. The output is a JSONL manifest in the data sources' format with
-``is_pseudo`` true, so it loads like any other manifest.
-
-Selecting (`select_pseudo_records`): a `PseudoLabelSet` filters a file by disagreement
-and task, caps records per task (the most confident kept) and turns its sampling weight
-into copies per epoch: ``floor(w)`` copies of every record plus a seeded ``frac(w)``
-share drawn once more (w = 0.5 keeps a seeded half).
+"""Pseudo-labels: writing them with a teacher (the flip TTA mean as the label, the views'
+disagreement in original pixels as the confidence) and selecting which enter a run
+(`select_pseudo_records`: filter, cap per task, weight as copies; docs/recipe.md).
 """
 
 from __future__ import annotations
@@ -47,13 +38,8 @@ def select_pseudo_records(
         raise InputError(f"pseudo-label set {pset.path}: unknown tasks {', '.join(unknown)}")
     if pset.weight < 0:
         raise InputError(f"pseudo-label set {pset.path}: weight must be >= 0, got {pset.weight}")
-    kept = [
-        dataclasses.replace(r, is_pseudo=True)
-        for r in records
-        if r.has_label
-        and (not pset.tasks or r.task in pset.tasks)
-        and _confidence(r) <= pset.max_disagreement_px
-    ]
+    kept = [dataclasses.replace(r, is_pseudo=True) for r in records
+            if r.has_label and (not pset.tasks or r.task in pset.tasks) and _confidence(r) <= pset.max_disagreement_px]
     caps = dict(pset.caps)
     by_task: dict[str, list[Record]] = {}
     for r in kept:
@@ -73,8 +59,7 @@ def select_pseudo_records(
 
 
 def _frames_for_task(records: Sequence[Record], task: str | None) -> list[Record]:
-    """The images to label: records without their labels, with ``task`` filled in for
-    records that have none (frame folders)."""
+    """The records without labels, ``task`` filled in where they have none (frame folders)."""
     out = []
     for r in records:
         name = r.task or task
@@ -94,10 +79,8 @@ def write_pseudo_labels(
     max_disagreement_px: float = math.inf,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
-    """Predict every record's task with flip TTA and write the pseudo-label manifest.
-
-    Returns counts: ``written`` and ``rejected`` (disagreement above the threshold).
-    """
+    """Predict every record with flip TTA and write the pseudo-label manifest; the counts
+    ``written`` and ``rejected`` (disagreement above the threshold)."""
     cfg = model.cfg
     frames = _frames_for_task(records, task)
     for r in frames:

@@ -1,21 +1,7 @@
-"""The run directory: what a training run writes, when it may write there, and whether a
-resumed run is the same run.
-
-Layout (every stage; a stage writes the exports it has):
-
-    train_config.json   the resolved config (file + overrides, schedule in steps, the
-                        absolute data path), written at the start and on every resume
-    metrics.jsonl       one line per metrics window and per validation
-    tensorboard/        the same scalars as TensorBoard event files (log.tensorboard)
-    profile/            a jax.profiler trace of the steps of log.profile_steps
-    checkpoints/<step>  orbax: train state + data iterator state
-    model/, best/       teacher/student exports; backbone/, backbone_pytorch/: I-JEPA
-    damaged_checkpoints/<step>   checkpoints that could not be read back (set aside)
-
-A directory holding any of these is a run: a new run refuses it, and resuming requires
-one, with a checkpoint if it holds results. Resuming compares the saved config with the
-new one (`check_resume`). While a run writes, ``run.lock`` names its process (`RunDir.lock`).
-Paths may be URLs (``gs://...``): they go through `etils.epath`, as orbax's own do.
+"""The run directory: what a run writes there, when it may (a new run refuses a run, a
+resumed one requires one; ``run.lock`` names the writing process), and whether a resumed
+run is the same run (`check_resume`). Layout and rules: docs/training.md, "The run
+directory". Paths may be ``gs://`` URLs (through `etils.epath`).
 """
 
 from __future__ import annotations
@@ -42,9 +28,7 @@ PROFILE_DIR = "profile"
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS, "model", "best", "backbone", "backbone_pytorch", DAMAGED_DIR,
                TENSORBOARD_DIR, PROFILE_DIR)
 
-# Config keys a resumed run may change: where and how often it writes, how it runs, the
-# initial weights (a resumed run reads its weights from the checkpoint), and how many
-# unreadable frames an I-JEPA run tolerates (raised to continue a run they stopped).
+# Config keys a resumed run may change (docs/training.md, "Resuming: what may change").
 RESUME_MAY_CHANGE = ("log.", "checkpoint.", "mesh.", "distributed.", "init.", "data.num_workers",
                      "data.max_bad_fraction")
 SCHEDULE_KEYS = ("steps", "epochs")
@@ -52,7 +36,6 @@ SCHEDULE_KEYS = ("steps", "epochs")
 RESULTS = ("model", "best", "backbone", "backbone_pytorch")
 LOCK_FILE = "run.lock"
 
-# The compute options may change too: they change how the step computes, never the state.
 COMPUTE_KEYS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
 
 
@@ -114,9 +97,8 @@ class RunDir:
                              "starting again would replace them; train into another directory")
 
     def lock(self, say: Callable[[str], None]) -> None:
-        """Take the directory for this process (before anything is written): a second process
-        is refused naming the holder; a lock whose process on this host has ended is taken
-        over with a note. Object storage (``gs://``) has no exclusive create: not locked."""
+        """Take the directory for this process before anything is written; a lock whose
+        process on this host has ended is taken over. ``gs://`` is not locked (no O_EXCL)."""
         if self.url or (self.path.exists() and not self.path.is_dir()):
             return  # `check` refuses a file
         self.created = not self.path.exists()
@@ -185,10 +167,8 @@ def _alive(pid: int) -> bool:
 
 
 def export_to(out_dir: str, name: str, write: Callable[[str], None]) -> None:
-    """Let ``write(directory)`` write the export ``name`` of a run; a link of that name is
-    replaced, never written through. On object storage (``gs://``) it writes into a local
-    temporary folder whose files are then copied up, since exports are written with plain
-    file operations."""
+    """``write(directory)`` writes the export ``name`` of a run; a link of that name is
+    replaced, not written through; for ``gs://`` a local folder is copied up."""
     if "://" not in out_dir:
         target = os.path.join(out_dir, name)
         if os.path.islink(target):
@@ -204,12 +184,9 @@ def export_to(out_dir: str, name: str, write: Callable[[str], None]) -> None:
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
 
 
 _ABSENT = "(absent)"
@@ -218,11 +195,9 @@ ADDED_LATER = ("loss.", "model.decoder")
 
 
 def check_resume(saved: dict, new: dict, run: str, defaults: dict | None = None) -> str | None:
-    """Compare a run's saved config with the config it is resumed with (both in their
-    JSON form). Architecture, data, optimiser, seed and batch changes, and a shorter
-    schedule, raise one `ConfigError` naming every differing key with both values; a
-    longer schedule returns the line that says so. A key of ``ADDED_LATER`` that the saved
-    config lacks (a run written before it existed) takes its value in ``defaults``."""
+    """Compare a run's saved config with the one it resumes with (JSON forms): a refused
+    change raises one `ConfigError` naming every key; a longer schedule returns a line. A
+    key of ``ADDED_LATER`` the saved config lacks takes its value in ``defaults``."""
     old, now = _flatten(saved), _flatten(json.loads(json.dumps(new)))
     for key, value in _flatten(json.loads(json.dumps(defaults or {}))).items():
         if key.startswith(ADDED_LATER):

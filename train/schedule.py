@@ -1,10 +1,5 @@
-"""Schedules given in epochs, turned into steps from the run's actual training set.
-
-An epoch is ``examples // global batch`` steps (at least one), where ``examples`` is what
-the run trains on: for a teacher or a student the training records after the split and
-the pseudo-label selection (copies included), for I-JEPA the number of frames. Every
-``*_epochs`` field that is set (see `sonichu_jax.train.configlib.EPOCH_KEYS`) fills its
-``*_steps`` twin; the resolved config is what the run uses, saves and compares on resume.
+"""Schedules given in epochs turned into steps from the run's actual training set
+(``examples // global batch`` steps per epoch, at least one).
 """
 
 from __future__ import annotations
@@ -13,10 +8,6 @@ from typing import Any
 
 from sonichu_jax.errors import ConfigError
 from sonichu_jax.train.configlib import EPOCH_KEYS, get_path, has_path, replace_path, steps_twin
-
-
-def steps_per_epoch(examples: int, batch_size: int) -> int:
-    return max(1, examples // batch_size)
 
 
 def _in_steps(key: str, epochs: float, per_epoch: int) -> int:
@@ -32,9 +23,7 @@ def epoch_fields(config: Any) -> list[str]:
 
 
 def in_steps(config: Any, examples: int | None) -> Any:
-    """``config`` with its schedule in steps, for code that builds a run without its data
-    (an ahead-of-time plan): resolved from ``examples`` when given; a config whose
-    schedule is in epochs cannot do without them."""
+    """``config`` with its schedule in steps, without the data (a plan): epochs need ``examples``."""
     if examples is not None:
         return resolve_schedule(config, examples)[0]
     if epoch_fields(config):
@@ -44,9 +33,8 @@ def in_steps(config: Any, examples: int | None) -> Any:
 
 
 def resolve_schedule(config: Any, examples: int) -> tuple[Any, int]:
-    """(config with every epoch field turned into steps, steps per epoch). The epoch
-    fields stay as given, for the record; the result is checked again in steps."""
-    per_epoch = steps_per_epoch(examples, config.data.batch_size)
+    """(config with every epoch field's twin in steps, checked again; steps per epoch)."""
+    per_epoch = max(1, examples // config.data.batch_size)
     given = epoch_fields(config)
     for key in given:
         config = replace_path(config, steps_twin(key), _in_steps(key, get_path(config, key), per_epoch))

@@ -1,9 +1,6 @@
-"""The train state: grouped parameters, the rest of the model state, optimiser state, step.
-
-The model is split once with `nnx.split` into a static graphdef and array pytrees; the
-step merges them back inside `jax.jit`. Parameters are grouped (backbone, shared trunk,
-one group per task head) because heads are updated only on batches of their task, and a
-frozen backbone is simply a group without an optimiser.
+"""The train state: parameters grouped (backbone, shared trunk, one group per task head,
+since a head moves only on its task's batches), the rest of the model state, optimiser
+state, step.
 """
 
 from __future__ import annotations
@@ -32,17 +29,11 @@ def param_groups(cfg: ModelConfig) -> list[tuple]:
     return groups + [("heads", t) for t in cfg.task_names]
 
 
-def _group_filter(group: tuple):
-    def accept(path, value) -> bool:
-        return isinstance(value, nnx.Param) and tuple(path[: len(group)]) == group
-
-    return accept
-
-
 def split_model(model: SonichuModel) -> tuple[nnx.GraphDef, dict, nnx.State]:
     """(graphdef, grouped params, rest)."""
     groups = param_groups(model.cfg)
-    graphdef, *parts = nnx.split(model, *[_group_filter(g) for g in groups], ...)
+    in_group = [lambda path, v, g=g: isinstance(v, nnx.Param) and tuple(path[: len(g)]) == g for g in groups]
+    graphdef, *parts = nnx.split(model, *in_group, ...)
     return graphdef, with_groups(groups, parts[:-1]), parts[-1]
 
 

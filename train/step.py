@@ -1,13 +1,6 @@
-"""The jitted teacher train step and the validation predict step.
-
-Batches are task-homogeneous with static shapes: every task's keypoints are padded to
-``Kmax`` and ``task_id`` says which head to run. `jax.lax.switch` on the task index
-compiles all heads into one program but executes only the batch's head, so the step
-compiles once for every task and a batch never pays for nine heads.
-
-Under `jax.jit` with the batch sharded over the mesh, BatchNorm's batch mean and variance
-are reductions over the *global* batch axis: XLA inserts the cross-device all-reduce, so
-an 8-device step computes what a 1-device step does (tests/test_train_sharding.py).
+"""The jitted teacher train step and the validation predict step. Batches are
+task-homogeneous, keypoints padded to ``Kmax``; `jax.lax.switch` on the task index runs
+only the batch's head, in one program for every task.
 """
 
 from __future__ import annotations
@@ -32,15 +25,9 @@ def max_keypoints(cfg: ModelConfig) -> int:
     return max(t.num_keypoints for t in cfg.tasks)
 
 
-def _pad_keypoints(coords: jax.Array, kmax: int) -> jax.Array:
-    return jnp.pad(coords, ((0, 0), (0, kmax - coords.shape[1]), (0, 0)))
-
-
 def head_branches(graphdef, cfg: ModelConfig, run: Callable) -> list[Callable]:
-    """One `lax.switch` branch per task. Each branch merges the model from its operands
-    (a branch must not close over traced state) and returns ``(run(model, features,
-    task), non-parameter state)``: only the chosen head's BatchNorm statistics change.
-    ``run`` pads its outputs' keypoint axis to Kmax, so that every branch's match."""
+    """One `lax.switch` branch per task: the model merged from the operands, returning
+    ``(run(model, features, task), non-parameter state)``; ``run`` pads keypoints to Kmax."""
 
     def branch(task: str):
         def apply(params, rest, x):
@@ -53,41 +40,34 @@ def head_branches(graphdef, cfg: ModelConfig, run: Callable) -> list[Callable]:
 
 
 def head_outputs(cfg: ModelConfig) -> Callable:
-    """The training branch body: the task's ``heatmaps`` (B, h, w, Kmax) float32, zero on
-    padded keypoints, and their soft-argmax ``coords`` (B, Kmax, 2)."""
+    """The training branch: ``heatmaps`` (B, h, w, Kmax) float32, zero on padded keypoints,
+    and their soft-argmax ``coords`` (B, Kmax, 2)."""
     kmax = max_keypoints(cfg)
 
     def run(model, features, task):
         hm = model.head_heatmaps(features, task)
         pad = kmax - hm.shape[-1]
-        coords = _pad_keypoints(soft_argmax(hm, cfg.softargmax_beta), kmax)
+        coords = jnp.pad(soft_argmax(hm, cfg.softargmax_beta), ((0, 0), (0, pad), (0, 0)))
         return {"coords": coords, "heatmaps": jnp.pad(hm, ((0, 0), (0, 0), (0, 0), (0, pad)))}
 
     return run
 
 
 def make_train_step(graphdef, cfg: ModelConfig, optimizer: GroupedAdamW, freeze_backbone: bool, objective=None):
-    """``step(state, batch[, aux]) -> (state, metrics)``; jit it with ``donate_argnums=0``.
-
-    ``objective`` (`sonichu_jax.train.objectives`, default L1) computes the loss from the
-    model's outputs; ``aux`` is whatever else its ``targets`` read (the distillation
-    step's frozen teachers).
-    """
+    """``step(state, batch[, aux]) -> (state, metrics)``, state to be donated; ``objective``
+    (default L1) computes the loss, ``aux`` is what its ``targets`` read."""
     objective = objective or L1()
     trainable = optimizer.groups
     frozen = [g for g in (("backbone",),) if g not in trainable]
-
-    def features(model, images):
-        x = model.feature_map(images)
-        # A frozen backbone needs no backward pass; cut it so XLA drops it.
-        return jax.lax.stop_gradient(x) if freeze_backbone else x
 
     branches = head_branches(graphdef, cfg, head_outputs(cfg))
 
     def loss_fn(train_params, frozen_params, state: TrainState, batch, targets):
         params = _join(train_params, frozen_params, trainable, frozen)
         model = merge_model(graphdef, cfg, params, state.rest)
-        feats = features(model, batch["image"])
+        feats = model.feature_map(batch["image"])
+        if freeze_backbone:  # no backward pass through it: XLA drops it
+            feats = jax.lax.stop_gradient(feats)
         task_index = batch["task_id"][0]
         outputs, rest = jax.lax.switch(task_index, branches, params, state.rest, feats)
         if getattr(objective, "needs_features", False):
@@ -128,9 +108,7 @@ def _join(train_params: dict, frozen_params: dict, trainable: list, frozen: list
 
 def make_predict_step(graphdef, cfg: ModelConfig, tta: bool):
     """``predict(params, rest, images, task_index) -> (V, B, Kmax, 2)`` normalised xy in
-    eval mode, decoded with the model's decoder: `SonichuModel.forward_views` with the
-    backbone outside the switch, so the program holds one backbone and one copy per head.
-    """
+    eval mode: `SonichuModel.forward_views` with the backbone outside the switch."""
     kmax = max_keypoints(cfg)
 
     def run(model, feats, task):

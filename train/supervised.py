@@ -1,24 +1,7 @@
-"""The supervised stage (teachers and, with another objective, the distilled student,
-`sonichu_jax.train.distill`), run by `sonichu_jax.train.loop.run`, and its trainer.
-
-Data: the labelled source split with the card's fair split (validation never sees
-pseudo-labels), plus the configured pseudo-label sets in training; an epoch is the
-training records (pseudo-label copies included) over the global batch. Exports: the
-final weights as ``model/`` and the checkpoint with the lowest validation MRE as
-``best/``, both loadable with `SonichuModel.from_pretrained`.
-
-The trainer is built in two parts.
-
-`build_trainer` is pure construction: the graphdef and the abstract train state (from
-`jax.eval_shape`), their shardings on a mesh, the grouped optimiser, the jitted step and
-the abstract global batch. It allocates nothing and works for any mesh, also one over
-devices this process cannot address, so an ahead-of-time plan lowers and compiles
-exactly what a training run executes (`abstract_run`, then `Trainer.lower().compile()`).
-`Trainer.init_state` allocates a fresh state straight into its shardings; a resumed run
-restores into ``Trainer.state`` instead and never builds the initial weights.
-
-Used by `train-teacher`, `distill`, the tests (tests/train_util.py) and
-benchmarks/bench_train.py.
+"""The supervised stage (teachers; the distilled student is the same stage with another
+objective, `sonichu_jax.train.distill`) and its trainer: `build_trainer` builds the
+program for any mesh without allocating (plans compile exactly it); `Trainer.init_state`
+allocates a fresh state straight into its shardings (docs/training.md).
 """
 
 from __future__ import annotations
@@ -39,12 +22,12 @@ from sonichu_jax.evaluation import MREReport
 from sonichu_jax.nn.sonichu import SonichuModel
 from sonichu_jax.train import mesh as mesh_lib
 from sonichu_jax.train.configlib import TeacherConfig, with_absolute_path
-from sonichu_jax.train.loop import Program, RunResult, Stage, run
+from sonichu_jax.train.loop import RunResult, Stage, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.objectives import make_objective
+from sonichu_jax.train import flops
 from sonichu_jax.train.optim import GroupedAdamW
 from sonichu_jax.train.run_dir import export_to
-from sonichu_jax.train.schedule import in_steps
 from sonichu_jax.train.state import (
     TrainState,
     fresh_state,
@@ -68,8 +51,8 @@ def abstract_batch(cfg: ModelConfig, global_batch: int, mesh: jax.sharding.Mesh)
 
 @dataclass
 class Trainer:
-    """A supervised run's program on a mesh; ``state``, ``batch`` and ``aux`` are
-    ShapeDtypeStructs carrying their shardings."""
+    """A supervised run's program on a mesh: abstract ``state`` and ``batch`` with shardings,
+    ``aux`` as given (placed arrays for a run, ShapeDtypeStructs for a plan)."""
 
     config: TeacherConfig
     mesh: jax.sharding.Mesh
@@ -77,22 +60,19 @@ class Trainer:
     optimizer: GroupedAdamW
     state: TrainState
     batch: dict
-    aux: tuple  # further step inputs, e.g. the frozen teachers of a distillation
+    aux: tuple  # further step inputs (a distillation's frozen teachers)
     step: Callable  # jitted ``step(state, batch, *aux) -> (state, metrics)``, state donated
 
     def lower(self):
-        """The step lowered from the abstract inputs: ``.compile()`` it for memory and
-        cost analyses, or to run it."""
+        """The step lowered from the abstract inputs (``.compile()`` it)."""
         return self.step.lower(self.state, self.batch, *self.aux)
 
     def shardings(self) -> TrainState:
         return jax.tree.map(lambda x: x.sharding, self.state)
 
     def init_state(self, make_model: Callable[..., SonichuModel], *model_args) -> TrainState:
-        """A fresh state written directly into its shardings by one jitted initialiser.
-        ``make_model(*model_args)`` must be traceable: ``SonichuModel(cfg, rngs=...)``, or
-        `nnx.merge` of loaded weights passed in ``model_args`` (arguments, not constants
-        baked into the program)."""
+        """A fresh state written into its shardings by one jitted initialiser; the traceable
+        ``make_model(*model_args)`` gets loaded weights as arguments, not baked-in constants."""
         init = jax.jit(lambda *args: fresh_state(make_model(*args), self.optimizer), out_shardings=self.shardings())
         return init(*model_args)
 
@@ -102,8 +82,7 @@ class Trainer:
                               self.shardings())
 
     def export(self, state: TrainState, out_dir: str, name: str) -> None:
-        """Write the weights of ``state`` as the model checkpoint directory ``name`` of the
-        run directory ``out_dir`` (process 0)."""
+        """``state``'s weights as the checkpoint directory ``out_dir/name`` (process 0)."""
         gather = jax.jit(lambda p, r: (p, r), out_shardings=mesh_lib.replicated(self.mesh))
         params, rest = jax.device_get(gather(state.params, state.rest))
         if jax.process_index() == 0:
@@ -115,9 +94,8 @@ class Trainer:
 def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=None, aux: tuple = (),
                   wrap: Callable | None = None) -> Trainer:
     """The program of ``config`` on ``mesh``, allocating nothing. ``objective`` replaces
-    the one ``loss.kind`` names (`sonichu_jax.train.objectives`); ``aux`` are the further
-    step inputs it reads (arrays or ShapeDtypeStructs, with shardings); ``wrap`` wraps
-    the step function before ``jit`` (tests count traces with it)."""
+    ``loss.kind``'s; ``aux`` are further step inputs it reads (with shardings); ``wrap``
+    wraps the step before ``jit`` (tests count traces)."""
     cfg, optim = config.model, config.optim
     model = abstract_model(cfg)
     model.train()
@@ -129,25 +107,9 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
     objective = objective or make_objective(config.loss, cfg)
     fn = make_train_step(graphdef, cfg, optimizer, optim.freeze_backbone, objective)
     aux_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in aux)
-    step = jax.jit(
-        mesh_lib.on_mesh(wrap(fn) if wrap is not None else fn, mesh),
-        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), *aux_shardings),
-        out_shardings=(shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
-    aux = tuple(mesh_lib.abstract_with_shardings(e, s) for e, s in zip(aux, aux_shardings))
+    step = mesh_lib.jit_step(fn, mesh, shardings, aux_shardings, wrap)
     return Trainer(config, mesh, graphdef, optimizer, mesh_lib.abstract_with_shardings(abstract, shardings),
                    abstract_batch(cfg, config.data.batch_size, mesh), aux, step)
-
-
-def abstract_run(config: TeacherConfig, mesh: jax.sharding.Mesh, examples: int | None = None) -> Trainer:
-    """A teacher run's step, abstract state and abstract batch on ``mesh``, without
-    allocating anything: ``abstract_run(config, mesh).lower().compile()``. ``examples``
-    (the training set's size) turns a schedule in epochs into steps. (The distillation
-    and I-JEPA stages have their own `abstract_run`.)"""
-    config = in_steps(config.validate(), examples)
-    mesh_lib.check_batch(config.data.batch_size, mesh)
-    return build_trainer(config, mesh)
 
 
 # -- initial weights -------------------------------------------------------------------------
@@ -160,10 +122,8 @@ def _mismatch(a: ModelConfig, b: ModelConfig, fields: tuple[str, ...]) -> list[s
 
 
 def check_whole_model(path: str) -> ModelConfig:
-    """``init.kind=pretrained`` takes the heads as trained: refuse, from the headers and
-    before loading, a checkpoint that holds only a backbone (an I-JEPA or timm encoder, a
-    converted backbone, a pretraining export), whose heads the loader would make up.
-    Returns the checkpoint's config."""
+    """The checkpoint's config, refusing (from the headers, before loading) one that holds
+    only a backbone, whose heads ``init.kind=pretrained`` would take as trained."""
     from sonichu_jax.convert import open_checkpoint
     from sonichu_jax.convert.loading import plan_model
 
@@ -179,8 +139,8 @@ def check_whole_model(path: str) -> ModelConfig:
 
 
 def check_tasks(cfg: ModelConfig, saved: ModelConfig, init) -> list[str]:
-    """The configured tasks the checkpoint lacks (allowed with ``init.new_heads=fresh``); a
-    task both have must agree in keypoint count and flip permutation (one line each)."""
+    """The configured tasks the checkpoint lacks (``init.new_heads=fresh``); a task both
+    have must agree in keypoint count and flip permutation."""
     have = {t.name: t for t in saved.tasks}
     for spec in cfg.tasks:
         old = have.get(spec.name, spec)
@@ -260,6 +220,8 @@ def pipeline_config(config: TeacherConfig, batch_size: int, augment: bool):
 
 class SupervisedStage(Stage):
     name = "train-teacher"
+    config_class = TeacherConfig
+    card_examples = 32_722  # the card's labelled and pseudo-labelled samples
     batch_keys = BATCH_KEYS
 
     def __init__(self, config: TeacherConfig, objective=None):
@@ -275,11 +237,14 @@ class SupervisedStage(Stage):
         """Further step inputs placed on ``mesh`` (a distillation's teachers)."""
         return ()
 
-    def build(self, mesh) -> Program:
-        self.mesh = mesh
-        aux = self.aux_inputs(mesh)
+    def build(self, mesh) -> Trainer:
+        self.mesh, aux = mesh, self.aux_inputs(mesh)  # first: a distillation's sets the objective
         self.trainer = build_trainer(self.config, mesh, objective=self.objective, aux=aux)
-        return Program(self.trainer.state, self.trainer.step, aux)
+        return self.trainer
+
+    def model_flops(self, program) -> float:
+        cfg = self.config
+        return flops.supervised_per_image(cfg.model, cfg.optim.freeze_backbone) * cfg.data.batch_size
 
     def initial_state(self):
         make_model, args = model_initializer(self.config)
@@ -316,7 +281,6 @@ class SupervisedStage(Stage):
 def train_teacher(config: TeacherConfig, data_spec: str | os.PathLike | None, out_dir: str | os.PathLike, *,
                   resume: bool = False, stop_after: int | None = None, sinks: tuple[MetricsSink, ...] = ()
                   ) -> RunResult:
-    """Train (or continue) a teacher on ``data_spec`` (default: ``config.data.source``);
-    ``stop_after`` ends the call after that many steps as if preempted (checkpoint saved)."""
+    """Train (or continue) a teacher on ``data_spec`` (default: ``data.source``); see `run`."""
     stage = SupervisedStage(with_absolute_path(config, "data.source", data_spec))
     return run(stage, out_dir, resume=resume, stop_after=stop_after, sinks=sinks)

@@ -1,9 +1,5 @@
-"""TensorBoard event files beside ``metrics.jsonl``: `TensorBoardSink`.
-
-Every scalar of a metrics window and of a validation goes into ``<run>/tensorboard/``
-through tensorboardX (no TensorFlow) under the tags of `TAGS`, flushed at every window.
-A resumed run writes a new file whose first event (tensorboardX's ``purge_step``) tells
-TensorBoard to drop what earlier files hold from the resumed step on.
+"""TensorBoard event files beside ``metrics.jsonl`` through tensorboardX; a resumed run's
+new file starts with ``purge_step`` (docs/training.md, "TensorBoard event files").
 """
 
 from __future__ import annotations
@@ -29,15 +25,9 @@ TAGS = {
 NOT_LOGGED = ("finite",)
 
 
-def tag(key: str) -> str:
-    return TAGS.get(key, f"train/{key}")
-
-
 def _tensorboardx():
-    """The tensorboardX package. Its writer module imports torch when torch is installed,
-    only to accept torch tensors; we hand it floats, and a JAX training process should not
-    load torch (seconds of import, a second set of CUDA libraries), so torch is hidden
-    while tensorboardX is imported (unless the process already has it)."""
+    """tensorboardX, imported with torch hidden: its writer imports torch only to accept
+    tensors, and a JAX training process should not load torch."""
     hide = "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # makes ``import torch`` raise ImportError
@@ -60,8 +50,7 @@ class TensorBoardSink(MetricsSink):
     """Scalars of every window and validation as TensorBoard events (see the module)."""
 
     def __init__(self, logdir: str, keep_up_to: int | None = None):
-        """``keep_up_to``: the step a run resumes from (later events are purged); None: a
-        new run, or one that starts over (every earlier event is purged)."""
+        """``keep_up_to``: the step a run resumes from (later events purged); None: all are."""
         SummaryWriter = _tensorboardx().SummaryWriter
         self.first = 0 if keep_up_to is None else keep_up_to + 1
         earlier = len(event_files(logdir))
@@ -78,7 +67,7 @@ class TensorBoardSink(MetricsSink):
         self.writer.flush()
 
     def train_window(self, step, metrics):
-        self._write(step, {tag(k): v for k, v in metrics.items() if k not in NOT_LOGGED})
+        self._write(step, {TAGS.get(k, f"train/{k}"): v for k, v in metrics.items() if k not in NOT_LOGGED})
 
     def validation(self, step, report: MREReport):
         scalars = {"val/mre_weighted": report.weighted_px, "val/mre_unweighted": report.unweighted_px}
@@ -90,8 +79,8 @@ class TensorBoardSink(MetricsSink):
 
 
 def open_tensorboard(logdir: str, keep_up_to: int | None, say: Callable[[str], None]) -> list[MetricsSink]:
-    """[the sink], or [] with a one-line note when event files cannot be written there
-    (tensorboardX writes ``gs://`` through google-cloud-storage, an optional package)."""
+    """[the sink], or [] with a note when event files cannot be written there (``gs://``
+    needs google-cloud-storage)."""
     try:
         return [TensorBoardSink(logdir, keep_up_to)]
     except ImportError as exc:

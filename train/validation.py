@@ -1,9 +1,5 @@
-"""Validation during training: keypoint distances on the device, the MRE report on the host.
-
-Each eval batch's keypoint distances (in original pixels) are computed inside the jitted
-step and returned replicated, so every process sees the whole global batch's errors
-without gathering images or predictions; `sonichu_jax.evaluation.report_from_errors` turns
-them into the same report (and table) that `sonichu-jax evaluate` prints.
+"""Validation during training: keypoint distances in original pixels computed on the
+device and returned replicated, turned into the MRE report on the host.
 """
 
 from __future__ import annotations

@@ -13,9 +13,8 @@ def check_batch_size(size: int) -> int:
 
 
 def warn_unflipped(cfg, tasks, model: str) -> None:
-    """A weights-only checkpoint (no config.json) carries no flip permutations, and flip
-    TTA without one keeps the keypoint order when mirroring: points that swap sides are
-    averaged towards the middle. Said once."""
+    """Warn once that a weights-only checkpoint (no config.json) has no flip permutations,
+    without which flip TTA averages left/right keypoints towards the middle."""
     import os
     import sys
 

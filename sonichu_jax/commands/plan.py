@@ -38,8 +38,7 @@ def _cpu_count(topologies: list[str]) -> int:
 
 
 def _start_jax_for_plans(cpu_devices: int) -> None:
-    """Before the first JAX computation: CPU backend only (a plan never needs, and must
-    not lock, the chips of the machine it runs on) with enough CPU devices."""
+    """CPU backend only (a plan must not lock this machine's chips), with enough devices."""
     import jax
 
     try:

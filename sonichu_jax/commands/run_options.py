@@ -1,8 +1,6 @@
 """What the three training commands (train-teacher, distill, pretrain) share: the run
-options, the config they build from them, and the closing line. Exit codes: 0 done,
-1 diverged (`TrainingDiverged`, raised through the CLI), 2 bad input, 128 + the signal's
-number after a SIGTERM/SIGINT stopped the run and its checkpoint was saved.
-"""
+options, the config they build from them, and the closing line (exit codes:
+docs/training.md, "Stopping, divergence and exit codes")."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import numpy as np
 @dataclass(frozen=True)
 class AugmentConfig:
     """Augmentation parameters. Ranges are (low, high), sampled uniformly; probabilities
-    are per sample. ``AugmentConfig.none()`` is the identity (resize only)."""
+    are per sample."""
 
     scale: tuple[float, float] = (0.85, 1.15)
     rotation_deg: float = 15.0  # rotation in [-rotation_deg, rotation_deg]
@@ -27,13 +27,6 @@ class AugmentConfig:
     noise_std: float = 0.12  # std of the multiplicative noise factor around 1
     blur_prob: float = 0.25
     blur_sigma: tuple[float, float] = (0.3, 1.0)  # in output pixels
-
-    @classmethod
-    def none(cls) -> "AugmentConfig":
-        return cls(
-            scale=(1.0, 1.0), rotation_deg=0.0, translate=0.0, flip_prob=0.0, gamma=(1.0, 1.0),
-            contrast=(1.0, 1.0), brightness=0.0, noise_prob=0.0, blur_prob=0.0,
-        )
 
 
 def random_affine(

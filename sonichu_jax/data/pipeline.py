@@ -4,10 +4,11 @@ task weights: docs/training.md, "Input batches"; I-JEPA frames: `data.ijepa_pipe
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import grain
@@ -166,40 +167,29 @@ class BlockMixture(grain.transforms.DatasetSelectionMap):
     ``r``-th being the stream's batch ``b * counts[t] + r`` (in order, without gaps)."""
 
     def __init__(self, counts: Sequence[int], seed: int):
-        self.counts = np.asarray(counts, np.int64)
-        self.block = int(self.counts.sum())
+        self.counts = tuple(int(c) for c in counts)
+        self.block = sum(self.counts)
         self.seed = int(seed)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return sys.maxsize
 
-    def _layout(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        cached = self._cache.get(b)
-        if cached is None:
-            order = np.random.default_rng([self.seed, b]).permutation(np.repeat(np.arange(len(self.counts)), self.counts))
-            rank = np.empty_like(order)
-            for t in range(len(self.counts)):
-                where = np.flatnonzero(order == t)
-                rank[where] = np.arange(len(where))
-            cached = (order, rank)
-            if len(self._cache) > 4:
-                self._cache.clear()
-            self._cache[b] = cached
-        return cached
-
     def __getitem__(self, index: int) -> tuple[int, int]:
         b, j = divmod(int(index), self.block)
-        order, rank = self._layout(b)
+        order, rank = _block_layout(self.counts, self.seed, b)
         t = int(order[j])
-        return t, b * int(self.counts[t]) + int(rank[j])
+        return t, b * self.counts[t] + int(rank[j])
 
-    def __getstate__(self):
-        return {"counts": self.counts, "block": self.block, "seed": self.seed}
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._cache = {}
+@functools.lru_cache(maxsize=8)
+def _block_layout(counts: tuple[int, ...], seed: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block ``b``'s task slots in order, and each one's rank among its task's slots."""
+    order = np.random.default_rng([seed, b]).permutation(np.repeat(np.arange(len(counts)), counts))
+    rank = np.empty_like(order)
+    for t in range(len(counts)):
+        where = np.flatnonzero(order == t)
+        rank[where] = np.arange(len(where))
+    return order, rank
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -360,14 +350,3 @@ class _EvalItem:
 
     def __call__(self, i: int) -> dict[str, np.ndarray]:
         return self.loader(self.shard[i]) if i < len(self.shard) else self.loader.padding(self.slot)
-
-
-def describe_mixture(records: Sequence[Record], tasks: Sequence[TaskSpec], config: PipelineConfig) -> dict[str, Any]:
-    """Per task: records, sampling weight and batches per block (for logs and tests)."""
-    groups = _group_by_task(records, tasks)
-    weights = task_weights([len(g) for g in groups], config.weighting, config.cap)
-    counts = block_counts(weights, config.block_batches)
-    return {
-        t.name: {"records": len(g), "weight": float(w), "batches_per_block": int(c)}
-        for t, g, w, c in zip(tasks, groups, weights, counts)
-    }

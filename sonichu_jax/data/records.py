@@ -59,10 +59,6 @@ class Record:
     def has_label(self) -> bool:
         return self.keypoints is not None
 
-    @property
-    def num_keypoints(self) -> int:
-        return 0 if self.keypoints is None else int(self.keypoints.shape[0])
-
 
 # Kinds of problems a source reports. A record with one of SKIP_KINDS is left out; the
 # others mask the offending keypoints and keep the record.

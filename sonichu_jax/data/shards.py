@@ -15,21 +15,11 @@ import numpy as np
 
 from sonichu_jax.data.records import LoadReport, Record
 from sonichu_jax.errors import InputError
-from sonichu_jax.preprocess import read_image
+from sonichu_jax.preprocess import decode_image, read_image
 
 PACK_INDEX = "pack.json"
 FORMAT = "sonichu-jax pack 1"
 STORES = ("encoded", "decoded")
-
-
-def _decode(data: bytes | np.ndarray, what: str) -> np.ndarray:
-    """Encoded image bytes -> RGB(A) or gray array, as `sonichu_jax.preprocess.read_image`."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputError(f"cannot decode image: {what}")
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
-    return image
 
 
 class PackedImage:
@@ -45,7 +35,7 @@ class PackedImage:
         header = json.loads(item[4 : 4 + n])
         payload = memoryview(item)[4 + n :]
         if header["store"] == "encoded":
-            return _decode(payload, str(self))
+            return decode_image(payload, str(self))
         return np.frombuffer(payload, header["dtype"]).reshape(header["shape"])
 
     def __str__(self) -> str:
@@ -86,7 +76,7 @@ def write_pack(records: Sequence[Record], out: str, *, store: str = "decoded", s
             if store == "encoded" and isinstance(record.image, str):
                 with open(record.image, "rb") as fh:
                     data = fh.read()
-                image = _decode(data, record.image)  # checked now, not at training time
+                image = decode_image(data, record.image)  # checked now, not at training time
             else:
                 image = load_image(record.image)
         except (InputError, OSError, cv2.error) as exc:

@@ -32,25 +32,20 @@ POINT_COLUMN = re.compile(r"^point_(\d+)_xy$", re.IGNORECASE)
 _UNDECODED = re.compile("[\udc80-\udcff]")
 
 
-class Source:
+class Source(list):
     """A loaded list of records and the report of how they were loaded."""
 
     def __init__(self, records: list[Record], report: LoadReport):
-        self.records = records
+        super().__init__(records)
         self.report = report
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> Record:
-        return self.records[index]
-
-    def __iter__(self):
-        return iter(self.records)
+    @property
+    def records(self) -> list[Record]:
+        return self
 
     def tasks(self) -> tuple[str, ...]:
         """Tasks present, in first-seen order."""
-        return tuple(dict.fromkeys(r.task for r in self.records if r.task is not None))
+        return tuple(dict.fromkeys(r.task for r in self if r.task is not None))
 
 
 def _task_table(tasks: Iterable[TaskSpec] | None) -> dict[str, TaskSpec]:

@@ -163,8 +163,3 @@ def _jit_embed(graphdef, state, pixel_values, pool):
     features = _inference_copy(graphdef, state).feature_map(pixel_values).astype(jnp.float32)
     return features.mean(axis=(1, 2)) if pool == "mean" else features
 
-
-def count_params(model: nnx.Module) -> int:
-    """Number of trainable parameters (nnx.Param), the figure a model card quotes."""
-    state = nnx.state(model, nnx.Param)
-    return sum(int(x.size) for x in jax.tree.leaves(state))

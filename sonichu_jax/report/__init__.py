@@ -13,11 +13,9 @@ from sonichu_jax.errors import InputError
 from sonichu_jax.fileio import atomic_path, check_output
 from sonichu_jax.report import page, plots
 from sonichu_jax.report.gallery import worst_tiles
-from sonichu_jax.report.runs import Run, find_runs, run_data_spec
+from sonichu_jax.report.runs import Run, find_runs
 from sonichu_jax.evaluation import task_table
 from sonichu_jax.report.scoring import Column, EvalSet, evaluation_set, score_runs
-
-__all__ = ["ReportResult", "Run", "find_runs", "run_data_spec", "write_report"]
 
 REPORT_SUFFIXES = (".html", ".htm")
 

@@ -1,8 +1,6 @@
-"""Where the compiler's estimated step time goes: the TPU compiler annotates every
-top-level instruction of the compiled program with its cost model's cycle estimate
-(``estimated_cycles``); summed by kind and by the JAX operation they came from, they show
-what limits a step. Collectives carry no estimate; their bytes are counted instead, and
-so are Pallas kernels' FLOPs and bytes, which the cost model does not price either.
+"""Where the compiler's estimated step time goes: the TPU cost model's ``estimated_cycles``
+of every top-level instruction, summed by kind and by source op; collectives and Pallas
+kernels, which it does not price, counted in bytes and FLOPs instead.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
 """Compile a run's training step ahead of time for a topology and read the compiler's
-figures: per-chip memory against HBM, FLOPs, the TPU cost model's step time, and what
-follows from them (img/s, MFU, run time, chip-hours).
-
-Every time figure is the compiler's estimate (its cost model, not a measurement);
-memory figures are the compiled program's own buffer sizes.
+estimates (not measurements): per-chip memory, FLOPs, step time, img/s, MFU.
 """
 
 from __future__ import annotations
@@ -24,9 +20,7 @@ MEMORY_PARTS = ("parameters", "optimiser", "other_state", "teachers", "batch", "
 
 
 class DoesNotFit(SonichuError):
-    """The compiler could not fit the step in the chip's HBM, even rematerialising (its
-    own figures are in the message); exit code 2, as for a plan that compiles but does
-    not fit."""
+    """The compiler could not fit the step in the chip's HBM (its figures in the message)."""
 
 
 @dataclass
@@ -65,8 +59,7 @@ class Plan:
 
 
 def build_mesh(config, topology: Topology) -> jax.sharding.Mesh:
-    """The run's (data, fsdp) mesh over the topology's devices, checked as the training
-    command checks it: the global batch must split evenly over every device."""
+    """The run's (data, fsdp) mesh over the topology's devices, the batch checked against it."""
     try:
         mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices=list(topology.devices))
         mesh_lib.check_batch(config.data.batch_size, mesh)
@@ -76,8 +69,7 @@ def build_mesh(config, topology: Topology) -> jax.sharding.Mesh:
 
 
 def _shard_bytes(tree) -> int:
-    """Bytes one device holds of a pytree of sharded ShapeDtypeStructs (the largest shard:
-    a replicated array is whole on every device)."""
+    """Bytes one device holds of a pytree of sharded ShapeDtypeStructs."""
     total = 0
     for x in jax.tree.leaves(tree):
         shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
@@ -86,15 +78,14 @@ def _shard_bytes(tree) -> int:
 
 
 def memory_parts(program: StageProgram, stats) -> dict:
-    """Per-chip bytes: the state by part (from its shardings), the batch, and the
-    compiler's temporaries and program size; ``total`` is the compiled program's peak:
-    arguments + outputs not aliased to a donated argument + temporaries + code."""
+    """Per-chip bytes by part; ``total`` is the compiled program's peak: arguments +
+    outputs not aliased to a donated argument + temporaries + code."""
     state = program.run.state
     parts = {
         "parameters": _shard_bytes(state.params),
         "optimiser": _shard_bytes(state.opt_state),
         "other_state": _shard_bytes(state) - _shard_bytes(state.params) - _shard_bytes(state.opt_state),
-        "teachers": _shard_bytes(program.teachers),
+        "teachers": _shard_bytes(program.run.aux),
         "batch": _shard_bytes(program.run.batch),
         "temporaries": int(stats.temp_size_in_bytes),
         "program": int(stats.generated_code_size_in_bytes),
@@ -111,9 +102,8 @@ def _cost(compiled) -> dict:
 
 
 def make_plan(config, topology: Topology, num_teachers: int = 5, examples: int | None = None) -> Plan:
-    """Compile the step of ``config``'s stage over ``topology`` (abstract inputs only).
-    ``examples`` (the training set's size) counts a schedule in epochs; without it such a
-    schedule is counted over the card's training set (`stages.CARD_EXAMPLES`)."""
+    """Compile the step of ``config``'s stage over ``topology`` (abstract inputs only); a
+    schedule in epochs counts over ``examples``, else the card's (`Stage.card_examples`)."""
     program = stage_program(config, build_mesh(config, topology), num_teachers, examples)
     start = time.perf_counter()
     n = len(topology.devices)
@@ -143,14 +133,9 @@ def make_plan(config, topology: Topology, num_teachers: int = 5, examples: int |
 
 
 def estimate(plan: Plan, topology: Topology, step_seconds: float | None) -> Plan:
-    """Fit check against the chip's HBM, and the figures that follow from the step time.
-
-    The step time is the TPU compiler's cost model (``optimal_seconds``). For large
-    programs the v4 and v5e cost models give none (or a negative value); the estimate is
-    then the roofline sum, the compiler's FLOPs at peak plus its bytes accessed at HBM
-    bandwidth, with nothing overlapped: on v5p, where both exist, it stays within 10 %
-    of the cost model for every card step. The cost model gives Pallas kernels no time:
-    their own roofline is added to it. CPU devices get no time estimate."""
+    """Fit check against the chip's HBM and the figures that follow from the step time: the
+    cost model's (``optimal_seconds``) plus the Pallas kernels' roofline, or where it gives
+    none the roofline sum (docs/scaling.md); none for CPU devices."""
     chip = topology.chip
     if chip is None:
         return plan

@@ -1,62 +1,60 @@
-"""The program a plan compiles: the training command's own builder for the config's stage
-(`abstract_run` of `sonichu_jax.train.supervised`, `.distill` or `.ijepa`), over the plan's
-mesh, plus the step's model FLOPs (flops.py). The builders allocate nothing, so this is
-exactly the step, state shardings, batch and frozen inputs a run on that mesh executes.
-"""
+"""The stages by config class, and the program a plan compiles: the stage's own `build`
+over the plan's mesh (it allocates nothing), plus the step's model FLOPs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from sonichu_jax.train.plans import flops
-from sonichu_jax.train.schedule import epoch_fields
+from sonichu_jax.errors import ConfigError
+from sonichu_jax.train import mesh as mesh_lib
+from sonichu_jax.train.distill import CARD_TEACHERS, DistillStage
+from sonichu_jax.train.loop import Stage
+from sonichu_jax.train.pretrain import PretrainStage
+from sonichu_jax.train.schedule import epoch_fields, in_steps
+from sonichu_jax.train.supervised import SupervisedStage
 
-# The training sets of the card's runs, the number a schedule in epochs is counted over
-# when the plan is not told the size of the user's own: the card's 160,486 unlabelled
-# frames for I-JEPA, and its 32,722 labelled and pseudo-labelled samples for the teachers
-# and the student.
-CARD_EXAMPLES = {"pretrain": 160_486, "train-teacher": 32_722, "distill": 32_722}
+STAGES = (SupervisedStage, DistillStage, PretrainStage)
 
 
 @dataclass
 class StageProgram:
     stage: str  # the training command: pretrain, train-teacher or distill
-    run: Any  # what `abstract_run` returns: .step, .state, .batch, .config (schedule in steps), .lower()
-    teachers: tuple  # the abstract frozen step inputs (a distillation's stacked teachers), or ()
+    run: Any  # what `abstract_run` returns: .step, .state, .batch, .aux (a distillation's teachers),
+    # .config (schedule in steps), .lower()
     model_flops: float  # per step, whole global batch (see flops.py)
     examples: int | None  # the training set a schedule in epochs was counted over; None: in steps
-    examples_assumed: bool  # ``examples`` is the card's training set (CARD_EXAMPLES), not the user's
+    examples_assumed: bool  # ``examples`` is the card's training set (`Stage.card_examples`), not the user's
 
 
-def stage_name(config) -> str:
-    """The training command that runs ``config``."""
-    from sonichu_jax.train.distill import DistillConfig
-    from sonichu_jax.train.ijepa_config import IJEPAConfig
+def stage_for(config, teachers: int = CARD_TEACHERS) -> Stage:
+    """The stage that runs ``config`` (a distillation with ``teachers`` abstract teachers)."""
+    for kind in STAGES:
+        if type(config) is kind.config_class:
+            return kind(config, teachers=teachers) if kind is DistillStage else kind(config)
+    raise ConfigError(f"a {type(config).__name__} is not a training config; one of "
+                      f"{', '.join(s.config_class.__name__ for s in STAGES)} is")
 
-    if isinstance(config, IJEPAConfig):
-        return "pretrain"
-    return "distill" if isinstance(config, DistillConfig) else "train-teacher"
+
+def abstract_run(config, mesh, examples: int | None = None, teachers: int = CARD_TEACHERS):
+    """``config``'s program on ``mesh`` without its data and without allocating, what a run
+    on that mesh executes: ``abstract_run(config, mesh).lower().compile()``. ``examples``
+    (the training set's size) turns a schedule in epochs into steps."""
+    return _abstract(stage_for(config, teachers), mesh, examples)
 
 
-def stage_program(config, mesh, teachers: int = 5, examples: int | None = None) -> StageProgram:
-    """The program of ``config``'s stage on ``mesh`` (a distillation with ``teachers``
-    frozen teachers of the student's architecture). ``examples``, the training set's size,
-    turns a schedule in epochs into steps; without it the card's training set does."""
-    from sonichu_jax.train import distill, ijepa, supervised
+def _abstract(stage: Stage, mesh, examples: int | None):
+    stage.config = in_steps(stage.config.validate(), examples)
+    mesh_lib.check_batch(stage.config.data.batch_size, mesh)
+    return stage.build(mesh)
 
-    stage, batch = stage_name(config), config.data.batch_size
+
+def stage_program(config, mesh, teachers: int = CARD_TEACHERS, examples: int | None = None) -> StageProgram:
+    """The program of ``config``'s stage on ``mesh``. A schedule in epochs is counted over
+    ``examples``, or without it over the card's training set."""
+    stage = stage_for(config, teachers)
     assumed = examples is None and bool(epoch_fields(config))
-    examples = CARD_EXAMPLES[stage] if assumed else examples
-    counted = (examples if epoch_fields(config) else None, assumed)
-    if stage == "pretrain":
-        run = ijepa.abstract_run(config, mesh, examples)
-        per_image = flops.ijepa_per_image(config.model, config.predictor.width, config.predictor.depth,
-                                          run.sampler.context_len, config.masks.num_targets, run.sampler.target_len)
-        return StageProgram(stage, run, (), per_image * batch, *counted)
-    per_image = flops.supervised_per_image(config.model, config.optim.freeze_backbone)
-    if stage == "train-teacher":
-        return StageProgram(stage, supervised.abstract_run(config, mesh, examples), (), per_image * batch, *counted)
-    run = distill.abstract_run(config, mesh, teachers, examples)
-    per_image += flops.teachers_per_image(config.model, teachers, config.distill.teacher_tta)
-    return StageProgram(stage, run, run.aux, per_image * batch, *counted)
+    examples = stage.card_examples if assumed else examples
+    run = _abstract(stage, mesh, examples)
+    counted = examples if epoch_fields(config) else None
+    return StageProgram(stage.name, run, stage.model_flops(run), counted, assumed)

@@ -1,10 +1,6 @@
-"""Where a plan compiles: the devices of a TPU slice (compile-only, from libtpu, on any
-machine) or N fake CPU devices, and the chip figures that turn compiler estimates into
-throughput, MFU and a fit check.
-
-A topology is written ``GEN:AxB[xC]`` (chips along each axis, as Cloud TPU's
-``--topology``), ``GEN-N`` (a Cloud TPU accelerator type: N counts TensorCores on v4 and
-v5p, chips on v5e and v6e) or ``cpu:N``.
+"""Where a plan compiles: a TPU slice's devices (compile-only, from libtpu) or N fake CPU
+devices, and the chip figures behind throughput, MFU and the fit check. A topology is
+``GEN:AxB[xC]`` (chips per axis), ``GEN-N`` (a Cloud TPU accelerator type) or ``cpu:N``.
 """
 
 from __future__ import annotations
@@ -23,9 +19,8 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class Chip:
-    """One TPU generation. HBM size and bandwidth and peak bf16 matmul throughput per chip as published in
-    the Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p,
-    /v6e); ``cores`` TensorCores per chip (one JAX device per chip either way)."""
+    """One TPU generation's published per-chip figures (cloud.google.com/tpu/docs/v4, /v5e,
+    /v5p, /v6e); ``cores`` TensorCores per chip (one JAX device per chip either way)."""
 
     generation: str
     ndim: int  # torus dimensions of a slice
@@ -159,8 +154,7 @@ class NeedsFreshProcess(ConfigError):
 
 
 def cpu_devices(n: int) -> list:
-    """``n`` CPU devices. The count is fixed when JAX starts its backends, so it can only
-    be raised before the first JAX computation of the process."""
+    """``n`` CPU devices (the count can only be raised before JAX's first computation)."""
     import jax
 
     try:

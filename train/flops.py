@@ -1,10 +1,5 @@
-"""Model FLOPs from the architecture: the matrix multiplications and convolutions a step
-needs (2 FLOPs per multiply-add), counted at the step's static shapes. Elementwise work
-(norms, activations, softmax, the optimiser) is not model work; the compiler's own count
-includes it, and the ratio of the two is the program's overhead.
-
-A trained module costs 3x its forward pass (forward, and the backward pass's two
-matmuls per forward matmul); a frozen one (an EMA target, a teacher) 1x.
+"""Model FLOPs from the architecture: the matmuls and convolutions a step needs (2 per
+multiply-add); a trained module costs 3x its forward pass, a frozen one 1x.
 """
 
 from __future__ import annotations
