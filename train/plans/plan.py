@@ -35,7 +35,7 @@ class Plan:
     batch_per_chip: float
     steps: int  # the run's, in steps (a schedule in epochs counted over ``examples``)
     examples: int | None = None  # training set size a schedule in epochs was counted over; None: in steps
-    examples_assumed: bool = False  # ``examples`` is the card's training set (CARD_EXAMPLES), not the user's
+    examples_assumed: bool = False  # ``examples`` is the card's training set (the stage's card_examples), not the user's
     memory: dict = field(default_factory=dict)  # MEMORY_PARTS + total, bytes per chip
     hbm_bytes: int | None = None
     fits: bool = True
