@@ -2,7 +2,7 @@
 
 synthetic data -> I-JEPA pretraining -> teachers under different pseudo-label regimes ->
 median ensemble -> distillation -> evaluation of everything on a held-out set -> overlays.
-Runs on a laptop CPU: about 6 minutes on a 2-core machine, about 2 with the quick profile.
+Runs on a laptop CPU: about 4 minutes on a 2-core machine, about 2 with the quick profile.
 Each stage is a function of the previous stages' outputs; `run_demo` chains them.
 """
 

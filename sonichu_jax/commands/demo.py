@@ -1,5 +1,5 @@
 """`sonichu-jax demo`: the card's whole recipe, tiny, on the embedded synthetic data
-(`sonichu_jax.train.recipe`): about 6 minutes on a 2-core CPU, about 2 with --quick."""
+(`sonichu_jax.train.recipe`): about 4 minutes on a 2-core CPU, about 2 with --quick."""
 
 from __future__ import annotations
 
