@@ -239,7 +239,7 @@ def image_errors(records: Sequence[Record], predictions: Sequence[np.ndarray]) -
         errors = keypoint_errors(pred, record.keypoints, record.valid)
         mean = _num(_mean_valid(errors))
         entry = {
-            "image": os.fspath(record.image) if not isinstance(record.image, np.ndarray) else record.source_id,
+            "image": os.fspath(record.image) if isinstance(record.image, (str, os.PathLike)) else record.source_id,
             "task": record.task,
             "id": record.source_id,
             "prediction_px": np.asarray(pred, np.float64).round(4).tolist(),

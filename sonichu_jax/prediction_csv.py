@@ -69,6 +69,9 @@ def match_predictions(
 
     Returns (kept records, {file name: predictions of the kept records of its task, in
     order}, {file name: labelled images of its task it has no prediction for})."""
+    if files and not all(isinstance(r.image, (str, os.PathLike)) for r in records):
+        raise InputError("prediction files are matched to the images by path, and these records (a pack or "
+                         "in-memory images) have none; evaluate the predictions against the image folder")
     missing: dict[str, int] = {}
     drop: set[int] = set()
     for name, (spec, preds) in files.items():

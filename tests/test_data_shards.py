@@ -136,6 +136,12 @@ def test_evaluate_reads_a_pack_as_it_reads_the_png_folder(femur, tmp_path):
     np.testing.assert_allclose(packed.weighted_px, png.weighted_px, rtol=1e-6)
     for task in png.tasks:
         np.testing.assert_allclose(packed.tasks[task].mre_px, png.tasks[task].mre_px, rtol=1e-6)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(pack), "--json", str(out), "--quiet"]) == 0
+    (images,) = json.loads(out.read_text())["per_image"].values()
+    by_id = {entry["id"]: entry for entry in images}
+    assert len(by_id) == 80 and all(entry["image"] == entry["id"] for entry in images)
+    assert sorted(by_id) == sorted(r.source_id for r in runs[0].scored["model"][0])
 
 
 def test_report_tiles_draw_a_packed_frame_as_its_png(femur, tmp_path):
@@ -151,3 +157,11 @@ def test_report_tiles_draw_a_packed_frame_as_its_png(femur, tmp_path):
         tiles = [draw_comparison(r.image, pred, r.keypoints, r.valid, r.task, size=96) for r in (record, twin)]
         assert tiles[0].shape == (96, 96, 3)
         np.testing.assert_array_equal(tiles[0], tiles[1])
+
+
+def test_prediction_files_against_a_pack_are_refused_in_one_line(femur, tmp_path, capsys):
+    pack, preds = tmp_path / "pack", tmp_path / "p.csv"
+    assert main(["pack", femur, "--out", str(pack), "--quiet"]) == 0
+    preds.write_text("image,task,width,height,point_1_xy,point_2_xy\nimages/a.png,fetal_femur,64,64,\"[1, 2]\",\"[3, 4]\"\n")
+    assert main(["evaluate", "--predictions", str(preds), "--data", str(pack), "--quiet"]) == 2
+    assert "matched to the images by path" in capsys.readouterr().err
