@@ -31,9 +31,9 @@ LAYOUTS = {  # name -> (worker processes, reader threads per process)
     "1 process, 2 threads": (0, 2),
     "2 worker processes": (2, 0),
 }
-# img/s per host of the README's v5p-64 plans (8 hosts): I-JEPA 29,982 and teacher at batch
-# 2048 43,455 img/s over the slice
-HOST_NEEDS = {"I-JEPA v5p-64": 29982 / 8, "teacher b2048 v5p-64": 43455 / 8}
+# img/s per host of the README's v5p-64 plans (8 hosts): I-JEPA 33,302 and teacher at batch
+# 2048 45,490 img/s over the slice
+HOST_NEEDS = {"I-JEPA v5p-64": 33302 / 8, "teacher b2048 v5p-64": 45490 / 8}
 
 
 def _cpu_seconds() -> float:
