@@ -69,6 +69,9 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if len(args.labels) != len(args.tasks):
         parser.error(f"--labels needs one count per task ({len(args.tasks)}), got {len(args.labels)}")
+    rows_file = os.path.realpath(args.json or os.path.join(args.out, "study.json"))
+    if args.merge and rows_file in map(os.path.realpath, args.merge):
+        parser.error(f"the rows file {rows_file} is one of --merge's inputs; write it elsewhere (--json)")
     return args
 
 

@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="new runs go here (never into --study)")
     parser.add_argument("--no-teacher", action="store_true", help="the student with teacher_weight=0")
     args, rest = parser.parse_known_args(argv)
+    study_dir, out_dir = os.path.realpath(args.study), os.path.realpath(args.out)
+    if os.path.commonpath([study_dir, out_dir]) in (study_dir, out_dir):
+        parser.error(f"--out {args.out} overlaps --study {args.study}; the study's runs are read only")
     study_args = recipe_study.parse_args(rest + ["--out", args.study, "--student-steps", str(args.steps)])
     profile = recipe_study.profile_of(study_args)
 
