@@ -25,7 +25,7 @@ from sonichu_jax.train.configlib import TeacherConfig, replace_path, require, wi
 from sonichu_jax.train.loop import RunResult, run
 from sonichu_jax.train.metrics_log import MetricsSink
 from sonichu_jax.train.state import split_model
-from sonichu_jax.train.objectives import L1, l1_loss
+from sonichu_jax.train.objectives import L1, l1_loss, task_keypoints
 from sonichu_jax.train.step import make_predict_step
 from sonichu_jax.train import flops
 from sonichu_jax.train.supervised import SupervisedStage
@@ -110,7 +110,7 @@ class Distillation(L1):
 
     def __init__(self, teacher_graphdef, teacher_cfg: ModelConfig, settings: DistillSettings):
         self.settings = settings
-        self.kpts = np.asarray([t.num_keypoints for t in teacher_cfg.tasks], np.int32)  # no device array at build time
+        self.cfg = teacher_cfg
         predict = make_predict_step(teacher_graphdef, teacher_cfg, settings.teacher_tta)
         self._predict_all = jax.vmap(
             lambda params, rest, images, task: predict(params, rest, images, task).mean(0),
@@ -127,8 +127,7 @@ class Distillation(L1):
         real = batch["has_label"] if s.pseudo_as_real else batch["has_label"] * (1.0 - batch["is_pseudo"])
         loss_real = l1_loss(pred, batch["keypoints"], batch["valid"] * real[:, None])
         # The teacher term covers every sample, over the task's keypoints (not the padding).
-        task_k = jnp.asarray(self.kpts)[batch["task_id"][0]]
-        in_task = (jnp.arange(pred.shape[1]) < task_k).astype(pred.dtype)
+        in_task = (jnp.arange(pred.shape[1]) < task_keypoints(self.cfg, batch)).astype(pred.dtype)
         loss_teacher = l1_loss(pred, target, jnp.broadcast_to(in_task, pred.shape[:2]))
         total = s.real_weight * loss_real + s.teacher_weight * loss_teacher
         return total, {"loss_real": loss_real, "loss_teacher": loss_teacher}
