@@ -8,8 +8,7 @@ import cv2
 import numpy as np
 
 from sonichu_jax.fileio import atomic_path
-from sonichu_jax.data.shards import load_image
-from sonichu_jax.preprocess import to_float_rgb
+from sonichu_jax.preprocess import load_image, to_float_rgb
 
 # Keypoint pairs joined by a measurement line, and closed contours, per task. Biometry
 # tasks measure distances between point pairs (axis end points, segment ends); cardiac

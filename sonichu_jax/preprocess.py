@@ -36,6 +36,14 @@ def find_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTEN
     return paths
 
 
+def load_image(image) -> np.ndarray:
+    """A record's image as an array: arrays as they are, paths decoded, packed frames
+    (`sonichu_jax.data.shards.PackedImage`) read."""
+    if isinstance(image, np.ndarray):
+        return image
+    return read_image(image) if isinstance(image, (str, os.PathLike)) else image.read()
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file unchanged (8 or 16 bit, gray or colour) as RGB(A) channel order."""
     path = os.fspath(path)
@@ -156,11 +164,7 @@ class SonichuPreprocessor:
 
     def preprocess_one(self, image: np.ndarray | str | os.PathLike) -> tuple[np.ndarray, int, int]:
         """One image -> ((H, W, 3) float32 normalised, orig_h, orig_w)."""
-        if isinstance(image, (str, os.PathLike)):
-            image = read_image(image)
-        elif hasattr(image, "read"):  # a record's image inside a pack (`data.shards.PackedImage`)
-            image = image.read()
-        rgb = to_float_rgb(image)
+        rgb = to_float_rgb(load_image(image))
         orig_h, orig_w = rgb.shape[:2]
         height, width = self.size
         if (orig_h, orig_w) != (height, width):

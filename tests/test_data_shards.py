@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from sonichu_jax.cli import main
-from sonichu_jax.data.shards import load_image
 from sonichu_jax.data.sources import load_frames, load_source
 from sonichu_jax.data.synthetic import write_synthetic_dataset
-from sonichu_jax.preprocess import read_image
+from sonichu_jax.preprocess import load_image, read_image
 
 
 @pytest.fixture(scope="module")

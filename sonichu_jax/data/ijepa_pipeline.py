@@ -18,8 +18,8 @@ from sonichu_jax.data.augment import to_unit_float
 from sonichu_jax.data.ijepa_masks import MultiBlockMaskSampler
 from sonichu_jax.data.pipeline import EpochShuffle, PipelineConfig, finish_pipeline, to_wire
 from sonichu_jax.data.records import Record
-from sonichu_jax.data.shards import load_image
 from sonichu_jax.errors import InputError
+from sonichu_jax.preprocess import load_image
 
 CROP_TRIES = 10  # torchvision's attempts before the central-crop fallback
 MAX_DRAWS = 16  # frames tried for one slot; at 1 % bad frames all fail with probability 1e-32

@@ -17,9 +17,8 @@ import numpy as np
 from sonichu_jax.config import TaskSpec
 from sonichu_jax.data.augment import AugmentConfig, augment_sample, resize_sample
 from sonichu_jax.data.records import Record
-from sonichu_jax.data.shards import load_image
 from sonichu_jax.errors import InputError
-from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from sonichu_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image
 
 WEIGHTINGS = ("proportional", "balanced", "capped")
 _SCALE = (1.0 / IMAGENET_STD).astype(np.float32)

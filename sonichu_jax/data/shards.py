@@ -15,7 +15,7 @@ import numpy as np
 
 from sonichu_jax.data.records import LoadReport, Record
 from sonichu_jax.errors import InputError
-from sonichu_jax.preprocess import decode_image, read_image
+from sonichu_jax.preprocess import decode_image, load_image
 
 PACK_INDEX = "pack.json"
 FORMAT = "sonichu-jax pack 1"
@@ -40,13 +40,6 @@ class PackedImage:
 
     def __str__(self) -> str:
         return self.name
-
-
-def load_image(image) -> np.ndarray:
-    """A record's image as an array: arrays as they are, packed frames read, paths decoded."""
-    if isinstance(image, np.ndarray):
-        return image
-    return image.read() if isinstance(image, PackedImage) else read_image(image)
 
 
 def _record_fields(record: Record) -> dict:
