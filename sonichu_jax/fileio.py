@@ -39,10 +39,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
-    """Yield an empty temporary folder beside ``path``, which must not exist or be empty; on
-    success it becomes ``path``, on failure it is deleted and ``path`` is left as it was."""
-    path = os.path.realpath(os.fspath(path))  # a link to an empty folder: fill that folder
+def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[str]:
+    """Yield an empty temporary folder beside ``path``, which must not exist or be empty (or,
+    with ``replace``, is swapped out only once the new folder is complete); on success the
+    temporary folder becomes ``path``, on failure it is deleted and ``path`` is left as it was."""
+    path = os.path.realpath(os.fspath(path))  # a link to a folder: fill that folder
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
@@ -51,7 +52,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         if os.path.isdir(path) and not os.listdir(path):
             os.rmdir(path)
-        os.rename(tmp, path)
+        if replace and os.path.isdir(path):
+            old = os.path.join(tmp, ".replaced")  # inside tmp, so the cleanup below removes it
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(os.path.join(path, ".replaced"))
+        else:
+            os.rename(tmp, path)
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)

@@ -57,6 +57,23 @@ def test_atomic_dir_replaces_only_an_empty_folder(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["empty"]
 
 
+def test_atomic_dir_replace_swaps_the_old_folder_out_only_when_the_new_one_is_complete(tmp_path):
+    old = tmp_path / "pack"
+    old.mkdir()
+    (old / "a").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(old, replace=True) as tmp:
+            assert os.listdir(old) == ["a"]  # the old folder stays in place while the new one is written
+            open(os.path.join(tmp, "b"), "w").write("half")
+            raise RuntimeError("killed")
+    assert os.listdir(old) == ["a"] and (old / "a").read_text() == "old"
+    os.symlink(old, tmp_path / "link")
+    with atomic_dir(tmp_path / "link", replace=True) as tmp:
+        open(os.path.join(tmp, "b"), "w").write("new")
+    assert os.path.islink(tmp_path / "link") and os.listdir(old) == ["b"]  # the link's target replaced
+    assert sorted(os.listdir(tmp_path)) == ["link", "pack"]
+
+
 def test_check_output_refuses_folders_paths_below_files_and_suffixes(tmp_path):
     (tmp_path / "file.txt").write_text("")
     with pytest.raises(InputError, match="existing folder"):

@@ -25,9 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
-
     from tqdm.auto import tqdm
 
     from sonichu_jax.data.shards import is_pack, write_pack
@@ -44,21 +41,10 @@ def run(args: argparse.Namespace) -> int:
     if replace and not is_pack(out):
         raise InputError(f"--out {args.out} is not a pack (no pack.json); refusing to replace it, even with --force")
     source = load_frames(args.src) if args.frames else load_source(args.src)
-    aside = None
-    try:
-        if replace:  # kept until the new pack is complete
-            aside = tempfile.mkdtemp(prefix="." + os.path.basename(out) + ".old.", dir=os.path.dirname(out))
-            os.rename(out, os.path.join(aside, "pack"))
-        with atomic_dir(out) as tmp, tqdm(total=len(source), desc="pack", unit="img", disable=args.quiet) as bar:
-            meta = write_pack(source.records, tmp, store=args.store, shard_size=args.shard_size,
-                              progress=bar.update, warn=lambda text: tqdm.write(text, file=sys.stderr))
-    except BaseException:
-        if aside is not None and not os.path.exists(out):
-            os.rename(os.path.join(aside, "pack"), out)
-        raise
-    finally:
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+    with atomic_dir(out, replace=replace) as tmp, \
+            tqdm(total=len(source), desc="pack", unit="img", disable=args.quiet) as bar:
+        meta = write_pack(source.records, tmp, store=args.store, shard_size=args.shard_size,
+                          progress=bar.update, warn=lambda text: tqdm.write(text, file=sys.stderr))
     written = len(meta["records"])
     print(f"packed {written} frames ({args.store}) into {len(meta['shards'])} shards in {out}; "
           f"skipped {meta['skipped']} unreadable", file=sys.stderr)
