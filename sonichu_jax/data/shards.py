@@ -132,10 +132,14 @@ def load_pack(root: str) -> tuple[list[Record], LoadReport]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: not a readable pack index ({exc})") from None
     for file, count in shards:
-        try:
-            found = ArrayRecordReader(file).num_records() if os.path.isfile(file) else None
-        except Exception:  # the reader's own errors carry no type of their own
-            found = None
+        found = None
+        if os.path.isfile(file):
+            try:
+                reader = ArrayRecordReader(file)
+                found = reader.num_records()
+                reader.close()  # a count only: the data source below opens the shards for reading
+            except Exception:  # the reader's own errors carry no type of their own
+                pass
         if found != count:
             state = "missing" if found is None else f"truncated or damaged ({found} of {count} records)"
             raise InputError(f"pack shard {file} is {state}; pack the data again")
