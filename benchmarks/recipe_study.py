@@ -57,6 +57,8 @@ def parse_args(argv):
     parser.add_argument("--teacher-steps", type=int, default=800)
     parser.add_argument("--student-steps", type=int, default=800)
     parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--no-scratch", action="store_true",
+                        help="leave out the scratch:* rows (five teachers fewer per seed, for longer schedules)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override in every teacher and student config")
     parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE")
@@ -99,7 +101,8 @@ def run_seed(args, profile, seed: int) -> dict:
                              dict(zip(profile.tasks, profile.n_train)), profile.n_unlabelled, profile.n_test, seed)
     backbone = recipe.pretrain_backbone(root, profile, data)
     teachers = recipe.train_teachers(root, profile, data, backbone, pseudo_dir)
-    recipe.train_teachers(root, profile, data, None, pseudo_dir, regimes=REGIMES, folder="scratch")
+    if not args.no_scratch:
+        recipe.train_teachers(root, profile, data, None, pseudo_dir, regimes=REGIMES, folder="scratch")
     five = [teachers[r] for r in REGIMES]
     recipe.distill_student(root, profile, data, backbone, five, pseudo_dir)
     recipe.distill_student(root, profile, data, backbone, five, pseudo_dir, teacher_weight=0.0,
@@ -111,7 +114,8 @@ def seed_paths(args, seed: int) -> dict:
     """Where a seed's data and runs go (the layout of `sonichu_jax.train.recipe`)."""
     root = os.path.join(args.out, f"seed{seed}")
     models = {f"teacher:{r}": os.path.join(root, "teachers", r, "model") for r in REGIMES}
-    models.update({f"scratch:{r}": os.path.join(root, "scratch", r, "model") for r in REGIMES})
+    if not args.no_scratch:
+        models.update({f"scratch:{r}": os.path.join(root, "scratch", r, "model") for r in REGIMES})
     models.update({"student": os.path.join(root, "student", "model"),
                    "student:no_teacher": os.path.join(root, "student_no_teacher", "model")})
     data = {split: os.path.join(root, "data", split) for split in ("train", "unlabelled", "test")}
@@ -185,7 +189,7 @@ def evaluate_seed(args, profile, seed: int, run: dict) -> tuple[list[dict], dict
     order = (["untrained", "mean_label"] + names + ["best_teacher", "ensemble:4", "ensemble:5", "student", "soup"]
              + [f"scratch:{r}" for r in REGIMES] + ["student:no_teacher"])
     rows = []
-    for name in order:
+    for name in filter(preds.__contains__, order):
         extra = {"picked": ranked[0]} if name == "best_teacher" else {}
         if name.startswith("teacher:"):
             extra["val_weighted_mre"] = val_mre[name]
@@ -355,7 +359,7 @@ def goals(rows: list[dict]) -> list[str]:
     lines = [gap(t, "mean_label") for t in teachers]  # image-specific at all?
     lines += [gap("ensemble:5", "best_teacher"), gap("student", "best_teacher"), gap("ensemble:5", "student")]
     lines += [gap(t, "soup") for t in teachers]
-    lines += [gap(t, f"scratch:{t.split(':')[1]}") for t in teachers]
+    lines += [gap(t, f"scratch:{t.split(':')[1]}") for t in teachers if f"scratch:{t.split(':')[1]}" in s]
     lines.append(gap("student", "student:no_teacher"))
     return lines
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -55,6 +56,21 @@ def test_rows_schema_and_names(study):
     assert -1 <= analysis["error_correlation_mean"] <= 1 and 0 <= analysis["spread_share"] <= 1
     assert set(REGIMES) <= set(analysis["pseudo_labels"]) and "labelled" in analysis["teacher_term"]
     assert (study / "runs" / "seed0" / "report.html").exists()
+
+
+def test_no_scratch_leaves_out_the_scratch_rows_and_goals(study, tmp_path):
+    """--no-scratch (for long schedules): the same seed rescored without the five scratch
+    teachers; every other row is scored as before."""
+    runs = shutil.copytree(study / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("jax_cache"))
+    code = recipe_study.main(["--seeds", "0", "--tasks", "HC", "fetal_femur", "--labels", "14", "10", "--unlabelled",
+                              "10", "--test", "4", "--no-scratch", "--evaluate-only", "--out", str(runs),
+                              "--json", str(tmp_path / "rows.json")])
+    assert code == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["model"] for r in rows] == [n for n in NAMES if not n.startswith("scratch:")]
+    full = {r["model"]: r["weighted_mre"] for r in json.loads((study / "study.json").read_text())}
+    assert all(r["weighted_mre"] == pytest.approx(full[r["model"]], abs=1e-4) for r in rows)
+    assert "scratch" not in (runs / "table.md").read_text()
 
 
 def test_summary_is_mean_and_sample_std():
