@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sonichu_jax.config import ModelConfig
-from sonichu_jax.nn.vit import FSDP, Block, FixedEmbedding, fsdp, layer_norm, run_blocks, sincos_2d_table
+from sonichu_jax.nn.vit import (FSDP, Block, FixedEmbedding, batch_sharded, fsdp, layer_norm, run_blocks,
+                               sincos_2d_table)
 
 
 def predictor_config(cfg: ModelConfig, width: int, depth: int) -> ModelConfig:
@@ -18,8 +19,9 @@ def predictor_config(cfg: ModelConfig, width: int, depth: int) -> ModelConfig:
 
 
 def _gather(table: jax.Array, idx: jax.Array) -> jax.Array:
-    """(1, N, P) table, (B, M) indices -> (B, M, P)."""
-    return jnp.take(table[0], idx.astype(jnp.int32), axis=0)
+    """(1, N, P) table, (B, M) indices -> (B, M, P), split like the batch (not like the
+    table, whose feature axis ``mesh.fsdp`` splits)."""
+    return batch_sharded(jnp.take(table[0], idx.astype(jnp.int32), axis=0))
 
 
 class Predictor(nnx.Module):

@@ -214,14 +214,20 @@ _REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dot
 
 def run_blocks(blocks, x: jax.Array, valid: jax.Array | None, remat: str) -> jax.Array:
     """Apply transformer ``blocks`` in turn, each rematerialised as ``remat`` says."""
-    if remat == "none":
-        for block in blocks:
-            x = block(x, valid)
-        return x
-    apply = nnx.remat(lambda block, x, valid: block(x, valid), policy=_REMAT_POLICIES[remat])
+    apply = (lambda block, x, valid: block(x, valid)) if remat == "none" else nnx.remat(
+        lambda block, x, valid: block(x, valid), policy=_REMAT_POLICIES[remat])
+    x = batch_sharded(x)
     for block in blocks:
         x = apply(block, x, valid)
     return x
+
+
+def batch_sharded(x: jax.Array) -> jax.Array:
+    """``x`` split over every device of the mesh along its leading (batch) axis, whole
+    along the others. Where parameters are split (``mesh.fsdp``), this makes the
+    partitioner gather the parameters rather than whole batches of activations."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return x if mesh.empty else jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(mesh.axis_names))
 
 
 class VisionTransformer(nnx.Module):
