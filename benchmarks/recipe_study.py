@@ -344,24 +344,38 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def goals(rows: list[dict]) -> list[str]:
-    """The issue's goals on the seed means: each gap, and whether it beats the seed spread
-    (the larger of the two models' standard deviations)."""
+def paired(rows: list[dict], a: str, b: str) -> np.ndarray:
+    """Per seed, b's weighted MRE minus a's (positive: a is better on that seed's data)."""
+    by = {(r["model"], r["seed"]): r["weighted_mre"] for r in rows}
+    return np.array([by[b, seed] - by[a, seed] for seed in sorted({r["seed"] for r in rows})
+                     if (a, seed) in by and (b, seed) in by])
+
+
+def gap(rows: list[dict], a: str, b: str) -> str:
+    """How much better a is than b on the seed means, and whether that beats the seed
+    spread (the larger of the two models' standard deviations). Every row of a seed shares
+    that seed's data, whose difficulty moves all rows together, so the line also gives the
+    paired gap: its mean and standard deviation over seeds and how many seeds agree."""
     s = summary(rows)
+    d = s[b]["weighted"][0] - s[a]["weighted"][0]
+    spread = max(s[a]["weighted"][1], s[b]["weighted"][1])
+    verdict = ("yes" if d > spread else "no") if s[a]["seeds"] > 1 else "one seed: no spread"
+    each = paired(rows, a, b)
+    sd = f" ± {each.std(ddof=1):.2f}" if len(each) > 1 else ""
+    return (f"{a} better than {b} by {d:+.2f} px (spread {spread:.2f}): {verdict}; "
+            f"paired {each.mean():+.2f}{sd}, better in {int((each > 0).sum())} of {len(each)} seeds")
+
+
+def goals(rows: list[dict]) -> list[str]:
+    """The issue's goals on the seed means (`gap`)."""
     teachers = [f"teacher:{r}" for r in REGIMES]
-
-    def gap(a, b):  # b - a: positive when a is better
-        d = s[b]["weighted"][0] - s[a]["weighted"][0]
-        spread = max(s[a]["weighted"][1], s[b]["weighted"][1])
-        verdict = ("yes" if d > spread else "no") if s[a]["seeds"] > 1 else "one seed: no spread"
-        return f"{a} better than {b} by {d:+.2f} px (spread {spread:.2f}): {verdict}"
-
-    lines = [gap(t, "mean_label") for t in teachers]  # image-specific at all?
-    lines += [gap("ensemble:5", "best_teacher"), gap("student", "best_teacher"), gap("ensemble:5", "student")]
-    lines += [gap(t, "soup") for t in teachers]
-    lines += [gap(t, f"scratch:{t.split(':')[1]}") for t in teachers if f"scratch:{t.split(':')[1]}" in s]
-    lines.append(gap("student", "student:no_teacher"))
-    return lines
+    present = {r["model"] for r in rows}
+    pairs = [(t, "mean_label") for t in teachers]  # image-specific at all?
+    pairs += [("ensemble:5", "best_teacher"), ("student", "best_teacher"), ("ensemble:5", "student")]
+    pairs += [(t, "soup") for t in teachers]
+    pairs += [(t, f"scratch:{t.split(':')[1]}") for t in teachers]
+    pairs.append(("student", "student:no_teacher"))
+    return [gap(rows, a, b) for a, b in pairs if b in present]
 
 
 def analysis_lines(seed, a: dict) -> list[str]:

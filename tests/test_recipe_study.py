@@ -81,6 +81,17 @@ def test_summary_is_mean_and_sample_std():
     assert "| a | 2.33 ± 1.53 | 7.00 ± 3.61 | 2 passes |" in recipe_study.format_table(rows)
 
 
+def test_gap_gives_the_paired_difference_per_seed():
+    """Seed 1's data is harder for both models: the unpaired spread hides a gap that every
+    seed shows; the paired figures find it."""
+    mre = {("a", 0): 5.0, ("b", 0): 5.5, ("a", 1): 9.0, ("b", 1): 9.3, ("a", 2): 7.0, ("b", 2): 7.7}
+    rows = [{"model": m, "seed": seed, "weighted_mre": v, "unweighted_mre": v, "passes": 2} for (m, seed), v in mre.items()]
+    np.testing.assert_allclose(recipe_study.paired(rows, "a", "b"), [0.5, 0.3, 0.7])
+    assert recipe_study.gap(rows, "a", "b") == ("a better than b by +0.50 px (spread 2.00): no; "
+                                                "paired +0.50 ± 0.20, better in 3 of 3 seeds")
+    assert recipe_study.gap(rows, "b", "a").endswith("paired -0.50 ± 0.20, better in 0 of 3 seeds")
+
+
 # -- the data the study runs on ------------------------------------------------------------
 
 
