@@ -18,7 +18,7 @@ more unlabelled frames; a held-out test set scored against the true keypoints):
    the teachers' weight average (soup), the scratch teachers, the no-teacher student.
 
 Writes ``--json`` (one row per seed and model), ``OUT/table.md`` (mean +- standard
-deviation over seeds, and the issue's goals), ``OUT/seed*/analysis.json`` (why an effect
+deviation over seeds, and the card's claims as gaps between rows), ``OUT/seed*/analysis.json`` (why an effect
 does or does not appear: teachers' error correlation, bias and spread of their errors,
 pseudo-label distance to the truth per regime, what the teacher term adds) and
 ``OUT/seed*/report.html`` (`sonichu-jax report` of the seed's runs). Scale up with
@@ -367,7 +367,7 @@ def gap(rows: list[dict], a: str, b: str) -> str:
 
 
 def goals(rows: list[dict]) -> list[str]:
-    """The issue's goals on the seed means (`gap`)."""
+    """The card's claims, each as a `gap` between two rows."""
     teachers = [f"teacher:{r}" for r in REGIMES]
     present = {r["model"] for r in rows}
     pairs = [(t, "mean_label") for t in teachers]  # image-specific at all?
