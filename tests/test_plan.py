@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
 from sonichu_jax.errors import ConfigError, InputError
@@ -348,3 +349,29 @@ def test_fsdp_moves_parameters_not_activations(stage):
 
     small, large = collective_bytes(16), collective_bytes(128)
     assert 0 < small and large <= 1.1 * small, (small, large)
+
+
+@tpu
+def test_collective_matmul_off_leaves_no_windowed_einsums():
+    """`mesh.collective_matmul=false` reaches the TPU compiler: the split-state step still
+    gathers its parameters but no longer interleaves collectives and matmuls in loops."""
+    from sonichu_jax.train.plans import make_topology
+    from sonichu_jax.train.plans.plan import build_mesh
+    from sonichu_jax.train.plans.stages import stage_program
+
+    def windowed_loops(flag):
+        sets = SMALLER["ijepa"] + ["mesh.fsdp=8", "data.batch_size=128", f"mesh.collective_matmul={flag}"]
+        config = apply_overrides(load_config_file(TINY["ijepa"]), sets)
+        text = stage_program(config, build_mesh(config, make_topology("v5p:2x2x2"))).run.lower().compile().as_text()
+        return text.count("windowed_dot_general_body"), "all-gather" in text
+
+    assert windowed_loops("true")[0] > 0
+    assert windowed_loops("false") == (0, True)
+
+
+def test_collective_matmul_switch_is_for_tpus_only():
+    """Other compilers do not know the TPU's switches: a CPU step gets none, either way."""
+    from sonichu_jax.train.mesh import compiler_options, make_mesh
+
+    mesh = make_mesh(devices=jax.devices()[:1])
+    assert compiler_options(mesh, False) is None and compiler_options(mesh, True) is None

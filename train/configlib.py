@@ -90,6 +90,9 @@ class OptimConfig:
 class MeshConfig:
     data: int = -1  # -1: every device not used by fsdp
     fsdp: int = 1  # >1 shards parameters and optimiser state over this axis
+    # TPU with fsdp > 1: XLA's windowed einsums (matmuls interleaved with their
+    # parameter gathers and gradient reduce-scatters); false runs those as plain collectives
+    collective_matmul: bool = True
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,8 @@ def build_pretrainer(config: IJEPAConfig, mesh: jax.sharding.Mesh, wrap: Callabl
     graphdef = split(model)[0]
     abstract = jax.eval_shape(lambda: fresh_state(config))
     shardings = mesh_lib.state_shardings(mesh, abstract)
-    step = mesh_lib.jit_step(make_train_step(graphdef, config), mesh, shardings, wrap=wrap)
+    step = mesh_lib.jit_step(make_train_step(graphdef, config), mesh, shardings, wrap=wrap,
+                             collective_matmul=config.mesh.collective_matmul)
     sampler = MultiBlockMaskSampler(config.masks, config.model.grid, config.seed, jax.process_index())
     return Pretrainer(config, mesh, graphdef, sampler, mesh_lib.abstract_with_shardings(abstract, shardings),
                       abstract_batch(config, sampler, mesh), step)

@@ -58,12 +58,22 @@ def state_shardings(mesh: jax.sharding.Mesh, tree, leading: int = 0):
     return jax.tree.map(one, tree, nnx.get_partition_spec(tree))
 
 
-def jit_step(fn, mesh: jax.sharding.Mesh, shardings, aux_shardings: tuple = (), wrap=None):
+def jit_step(fn, mesh: jax.sharding.Mesh, shardings, aux_shardings: tuple = (), wrap=None,
+             collective_matmul: bool = True):
     """``fn(state, batch, *aux) -> (state, metrics)`` jitted on ``mesh``: state donated,
-    metrics replicated; ``wrap`` wraps ``fn`` first (tests count traces)."""
+    metrics replicated; ``wrap`` wraps ``fn`` first (tests count traces);
+    ``collective_matmul`` as `MeshConfig` says."""
     return jax.jit(on_mesh(wrap(fn) if wrap is not None else fn, mesh), donate_argnums=0,
                    in_shardings=(shardings, batch_sharding(mesh), *aux_shardings),
-                   out_shardings=(shardings, replicated(mesh)))
+                   out_shardings=(shardings, replicated(mesh)),
+                   compiler_options=compiler_options(mesh, collective_matmul))
+
+
+def compiler_options(mesh: jax.sharding.Mesh, collective_matmul: bool) -> dict | None:
+    """The TPU compiler's switches for windowed einsums (other compilers have none)."""
+    if collective_matmul or mesh.devices.flat[0].platform != "tpu":
+        return None
+    return {f"xla_tpu_enable_windowed_einsum_for_{kind}": False for kind in ("all_gather", "reduce_scatter")}
 
 
 def abstract_with_shardings(tree, shardings):

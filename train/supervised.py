@@ -107,7 +107,7 @@ def build_trainer(config: TeacherConfig, mesh: jax.sharding.Mesh, *, objective=N
     objective = objective or make_objective(config.loss, cfg)
     fn = make_train_step(graphdef, cfg, optimizer, optim.freeze_backbone, objective)
     aux_shardings = tuple(jax.tree.map(lambda x: x.sharding, e) for e in aux)
-    step = mesh_lib.jit_step(fn, mesh, shardings, aux_shardings, wrap)
+    step = mesh_lib.jit_step(fn, mesh, shardings, aux_shardings, wrap, config.mesh.collective_matmul)
     return Trainer(config, mesh, graphdef, optimizer, mesh_lib.abstract_with_shardings(abstract, shardings),
                    abstract_batch(cfg, config.data.batch_size, mesh), aux, step)
 
