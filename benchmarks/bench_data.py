@@ -7,7 +7,7 @@ unless --data is given) in several process/thread layouts and reports, as median
 - img/s: wall-clock images per second (depends on what else the machine runs);
 - x 1 process: img/s over the single-process layout's, measured just before;
 - img/s per core: images per CPU-second of the main process and its workers together,
-  the rate one dedicated core gives (barely affected by other load);
+  the rate one dedicated core gives (heavy other load halved it on a 2-core machine);
 - the host cores each layout's per-core rate needs for the per-host rates of the README's
   v5p-64 plans (I-JEPA, and the teacher at batch 2048).
 
