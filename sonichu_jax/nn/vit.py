@@ -214,8 +214,10 @@ _REMAT_POLICIES = {"block": None, "block_save_dots": jax.checkpoint_policies.dot
 
 def run_blocks(blocks, x: jax.Array, valid: jax.Array | None, remat: str) -> jax.Array:
     """Apply transformer ``blocks`` in turn, each rematerialised as ``remat`` says."""
-    apply = (lambda block, x, valid: block(x, valid)) if remat == "none" else nnx.remat(
-        lambda block, x, valid: block(x, valid), policy=_REMAT_POLICIES[remat])
+    def call(block, x, valid):
+        return block(x, valid)
+
+    apply = call if remat == "none" else nnx.remat(call, policy=_REMAT_POLICIES[remat])
     x = batch_sharded(x)
     for block in blocks:
         x = apply(block, x, valid)
